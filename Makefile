@@ -1,0 +1,40 @@
+# ftexp — fine-tune LLMs from declarative TOML experiment files.
+#   make demo   the whole product on the bundled demo (offline, CPU)
+#   make test   set up, build and run every test
+#   make lint   rustfmt + clippy, warnings are errors
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+TORCH_VERSION := 2.11.0
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)
+BIN := target/release/ftexp
+
+# torch-sys finds libtorch through the venv's python (`python` on PATH when VIRTUAL_ENV is set).
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: setup build test lint demo clean-venv
+
+setup: $(TORCH_STAMP)
+
+$(TORCH_STAMP):
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q torch==$(TORCH_VERSION)
+	touch $@
+
+build: setup
+	cargo build --release
+
+test: build
+	cargo test --release
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings
+
+demo: build
+	$(BIN) env
+	$(BIN) plan configs/demo.toml
+
+clean-venv:
+	rm -rf $(VENV)

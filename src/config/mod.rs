@@ -1,0 +1,99 @@
+//! Layered experiment configs: built-in defaults < `extends` chain < the file < `FTEXP_*` env < `--set`.
+//! Each layer is checked on its own (so an error names the file, variable or flag that caused it),
+//! then figment merges the layers and extracts the typed [`Config`].
+mod layers;
+pub mod schema;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+pub use layers::{parse_literal, Layer, Origin};
+pub use schema::{Config, KeyDoc, KEYS};
+
+use crate::error::Problems;
+
+/// A config with every value resolved, and where each value came from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: Config,
+    /// Dotted key → where its value was set (`default`, `configs/x.toml:4`, `env FTEXP_SEED`, `--set seed=1`).
+    pub sources: BTreeMap<String, String>,
+    /// The config files read, bases first, the named file last.
+    pub files: Vec<PathBuf>,
+}
+
+impl Resolved {
+    pub fn source(&self, key: &str) -> &str {
+        self.sources.get(key).map(String::as_str).unwrap_or("unset")
+    }
+}
+
+/// Resolves `path` with the process environment and the `--set` overrides.
+pub fn resolve(path: &Path, sets: &[String]) -> Result<Resolved, Problems> {
+    resolve_with_env(path, sets, std::env::vars())
+}
+
+/// As [`resolve`], with the environment given (tests pass their own).
+pub fn resolve_with_env(
+    path: &Path,
+    sets: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Resolved, Problems> {
+    let mut problems = Problems::default();
+    let mut stack = Vec::new();
+    let mut file_layers = Vec::new();
+    layers::load_chain(path, &mut stack, &mut file_layers, &mut problems);
+    problems.into_result()?;
+
+    let mut all = vec![layers::defaults(path)];
+    all.extend(file_layers);
+    all.extend(layers::from_env(env, &mut problems));
+    for set in sets {
+        match layers::from_set(set) {
+            Ok(layer) => all.push(layer),
+            Err(msg) => problems.push(msg),
+        }
+    }
+    for layer in &all {
+        validate::check_layer(layer, &mut problems);
+    }
+    problems.into_result()?;
+
+    let mut figment = Figment::new();
+    let mut sources = BTreeMap::new();
+    for layer in &all {
+        for (key, _) in layer.leaves() {
+            sources.insert(key.clone(), layer.label_for(&key));
+        }
+        figment = figment.merge(layer);
+    }
+    let mut config: Config = figment
+        .extract()
+        .map_err(|e| Problems::one(format!("{}: {e}", path.display())))?;
+    config.extends = all
+        .iter()
+        .rev()
+        .find(|l| matches!(l.origin, Origin::File(_)))
+        .and_then(|l| l.table.get("extends"))
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let files = all
+        .iter()
+        .filter_map(|l| match &l.origin {
+            Origin::File(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    let resolved = Resolved { config, sources, files };
+    validate::check_config(&resolved, &mut problems);
+    problems.into_result()?;
+    Ok(resolved)
+}
+
+/// The resolved config as a re-runnable TOML file: every key, no `extends`.
+pub fn to_toml(config: &Config) -> String {
+    toml::to_string(config).expect("a Config always serializes to TOML")
+}

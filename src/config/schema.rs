@@ -1,0 +1,228 @@
+//! The one schema: every key a config file may set, its type, its default and what it means.
+//! The defaults layer, the unknown-key check, the type check, `ftexp keys` and README's config
+//! reference all read this table, so they cannot drift apart.
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    Str,
+    /// A whole number ≥ 0.
+    Int,
+    /// A number; whole numbers are accepted too.
+    Float,
+    Bool,
+    StrList,
+    /// One of these strings.
+    Choice(&'static [&'static str]),
+}
+
+impl Kind {
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Str => "a string".into(),
+            Kind::Int => "a whole number".into(),
+            Kind::Float => "a number".into(),
+            Kind::Bool => "true or false".into(),
+            Kind::StrList => "a list of strings".into(),
+            Kind::Choice(options) => format!("one of {}", quoted_list(options)),
+        }
+    }
+}
+
+pub fn quoted_list(options: &[&str]) -> String {
+    options.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ")
+}
+
+pub struct KeyDoc {
+    /// Dotted path, e.g. `train.learning_rate`.
+    pub key: &'static str,
+    pub kind: Kind,
+    /// The default as a TOML literal; `None` means unset (the doc says what unset means).
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+pub const METHODS: &[&str] = &["full", "lora", "adapter", "adapter_v2"];
+pub const PRECISIONS: &[&str] = &["auto", "32-true", "bf16-true", "bf16-mixed", "16-true"];
+pub const PROMPT_STYLES: &[&str] = &["alpaca", "plain", "none"];
+pub const LR_SCHEDULES: &[&str] = &["cosine", "constant"];
+pub const DATA_FORMATS: &[&str] = &["alpaca"];
+
+macro_rules! key {
+    ($key:literal, $kind:expr, $default:expr, $doc:literal) => {
+        KeyDoc { key: $key, kind: $kind, default: $default, doc: $doc }
+    };
+}
+
+use Kind::*;
+
+pub const KEYS: &[KeyDoc] = &[
+    key!("name", Str, None,
+        "The experiment's name: outputs go to `experiments/<name>/v<N>/`. Letters, digits, `-`, `_` and `.` only. Unset: the config file's name without `.toml`."),
+    key!("seed", Int, Some("1337"),
+        "The random seed. The same seed gives the same train/val/test split, the same data order and the same initial weights, so a run can be reproduced; the number itself does not matter, keeping it does."),
+    key!("extends", StrList, Some("[]"),
+        "Other config files this one builds on, paths relative to this file. They are read first, in order; this file's values win. Tables merge key by key, lists are replaced whole."),
+    key!("model.checkpoint", Str, None,
+        "The base model to fine-tune: a hub repo id (`tiiuae/falcon-7b-instruct`, looked for in `checkpoints/<org>/<name>/`) or a local directory holding `config.json`, `*.safetensors` and `tokenizer.json`. Required."),
+    key!("model.revision", Str, None,
+        "The hub revision (branch, tag or commit) to download. Unset: `main`."),
+    key!("model.precision", Choice(PRECISIONS), Some("\"auto\""),
+        "Number format for weights and maths. `32-true`: full 32-bit floats (safest, most memory); `bf16-true`: 16-bit bfloat everywhere (half the memory, needs a recent GPU); `bf16-mixed`: 16-bit maths with 32-bit trainable weights; `16-true`: 16-bit floats. `auto`: `32-true` on CPU, `bf16-true` on CUDA."),
+    key!("model.device", Str, Some("\"auto\""),
+        "Where to run: `cpu`, `cuda` (the first GPU), `cuda:N` (GPU number N), or `auto` (a GPU when there is one, else the CPU)."),
+    key!("data.path", Str, None,
+        "Your data set: a JSON array or JSON Lines file of Alpaca-format records (`instruction`, `input`, `output`). Relative paths are relative to the directory you run `ftexp` from. Required."),
+    key!("data.format", Choice(DATA_FORMATS), Some("\"alpaca\""),
+        "The data set's format. `alpaca`: records with `instruction`, optional `input`, and `output`."),
+    key!("data.prompt_style", Str, Some("\"alpaca\""),
+        "How a record becomes the prompt the model sees. `alpaca`: the Stanford Alpaca template; `plain`: instruction and input, then the response; `none`: the instruction alone; or your own template with `{instruction}` and `{input}` placeholders."),
+    key!("data.split.train", Float, Some("0.8"),
+        "Share of the records used for training (the model learns from these). The three shares must add up to 1; 80/10/10, 70/15/15 and 60/20/20 are common."),
+    key!("data.split.val", Float, Some("0.1"),
+        "Share of the records used for validation: the loss on these, measured during training, tells you whether the model is still improving on data it has not learned from."),
+    key!("data.split.test", Float, Some("0.1"),
+        "Share of the records kept for the final test, never seen during training."),
+    key!("data.max_seq_length", Int, Some("512"),
+        "The longest sample, in tokens, the model is trained on. Longer samples cost more memory; lower it if you run out of memory."),
+    key!("data.mask_inputs", Bool, Some("true"),
+        "Learn only the response: the prompt's tokens do not count in the loss. Usually what you want for instruction tuning."),
+    key!("method.kind", Choice(METHODS), Some("\"lora\""),
+        "How the model is fine-tuned. `full`: every weight trains (best quality, most memory); `lora`: small low-rank updates beside chosen weight matrices; `adapter`: LLaMA-Adapter, a few learned prompt vectors per layer; `adapter_v2`: adapter plus trainable biases, scales and norms. The last three train well under 1% of the weights."),
+    key!("method.lora_r", Int, Some("8"),
+        "LoRA rank: the size of the low-rank update. Higher learns more and costs more; 8 or 16 is typical."),
+    key!("method.lora_alpha", Float, Some("16"),
+        "LoRA scaling: the update is multiplied by `lora_alpha / lora_r`. Often twice the rank."),
+    key!("method.lora_dropout", Float, Some("0.05"),
+        "Share of the LoRA branch's inputs randomly dropped during training, against overfitting. 0 to less than 1."),
+    key!("method.lora_query", Bool, Some("true"), "Apply LoRA to the attention query projection."),
+    key!("method.lora_key", Bool, Some("false"), "Apply LoRA to the attention key projection."),
+    key!("method.lora_value", Bool, Some("true"), "Apply LoRA to the attention value projection."),
+    key!("method.lora_projection", Bool, Some("false"), "Apply LoRA to the attention output projection."),
+    key!("method.lora_mlp", Bool, Some("false"), "Apply LoRA to the feed-forward (MLP) layers."),
+    key!("method.lora_head", Bool, Some("false"), "Apply LoRA to the output head that turns hidden states into token scores."),
+    key!("method.adapter_prompt_length", Int, Some("10"),
+        "Adapter methods: how many learned prompt vectors each adapted layer gets."),
+    key!("method.adapter_start_layer", Int, Some("2"),
+        "Adapter methods: the first layer (counting from 0) that gets adapter prompts; earlier layers are left alone."),
+    key!("train.learning_rate", Float, Some("3e-4"),
+        "How strongly each optimizer step changes the weights. Too high and the model forgets what it knew (catastrophic forgetting) or the loss explodes; too low and it learns nothing. The seed's adapter runs used 0.009; LoRA usually wants 1e-4 to 3e-4."),
+    key!("train.epochs", Int, Some("1"),
+        "How many times training goes through `epoch_size` samples. Ignored when `max_steps` is set."),
+    key!("train.epoch_size", Int, None,
+        "How many samples make one epoch. Unset: the number of records in the train split."),
+    key!("train.max_steps", Int, None,
+        "Stop after this many optimizer steps, whatever `epochs` says. Unset: `epochs` × (`epoch_size` ÷ `batch_size`, rounded down, at least 1)."),
+    key!("train.batch_size", Int, Some("16"),
+        "Samples per optimizer step (the weights change once per batch). Must be a multiple of `micro_batch_size` × `devices`. The seed writes it as `128 / devices`."),
+    key!("train.micro_batch_size", Int, Some("1"),
+        "Samples processed at once. Gradients of `batch_size / (micro_batch_size × devices)` micro-batches are added up before each optimizer step (gradient accumulation), so this only trades memory for speed, not results. Lower it if you run out of memory."),
+    key!("train.devices", Int, Some("1"),
+        "How many GPUs to train on. Only 1 is supported for now."),
+    key!("train.weight_decay", Float, Some("0.0"),
+        "Pulls weights slightly towards zero at every step, against overfitting (AdamW's decoupled decay). Applies to weight matrices and LoRA/adapter weights, never to biases, norms or adapter gates. Too high underfits; 0.01–0.1 is typical."),
+    key!("train.warmup_iters", Int, Some("100"),
+        "Optimizer steps over which the learning rate rises linearly from 0 to `learning_rate`, so the first batches cannot wreck the base model."),
+    key!("train.lr_schedule", Choice(LR_SCHEDULES), Some("\"cosine\""),
+        "The learning rate after warm-up: `cosine` falls smoothly to `min_lr` by the last step; `constant` stays at `learning_rate`."),
+    key!("train.min_lr", Float, Some("0.0"),
+        "The learning rate the cosine schedule ends at. At most `learning_rate`."),
+    key!("train.max_grad_norm", Float, Some("1.0"),
+        "Gradients are scaled down when their overall size (L2 norm) exceeds this, which keeps one bad batch from spoiling training. 0 turns clipping off."),
+    key!("train.eval_interval", Int, Some("100"),
+        "Every this many optimizer steps, the loss on the validation split is measured and logged."),
+    key!("train.eval_iters", Int, Some("100"),
+        "How many validation micro-batches each of those evaluations averages over (not weight updates: evaluation never changes the weights)."),
+    key!("train.save_interval", Int, Some("1000"),
+        "Every this many optimizer steps a checkpoint is saved (and always at the end)."),
+    key!("train.log_interval", Int, Some("1"),
+        "Every this many optimizer steps a row is written to `metrics.csv` and a progress line is printed."),
+];
+
+pub fn find(key: &str) -> Option<&'static KeyDoc> {
+    KEYS.iter().find(|k| k.key == key)
+}
+
+/// Whether `key` names a table of the schema (`train`, `data.split`), not a value.
+pub fn is_table(key: &str) -> bool {
+    let prefix = format!("{key}.");
+    KEYS.iter().any(|k| k.key.starts_with(&prefix))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Config {
+    pub name: String,
+    pub seed: u64,
+    #[serde(default, skip_serializing)]
+    pub extends: Vec<String>,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub method: MethodConfig,
+    pub train: TrainConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelConfig {
+    #[serde(default)]
+    pub checkpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub precision: String,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataConfig {
+    #[serde(default)]
+    pub path: String,
+    pub format: String,
+    pub prompt_style: String,
+    pub split: Split,
+    pub max_seq_length: u64,
+    pub mask_inputs: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Split {
+    pub train: f64,
+    pub val: f64,
+    pub test: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MethodConfig {
+    pub kind: String,
+    pub lora_r: u64,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub lora_query: bool,
+    pub lora_key: bool,
+    pub lora_value: bool,
+    pub lora_projection: bool,
+    pub lora_mlp: bool,
+    pub lora_head: bool,
+    pub adapter_prompt_length: u64,
+    pub adapter_start_layer: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub learning_rate: f64,
+    pub epochs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    pub batch_size: u64,
+    pub micro_batch_size: u64,
+    pub devices: u64,
+    pub weight_decay: f64,
+    pub warmup_iters: u64,
+    pub lr_schedule: String,
+    pub min_lr: f64,
+    pub max_grad_norm: f64,
+    pub eval_interval: u64,
+    pub eval_iters: u64,
+    pub save_interval: u64,
+    pub log_interval: u64,
+}

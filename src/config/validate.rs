@@ -1,0 +1,138 @@
+//! Checks: per layer (unknown keys, wrong types) and on the merged config (values that make no sense
+//! together). Every problem is collected, so a user fixes a file in one go.
+use super::layers::Layer;
+use super::schema::{self, Kind, KEYS, PROMPT_STYLES};
+use super::Resolved;
+use crate::error::{did_you_mean, Problems};
+
+pub fn check_layer(layer: &Layer, problems: &mut Problems) {
+    for (key, value) in layer.leaves() {
+        let at = layer.label_for(&key);
+        if let Some(doc) = schema::find(&key) {
+            if !kind_matches(doc.kind, value) {
+                let mut msg = format!("{at}: `{key}` is {value}, but must be {}", doc.kind.describe());
+                if let (Kind::Choice(options), Some(s)) = (doc.kind, value.as_str()) {
+                    if let Some(best) = did_you_mean(s, options.iter().copied()) {
+                        msg.push_str(&format!("; did you mean \"{best}\"?"));
+                    }
+                }
+                problems.push(msg);
+            }
+        } else if schema::is_table(&key) {
+            problems.push(format!("{at}: `{key}` is a table of settings, not a value; set its keys, e.g. `{key}.<key> = …`"));
+        } else {
+            problems.push(format!("{at}: unknown key `{key}`; {}", suggestion(&key)));
+        }
+    }
+}
+
+fn suggestion(key: &str) -> String {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let same_leaf = KEYS.iter().find(|k| k.key.rsplit('.').next() == Some(leaf)).map(|k| k.key);
+    match same_leaf.or_else(|| did_you_mean(key, KEYS.iter().map(|k| k.key))) {
+        Some(best) => format!("did you mean `{best}`?"),
+        None => "`ftexp keys` lists every key".into(),
+    }
+}
+
+fn kind_matches(kind: Kind, value: &toml::Value) -> bool {
+    use toml::Value as V;
+    match (kind, value) {
+        (Kind::Str, V::String(_)) | (Kind::Bool, V::Boolean(_)) => true,
+        (Kind::Int, V::Integer(i)) => *i >= 0,
+        (Kind::Float, V::Integer(_) | V::Float(_)) => true,
+        (Kind::StrList, V::Array(items)) => items.iter().all(|v| v.is_str()),
+        (Kind::Choice(options), V::String(s)) => options.contains(&s.as_str()),
+        _ => false,
+    }
+}
+
+/// Values that are well-typed but cannot work, named with where they were set.
+pub fn check_config(r: &Resolved, problems: &mut Problems) {
+    let c = &r.config;
+    let mut bad = |key: &str, msg: String| problems.push(format!("{}: `{key}` {msg}", r.source(key)));
+
+    if let Err(msg) = crate::experiment::check_name(&c.name) {
+        bad("name", msg);
+    }
+    if c.model.checkpoint.trim().is_empty() {
+        bad("model.checkpoint", "is not set; name a hub repo id like \"tiiuae/falcon-7b-instruct\" or a local model directory".into());
+    }
+    if let Err(msg) = crate::plan::parse_device(&c.model.device) {
+        bad("model.device", msg);
+    }
+    if c.data.path.trim().is_empty() {
+        bad("data.path", "is not set; name your Alpaca-format JSON or JSONL file".into());
+    }
+    let style = &c.data.prompt_style;
+    if !PROMPT_STYLES.contains(&style.as_str()) && !style.contains("{instruction}") {
+        bad(
+            "data.prompt_style",
+            format!("is \"{style}\": use one of {} or a template containing {{instruction}}", schema::quoted_list(PROMPT_STYLES)),
+        );
+    }
+    let split = c.data.split;
+    for (name, ratio) in [("train", split.train), ("val", split.val), ("test", split.test)] {
+        if !(0.0..=1.0).contains(&ratio) {
+            bad(&format!("data.split.{name}"), format!("is {ratio}; a share must be between 0 and 1"));
+        }
+    }
+    let sum = split.train + split.val + split.test;
+    if (sum - 1.0).abs() > 1e-6 {
+        bad("data.split.train", format!("+ val + test add up to {sum}; the three shares must add up to 1"));
+    }
+    if split.train <= 0.0 {
+        bad("data.split.train", "is 0; training needs some data".into());
+    }
+    let positive = [
+        ("data.max_seq_length", c.data.max_seq_length),
+        ("method.lora_r", c.method.lora_r),
+        ("method.adapter_prompt_length", c.method.adapter_prompt_length),
+        ("train.epochs", c.train.epochs),
+        ("train.batch_size", c.train.batch_size),
+        ("train.micro_batch_size", c.train.micro_batch_size),
+        ("train.devices", c.train.devices),
+        ("train.eval_interval", c.train.eval_interval),
+        ("train.eval_iters", c.train.eval_iters),
+        ("train.save_interval", c.train.save_interval),
+        ("train.log_interval", c.train.log_interval),
+    ];
+    let optional = [("train.epoch_size", c.train.epoch_size), ("train.max_steps", c.train.max_steps)];
+    for (key, value) in positive.into_iter().chain(optional.into_iter().filter_map(|(k, v)| Some((k, v?)))) {
+        if value == 0 {
+            bad(key, "is 0; it must be at least 1".into());
+        }
+    }
+    let per_step = c.train.micro_batch_size * c.train.devices;
+    if per_step > 0 && c.train.batch_size % per_step != 0 {
+        bad(
+            "train.batch_size",
+            format!(
+                "is {}, not a multiple of micro_batch_size × devices = {} × {} = {per_step}; make it {} or {}",
+                c.train.batch_size,
+                c.train.micro_batch_size,
+                c.train.devices,
+                (c.train.batch_size / per_step).max(1) * per_step,
+                (c.train.batch_size / per_step + 1) * per_step
+            ),
+        );
+    }
+    if c.train.learning_rate <= 0.0 || !c.train.learning_rate.is_finite() {
+        bad("train.learning_rate", format!("is {}; it must be above 0", c.train.learning_rate));
+    }
+    if c.train.min_lr < 0.0 || c.train.min_lr > c.train.learning_rate {
+        bad("train.min_lr", format!("is {}; it must be between 0 and learning_rate ({})", c.train.min_lr, c.train.learning_rate));
+    }
+    if c.train.weight_decay < 0.0 {
+        bad("train.weight_decay", format!("is {}; it must be 0 or more", c.train.weight_decay));
+    }
+    if c.train.max_grad_norm < 0.0 {
+        bad("train.max_grad_norm", format!("is {}; it must be 0 (no clipping) or more", c.train.max_grad_norm));
+    }
+    if !(0.0..1.0).contains(&c.method.lora_dropout) {
+        bad("method.lora_dropout", format!("is {}; it must be at least 0 and below 1", c.method.lora_dropout));
+    }
+    if c.method.lora_alpha <= 0.0 {
+        bad("method.lora_alpha", format!("is {}; it must be above 0", c.method.lora_alpha));
+    }
+}

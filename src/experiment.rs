@@ -1,0 +1,171 @@
+//! Experiment outputs: `experiments/<name>/v<N>/` with the resolved `config.toml` and `run.json`.
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::Problems;
+
+pub const EXPERIMENTS_DIR: &str = "experiments";
+
+/// Names become directory names: keep them to one plain path component.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || !ok_chars || name.starts_with('.') {
+        return Err(format!(
+            "is \"{name}\"; an experiment name uses only letters, digits, '-', '_' and '.', and does not start with '.'"
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub name: String,
+    pub version: u32,
+    pub dir: PathBuf,
+}
+
+/// Creates the next free `root/<name>/v<N>/`. Creating a directory is atomic, so concurrent callers
+/// each get their own version and never overwrite one another.
+pub fn allocate(root: &Path, name: &str) -> Result<Experiment, Problems> {
+    check_name(name).map_err(|msg| Problems::one(format!("experiment name {msg}")))?;
+    let parent = root.join(name);
+    std::fs::create_dir_all(&parent).map_err(|e| Problems::one(format!("{}: cannot create: {e}", parent.display())))?;
+    let mut version = versions(&parent).last().copied().unwrap_or(0) + 1;
+    loop {
+        let dir = parent.join(format!("v{version}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(Experiment { name: name.to_string(), version, dir }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => version += 1,
+            Err(e) => return Err(Problems::one(format!("{}: cannot create: {e}", dir.display()))),
+        }
+    }
+}
+
+/// The version numbers under `experiments/<name>/`, ascending.
+pub fn versions(parent: &Path) -> Vec<u32> {
+    let mut found: Vec<u32> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix('v')?.parse().ok())
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunInfo {
+    pub experiment: String,
+    pub version: u32,
+    pub status: String,
+    pub ftexp_version: String,
+    pub libtorch_version: String,
+    pub git_commit: Option<String>,
+    pub git_dirty: Option<bool>,
+    pub host: String,
+    pub device: String,
+    pub command_line: Vec<String>,
+    pub start_time: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub end_time: Option<String>,
+}
+
+impl Experiment {
+    /// Writes the resolved config (re-runnable as it is) and a `run.json` with status `running`.
+    pub fn start(&self, config: &Config, device: &str) -> Result<RunInfo, Problems> {
+        self.write("config.toml", &format!("# Resolved by ftexp {}: every key, re-runnable as it is.\n{}", env!("CARGO_PKG_VERSION"), crate::config::to_toml(config)))?;
+        let (git_commit, git_dirty) = git_state();
+        let info = RunInfo {
+            experiment: self.name.clone(),
+            version: self.version,
+            status: "running".into(),
+            ftexp_version: env!("CARGO_PKG_VERSION").into(),
+            libtorch_version: env!("FTEXP_LIBTORCH_VERSION").into(),
+            git_commit,
+            git_dirty,
+            host: host_name(),
+            device: device.into(),
+            command_line: std::env::args().collect(),
+            start_time: utc_now(),
+            end_time: None,
+        };
+        self.write_run_info(&info)?;
+        Ok(info)
+    }
+
+    pub fn write_run_info(&self, info: &RunInfo) -> Result<(), Problems> {
+        self.write("run.json", &(serde_json::to_string_pretty(info).expect("run info serializes") + "\n"))
+    }
+
+    pub fn read_run_info(&self) -> Result<RunInfo, Problems> {
+        let path = self.dir.join("run.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| Problems::one(format!("{}: invalid run.json: {e}", path.display())))
+    }
+
+    /// Marks the run `completed`, `failed` or `interrupted`, with its end time.
+    pub fn finish(&self, status: &str) -> Result<(), Problems> {
+        let mut info = self.read_run_info()?;
+        info.status = status.into();
+        info.end_time = Some(utc_now());
+        self.write_run_info(&info)
+    }
+
+    /// Writes `name` in the run directory through a temporary file, so readers never see half a file.
+    pub fn write(&self, name: &str, contents: &str) -> Result<(), Problems> {
+        write_atomic(&self.dir.join(name), contents.as_bytes())
+    }
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Problems> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Problems::one(format!("{}: cannot write: {e}", path.display())))
+}
+
+fn git_state() -> (Option<String>, Option<bool>) {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = run(&["rev-parse", "HEAD"]);
+    let dirty = commit.as_ref().and_then(|_| run(&["status", "--porcelain", "--untracked-files=no"])).map(|s| !s.is_empty());
+    (commit, dirty)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The current time as `2026-11-27T20:05:00Z`.
+pub fn utc_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}

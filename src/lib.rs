@@ -1,0 +1,10 @@
+//! ftexp: fine-tune large language models from declarative TOML experiment files.
+//! One module per pipeline stage; `main.rs` only calls [`cli::main`].
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod experiment;
+pub mod hub;
+pub mod model;
+pub mod plan;

@@ -1,0 +1,381 @@
+//! The architecture of a checkpoint, read from its hub `config.json` alone: one GPT description with
+//! switches for each family, and the full list of its weights (HF names and shapes).
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::Problems;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Falcon,
+    Llama,
+    Qwen2,
+    GptNeox,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Norm {
+    LayerNorm,
+    RmsNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mlp {
+    /// fc → GELU → proj.
+    Gelu,
+    /// down(silu(gate) · up).
+    SwiGlu,
+}
+
+/// Llama 3.1 style frequency scaling of rotary embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelSpec {
+    pub family: Family,
+    /// `model_type` as the checkpoint names it.
+    pub model_type: String,
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub n_layer: i64,
+    pub n_head: i64,
+    /// Key/value heads: n_head for multi-head, 1 for multi-query, in between for grouped-query.
+    pub n_query_groups: i64,
+    pub head_size: i64,
+    pub intermediate_size: i64,
+    pub norm: Norm,
+    pub norm_eps: f64,
+    pub mlp: Mlp,
+    /// Bias on the q/k/v projections.
+    pub qkv_bias: bool,
+    /// Bias on the attention output and MLP projections.
+    pub proj_bias: bool,
+    /// x + attn(norm1(x)) + mlp(norm2(x)) instead of two sequential residual blocks.
+    pub parallel_residual: bool,
+    /// Parallel residual with one norm feeding both attention and MLP (Falcon 7B).
+    pub shared_attention_norm: bool,
+    /// How many dimensions of each head get rotary embeddings (all, or `rotary_pct` of them).
+    pub rope_dims: i64,
+    pub rope_theta: f64,
+    pub rope_llama3: Option<Llama3Scaling>,
+    pub tie_embeddings: bool,
+    pub max_position_embeddings: i64,
+}
+
+fn get<'a>(json: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().find_map(|k| json.get(*k)).filter(|v| !v.is_null())
+}
+
+impl ModelSpec {
+    pub fn from_file(path: &Path) -> Result<ModelSpec, Problems> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| Problems::one(format!("{}: invalid JSON at line {}, column {}: {e}", path.display(), e.line(), e.column())))?;
+        Self::from_json(&json).map_err(|msg| Problems::one(format!("{}: {msg}", path.display())))
+    }
+
+    pub fn from_json(json: &Value) -> Result<ModelSpec, String> {
+        let model_type = get(json, &["model_type"]).and_then(Value::as_str).unwrap_or("").to_string();
+        let family = match model_type.as_str() {
+            "falcon" | "RefinedWeb" | "RefinedWebModel" => Family::Falcon,
+            "llama" | "mistral" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "gpt_neox" => Family::GptNeox,
+            other => {
+                return Err(format!(
+                    "model_type \"{other}\" is not supported; supported: falcon, llama (Llama 2/3, TinyLlama, CodeLlama, Vicuna), mistral, qwen2, gpt_neox (Pythia, RedPajama-INCITE, StableLM-alpha)"
+                ))
+            }
+        };
+        let int = |keys: &[&str]| -> Result<i64, String> {
+            get(json, keys)
+                .and_then(Value::as_i64)
+                .ok_or_else(|| format!("`{}` is missing or not a whole number", keys[0]))
+        };
+        let opt_int = |keys: &[&str]| get(json, keys).and_then(Value::as_i64);
+        let float = |keys: &[&str]| get(json, keys).and_then(Value::as_f64);
+        let flag = |keys: &[&str]| get(json, keys).and_then(Value::as_bool);
+        // transformers ≥ 5 nests rotary settings in `rope_parameters`; older configs keep them at the top.
+        let rope = get(json, &["rope_parameters"]).cloned().unwrap_or(Value::Null);
+        let rope_get = |keys: &[&str]| keys.iter().find_map(|k| rope.get(*k)).and_then(Value::as_f64).or_else(|| float(keys));
+
+        let hidden_size = int(&["hidden_size", "n_embed", "d_model"])?;
+        let n_head = int(&["num_attention_heads", "n_head"])?;
+        let n_layer = int(&["num_hidden_layers", "n_layer"])?;
+        let vocab_size = int(&["vocab_size"])?;
+        if n_head <= 0 || hidden_size % n_head != 0 {
+            return Err(format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {n_head}"));
+        }
+        let head_size = opt_int(&["head_dim"]).unwrap_or(hidden_size / n_head);
+        let max_position_embeddings = opt_int(&["max_position_embeddings", "n_positions"]).unwrap_or(2048);
+        let mut rope_theta = rope_get(&["rope_theta", "rotary_emb_base"]).unwrap_or(10000.0);
+        let mut rope_llama3 = None;
+
+        let spec = match family {
+            Family::Falcon => {
+                if flag(&["alibi"]) == Some(true) {
+                    return Err("Falcon with alibi = true is not supported; only rotary Falcon checkpoints are".into());
+                }
+                let new_arch = flag(&["new_decoder_architecture"]).unwrap_or(false);
+                let groups = if new_arch {
+                    opt_int(&["num_kv_heads", "n_head_kv"]).unwrap_or(n_head)
+                } else if flag(&["multi_query"]).unwrap_or(true) {
+                    1
+                } else {
+                    n_head
+                };
+                let parallel = flag(&["parallel_attn"]).unwrap_or(true);
+                if !parallel && new_arch {
+                    return Err("Falcon with new_decoder_architecture and parallel_attn = false is not supported".into());
+                }
+                let two_norms = new_arch && opt_int(&["num_ln_in_parallel_attn"]).unwrap_or(2) == 2;
+                let bias = flag(&["bias"]).unwrap_or(false);
+                ModelSpec {
+                    family,
+                    model_type,
+                    vocab_size,
+                    hidden_size,
+                    n_layer,
+                    n_head,
+                    n_query_groups: groups,
+                    head_size,
+                    intermediate_size: opt_int(&["ffn_hidden_size"]).unwrap_or(4 * hidden_size),
+                    norm: Norm::LayerNorm,
+                    norm_eps: float(&["layer_norm_epsilon"]).unwrap_or(1e-5),
+                    mlp: Mlp::Gelu,
+                    qkv_bias: bias,
+                    proj_bias: bias,
+                    parallel_residual: parallel,
+                    shared_attention_norm: parallel && !two_norms,
+                    rope_dims: head_size,
+                    rope_theta,
+                    rope_llama3: None,
+                    tie_embeddings: flag(&["tie_word_embeddings"]).unwrap_or(true),
+                    max_position_embeddings,
+                }
+            }
+            Family::Llama | Family::Qwen2 => {
+                let rope_type = rope
+                    .get("rope_type")
+                    .or_else(|| get(json, &["rope_scaling"]).and_then(|s| s.get("rope_type").or_else(|| s.get("type"))))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let scaling = if rope.is_object() { Some(&rope) } else { get(json, &["rope_scaling"]) };
+                match rope_type {
+                    "default" => {}
+                    "llama3" => {
+                        let s = scaling.unwrap();
+                        let f = |k: &str| s.get(k).and_then(Value::as_f64).ok_or(format!("rope scaling `{k}` is missing"));
+                        rope_llama3 = Some(Llama3Scaling {
+                            factor: f("factor")?,
+                            low_freq_factor: f("low_freq_factor")?,
+                            high_freq_factor: f("high_freq_factor")?,
+                            original_max_position_embeddings: f("original_max_position_embeddings")?,
+                        });
+                    }
+                    other => return Err(format!("rope scaling type \"{other}\" is not supported; supported: default, llama3")),
+                }
+                if rope_theta <= 0.0 {
+                    rope_theta = 10000.0;
+                }
+                let qwen = family == Family::Qwen2;
+                ModelSpec {
+                    family,
+                    model_type,
+                    vocab_size,
+                    hidden_size,
+                    n_layer,
+                    n_head,
+                    n_query_groups: opt_int(&["num_key_value_heads"]).unwrap_or(n_head),
+                    head_size,
+                    intermediate_size: int(&["intermediate_size"])?,
+                    norm: Norm::RmsNorm,
+                    norm_eps: float(&["rms_norm_eps"]).unwrap_or(1e-6),
+                    mlp: Mlp::SwiGlu,
+                    qkv_bias: qwen || flag(&["attention_bias"]).unwrap_or(false),
+                    proj_bias: !qwen && flag(&["attention_bias"]).unwrap_or(false),
+                    parallel_residual: false,
+                    shared_attention_norm: false,
+                    rope_dims: head_size,
+                    rope_theta,
+                    rope_llama3,
+                    tie_embeddings: flag(&["tie_word_embeddings"]).unwrap_or(false),
+                    max_position_embeddings,
+                }
+            }
+            Family::GptNeox => {
+                let pct = rope_get(&["partial_rotary_factor", "rotary_pct"]).unwrap_or(1.0);
+                let act = get(json, &["hidden_act"]).and_then(Value::as_str).unwrap_or("gelu");
+                if !act.starts_with("gelu") {
+                    return Err(format!("gpt_neox hidden_act \"{act}\" is not supported; supported: gelu, gelu_new, gelu_fast"));
+                }
+                ModelSpec {
+                    family,
+                    model_type,
+                    vocab_size,
+                    hidden_size,
+                    n_layer,
+                    n_head,
+                    n_query_groups: n_head,
+                    head_size,
+                    intermediate_size: opt_int(&["intermediate_size"]).unwrap_or(4 * hidden_size),
+                    norm: Norm::LayerNorm,
+                    norm_eps: float(&["layer_norm_eps"]).unwrap_or(1e-5),
+                    mlp: Mlp::Gelu,
+                    qkv_bias: flag(&["attention_bias"]).unwrap_or(true),
+                    proj_bias: true,
+                    parallel_residual: flag(&["use_parallel_residual"]).unwrap_or(true),
+                    shared_attention_norm: false,
+                    rope_dims: (head_size as f64 * pct) as i64,
+                    rope_theta,
+                    rope_llama3: None,
+                    tie_embeddings: flag(&["tie_word_embeddings"]).unwrap_or(false),
+                    max_position_embeddings,
+                }
+            }
+        };
+        if spec.n_query_groups <= 0 || spec.n_head % spec.n_query_groups != 0 {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of the key/value heads {}",
+                spec.n_head, spec.n_query_groups
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// Every weight of the checkpoint by its hub name, with its shape.
+    pub fn weights(&self) -> Vec<(String, Vec<i64>)> {
+        let names = self.names();
+        let (h, v, hs) = (self.hidden_size, self.vocab_size, self.head_size);
+        let (q, kv, ff) = (self.n_head * hs, self.n_query_groups * hs, self.intermediate_size);
+        let mut out: Vec<(String, Vec<i64>)> = vec![(names.embed.into(), vec![v, h])];
+        let linear = |out: &mut Vec<(String, Vec<i64>)>, name: String, rows: i64, cols: i64, bias: bool| {
+            if bias {
+                out.push((format!("{name}.bias"), vec![rows]));
+            }
+            out.push((format!("{name}.weight"), vec![rows, cols]));
+        };
+        let norm = |out: &mut Vec<(String, Vec<i64>)>, name: String| {
+            out.push((format!("{name}.weight"), vec![h]));
+            if self.norm == Norm::LayerNorm {
+                out.push((format!("{name}.bias"), vec![h]));
+            }
+        };
+        for i in 0..self.n_layer {
+            let p = format!("{}.{i}", names.layers);
+            norm(&mut out, format!("{p}.{}", names.norm1));
+            if let Some(norm2) = self.second_norm(&names) {
+                norm(&mut out, format!("{p}.{norm2}"));
+            }
+            match names.qkv {
+                Qkv::Fused(n) => linear(&mut out, format!("{p}.{n}"), q + 2 * kv, h, self.qkv_bias),
+                Qkv::Split(qn, kn, vn) => {
+                    linear(&mut out, format!("{p}.{qn}"), q, h, self.qkv_bias);
+                    linear(&mut out, format!("{p}.{kn}"), kv, h, self.qkv_bias);
+                    linear(&mut out, format!("{p}.{vn}"), kv, h, self.qkv_bias);
+                }
+            }
+            linear(&mut out, format!("{p}.{}", names.attn_out), h, q, self.proj_bias);
+            match self.mlp {
+                Mlp::Gelu => {
+                    linear(&mut out, format!("{p}.{}", names.mlp[0]), ff, h, self.proj_bias);
+                    linear(&mut out, format!("{p}.{}", names.mlp[1]), h, ff, self.proj_bias);
+                }
+                Mlp::SwiGlu => {
+                    linear(&mut out, format!("{p}.{}", names.mlp[0]), ff, h, self.proj_bias);
+                    linear(&mut out, format!("{p}.{}", names.mlp[1]), ff, h, self.proj_bias);
+                    linear(&mut out, format!("{p}.{}", names.mlp[2]), h, ff, self.proj_bias);
+                }
+            }
+        }
+        norm(&mut out, names.final_norm.into());
+        if !self.tie_embeddings {
+            out.push((names.head.into(), vec![v, h]));
+        }
+        out
+    }
+
+    /// The norm before the MLP, when the block has one of its own.
+    pub fn second_norm(&self, names: &WeightNames) -> Option<&'static str> {
+        (!self.shared_attention_norm).then_some(names.norm2)
+    }
+
+    pub fn num_params(&self) -> i64 {
+        self.weights().iter().map(|(_, s)| s.iter().product::<i64>()).sum()
+    }
+
+    /// The hub's names for this family's weights.
+    pub fn names(&self) -> WeightNames {
+        match self.family {
+            Family::Falcon => {
+                // Parallel blocks with two norms (the 40B/180B layout) name them ln_attn/ln_mlp.
+                let two_parallel_norms = self.parallel_residual && !self.shared_attention_norm;
+                WeightNames {
+                    embed: "transformer.word_embeddings.weight",
+                    layers: "transformer.h",
+                    norm1: if two_parallel_norms { "ln_attn" } else { "input_layernorm" },
+                    norm2: if two_parallel_norms { "ln_mlp" } else { "post_attention_layernorm" },
+                    qkv: Qkv::Fused("self_attention.query_key_value"),
+                    attn_out: "self_attention.dense",
+                    mlp: ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h", ""],
+                    final_norm: "transformer.ln_f",
+                    head: "lm_head.weight",
+                }
+            }
+            Family::Llama | Family::Qwen2 => WeightNames {
+                embed: "model.embed_tokens.weight",
+                layers: "model.layers",
+                norm1: "input_layernorm",
+                norm2: "post_attention_layernorm",
+                qkv: Qkv::Split("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                attn_out: "self_attn.o_proj",
+                mlp: ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+                final_norm: "model.norm",
+                head: "lm_head.weight",
+            },
+            Family::GptNeox => WeightNames {
+                embed: "gpt_neox.embed_in.weight",
+                layers: "gpt_neox.layers",
+                norm1: "input_layernorm",
+                norm2: "post_attention_layernorm",
+                qkv: Qkv::Fused("attention.query_key_value"),
+                attn_out: "attention.dense",
+                mlp: ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h", ""],
+                final_norm: "gpt_neox.final_layer_norm",
+                head: "embed_out.weight",
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Qkv {
+    /// One matrix, q/k/v interleaved per key/value group (Falcon, GPT-NeoX).
+    Fused(&'static str),
+    Split(&'static str, &'static str, &'static str),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WeightNames {
+    pub embed: &'static str,
+    pub layers: &'static str,
+    pub norm1: &'static str,
+    pub norm2: &'static str,
+    pub qkv: Qkv,
+    pub attn_out: &'static str,
+    /// fc, proj (GELU) or gate, up, down (SwiGLU).
+    pub mlp: [&'static str; 3],
+    pub final_norm: &'static str,
+    pub head: &'static str,
+}

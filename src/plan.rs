@@ -1,0 +1,276 @@
+//! The run plan: what a resolved config will do, derived without loading weights or touching the network.
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::{schema::KEYS, Resolved};
+use crate::model::spec::ModelSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    match s {
+        "auto" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceChoice::Cuda)
+            .ok_or_else(|| format!("is \"{s}\"; use \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")),
+    }
+}
+
+/// The device and precision a config resolves to on this machine.
+pub fn resolve_device(device: &str, precision: &str) -> (tch::Device, String) {
+    let device = match parse_device(device).unwrap_or(DeviceChoice::Auto) {
+        DeviceChoice::Auto => tch::Device::cuda_if_available(),
+        DeviceChoice::Cpu => tch::Device::Cpu,
+        DeviceChoice::Cuda(n) => tch::Device::Cuda(n),
+    };
+    let precision = match precision {
+        "auto" if device.is_cuda() => "bf16-true".to_string(),
+        "auto" => "32-true".to_string(),
+        p => p.to_string(),
+    };
+    (device, precision)
+}
+
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitSizes {
+    pub records: usize,
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+}
+
+/// Split sizes for `n` records: val and test are `n × ratio` rounded to the nearest whole record,
+/// train takes the rest.
+pub fn split_sizes(n: usize, split: crate::config::schema::Split) -> SplitSizes {
+    let val = (n as f64 * split.val).round() as usize;
+    let test = ((n as f64 * split.test).round() as usize).min(n - val);
+    SplitSizes { records: n, train: n - val - test, val, test }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Architecture {
+    pub family: crate::model::spec::Family,
+    pub model_type: String,
+    pub layers: i64,
+    pub heads: i64,
+    pub query_groups: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub vocab_size: i64,
+    pub parameters: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub device: String,
+    pub precision: String,
+    pub checkpoint_dir: PathBuf,
+    pub architecture: Option<Architecture>,
+    /// Why the architecture is not shown, and what to run.
+    pub architecture_missing: Option<String>,
+    pub data: Option<SplitSizes>,
+    pub data_missing: Option<String>,
+    pub gradient_accumulation_iters: u64,
+    pub epoch_size: Option<u64>,
+    pub steps_per_epoch: Option<u64>,
+    pub total_steps: Option<u64>,
+    pub warmup_steps: Option<u64>,
+    pub eval_steps: Vec<u64>,
+    pub save_steps: Vec<u64>,
+    /// batch_size × max_seq_length: the most tokens one optimizer step can see.
+    pub max_tokens_per_step: u64,
+}
+
+const STEPS_SHOWN: usize = 5;
+
+fn every(interval: u64, total: Option<u64>) -> Vec<u64> {
+    let total = total.unwrap_or(u64::MAX);
+    (1..).map(|i| i * interval).take_while(|s| *s <= total).take(STEPS_SHOWN).collect()
+}
+
+pub fn make(r: &Resolved) -> Plan {
+    let c = &r.config;
+    let (device, precision) = resolve_device(&c.model.device, &c.model.precision);
+    let checkpoint_dir = crate::hub::local_dir(&c.model.checkpoint);
+    let config_json = checkpoint_dir.join("config.json");
+    let (architecture, architecture_missing) = if config_json.is_file() {
+        match ModelSpec::from_file(&config_json) {
+            Ok(spec) => (Some(summarize(&spec)), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, Some(crate::hub::not_downloaded_hint(&c.model.checkpoint, &checkpoint_dir)))
+    };
+    let (data, data_missing) = match crate::data::count_records(std::path::Path::new(&c.data.path)) {
+        Ok(n) => (Some(split_sizes(n, c.data.split)), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let t = &c.train;
+    let grad_accum = t.batch_size / (t.micro_batch_size * t.devices).max(1);
+    let epoch_size = t.epoch_size.or(data.as_ref().map(|d| d.train as u64));
+    let steps_per_epoch = epoch_size.map(|e| (e / t.batch_size).max(1));
+    let total_steps = t.max_steps.or(steps_per_epoch.map(|s| s * t.epochs));
+    Plan {
+        device: device_name(device),
+        precision,
+        checkpoint_dir,
+        architecture,
+        architecture_missing,
+        data,
+        data_missing,
+        gradient_accumulation_iters: grad_accum,
+        epoch_size,
+        steps_per_epoch,
+        total_steps,
+        warmup_steps: total_steps.map(|s| t.warmup_iters.min(s)),
+        eval_steps: every(t.eval_interval, total_steps),
+        save_steps: every(t.save_interval, total_steps),
+        max_tokens_per_step: t.batch_size * c.data.max_seq_length,
+    }
+}
+
+fn summarize(spec: &ModelSpec) -> Architecture {
+    Architecture {
+        family: spec.family,
+        model_type: spec.model_type.clone(),
+        layers: spec.n_layer,
+        heads: spec.n_head,
+        query_groups: spec.n_query_groups,
+        hidden_size: spec.hidden_size,
+        intermediate_size: spec.intermediate_size,
+        vocab_size: spec.vocab_size,
+        parameters: spec.num_params(),
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: impl Into<i128>) -> String {
+    let s = n.into().to_string();
+    let (sign, digits) = s.split_at(if s.starts_with('-') { 1 } else { 0 });
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    format!("{sign}{out}")
+}
+
+/// The resolved config as TOML, each value followed by where it was set.
+pub fn render_config(r: &Resolved) -> String {
+    let value = toml::Value::try_from(&r.config).expect("config serializes");
+    let mut out = String::new();
+    let mut table = "";
+    for key in KEYS.iter().filter(|k| k.key != "extends") {
+        let (head, local) = match key.key.split_once('.') {
+            Some((t, rest)) => (t, rest),
+            None => ("", key.key),
+        };
+        if head != table {
+            let _ = write!(out, "\n[{head}]\n");
+            table = head;
+        }
+        let found = key.key.split('.').try_fold(&value, |v, part| v.get(part));
+        let line = match found {
+            Some(v) => format!("{local} = {v}"),
+            None => format!("# {local} = (unset)"),
+        };
+        let _ = writeln!(out, "{line:<44} # {}", r.source(key.key));
+    }
+    if !r.config.extends.is_empty() {
+        out = format!("# extends = {:?}\n{out}", r.config.extends);
+    }
+    out.trim_start().to_string()
+}
+
+pub fn render(r: &Resolved, plan: &Plan) -> String {
+    let mut out = render_config(r);
+    let opt = |v: Option<u64>| v.map(|n| thousands(n)).unwrap_or_else(|| "unknown (see data above)".into());
+    let list = |steps: &[u64], total: Option<u64>| {
+        let mut s = steps.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+        if steps.len() == STEPS_SHOWN && total.is_none_or(|t| steps[STEPS_SHOWN - 1] < t) {
+            s.push_str(", …");
+        }
+        if total.is_some() {
+            s.push_str(" and the last step");
+        }
+        s
+    };
+    let _ = writeln!(out, "\n# plan");
+    let _ = writeln!(out, "device:                     {} ({})", plan.device, plan.precision);
+    match (&plan.data, &plan.data_missing) {
+        (Some(d), _) => {
+            let _ = writeln!(
+                out,
+                "data:                       {} records → train {}, val {}, test {}",
+                thousands(d.records as u64),
+                thousands(d.train as u64),
+                thousands(d.val as u64),
+                thousands(d.test as u64)
+            );
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(out, "data:                       not read: {why}");
+        }
+        _ => {}
+    }
+    let t = &r.config.train;
+    let _ = writeln!(
+        out,
+        "gradient accumulation:      {} micro-batches of {} per optimizer step (batch_size {} ÷ ({} × {} devices))",
+        plan.gradient_accumulation_iters, t.micro_batch_size, t.batch_size, t.micro_batch_size, t.devices
+    );
+    let _ = writeln!(out, "epoch size:                 {} samples", opt(plan.epoch_size));
+    let _ = writeln!(out, "optimizer steps per epoch:  {}", opt(plan.steps_per_epoch));
+    let how = if t.max_steps.is_some() { "(train.max_steps)".to_string() } else { format!("({} epochs)", t.epochs) };
+    let _ = writeln!(out, "optimizer steps in total:   {} {how}", opt(plan.total_steps));
+    let _ = writeln!(out, "warm-up steps:              {}", opt(plan.warmup_steps));
+    let _ = writeln!(out, "evaluations at steps:       {}", list(&plan.eval_steps, plan.total_steps));
+    let _ = writeln!(out, "checkpoints at steps:       {}", list(&plan.save_steps, plan.total_steps));
+    let _ = writeln!(out, "tokens per optimizer step:  at most {}", thousands(plan.max_tokens_per_step));
+    let _ = writeln!(out, "\n# model ({})", plan.checkpoint_dir.display());
+    match (&plan.architecture, &plan.architecture_missing) {
+        (Some(a), _) => {
+            let _ = writeln!(out, "family:                     {:?} ({})", a.family, a.model_type);
+            let _ = writeln!(out, "layers:                     {}", a.layers);
+            let _ = writeln!(out, "attention heads:            {} ({} key/value groups)", a.heads, a.query_groups);
+            let _ = writeln!(out, "hidden size:                {} (MLP {})", a.hidden_size, a.intermediate_size);
+            let _ = writeln!(out, "vocabulary:                 {}", thousands(a.vocab_size));
+            let _ = writeln!(out, "parameters:                 {}", thousands(a.parameters));
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(out, "not read: {why}");
+        }
+        _ => {}
+    }
+    out
+}
+
+pub fn to_json(r: &Resolved, plan: &Plan) -> serde_json::Value {
+    serde_json::json!({
+        "config": r.config,
+        "extends": r.config.extends,
+        "files": r.files,
+        "sources": r.sources,
+        "plan": plan,
+    })
+}
