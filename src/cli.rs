@@ -52,7 +52,8 @@ pub fn version_line() -> String {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let wants_version = std::env::args().skip(1).any(|a| a == "--version" || a == "-V");
-    let version: &'static str = if wants_version { Box::leak(version_line().into_boxed_str()) } else { env!("CARGO_PKG_VERSION") };
+    let version: &'static str =
+        if wants_version { Box::leak(version_line().into_boxed_str()) } else { env!("CARGO_PKG_VERSION") };
     let matches = Cli::command().version(version).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -108,7 +109,13 @@ pub fn keys_reference(markdown: bool) -> String {
     for k in schema::KEYS {
         let default = k.default.map(|d| format!("`{d}`")).unwrap_or_else(|| "unset".into());
         if markdown {
-            out.push_str(&format!("| `{}` | {} | {} | {} |\n", k.key, k.kind.describe(), default, k.doc.replace('|', "\\|")));
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                k.key,
+                k.kind.describe(),
+                default,
+                k.doc.replace('|', "\\|")
+            ));
         } else {
             out.push_str(&format!("{} ({}; default {}): {}\n", k.key, k.kind.describe(), default, k.doc));
         }

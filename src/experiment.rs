@@ -76,7 +76,14 @@ pub struct RunInfo {
 impl Experiment {
     /// Writes the resolved config (re-runnable as it is) and a `run.json` with status `running`.
     pub fn start(&self, config: &Config, device: &str) -> Result<RunInfo, Problems> {
-        self.write("config.toml", &format!("# Resolved by ftexp {}: every key, re-runnable as it is.\n{}", env!("CARGO_PKG_VERSION"), crate::config::to_toml(config)))?;
+        self.write(
+            "config.toml",
+            &format!(
+                "# Resolved by ftexp {}: every key, re-runnable as it is.\n{}",
+                env!("CARGO_PKG_VERSION"),
+                crate::config::to_toml(config)
+            ),
+        )?;
         let (git_commit, git_dirty) = git_state();
         let info = RunInfo {
             experiment: self.name.clone(),
@@ -102,7 +109,8 @@ impl Experiment {
 
     pub fn read_run_info(&self) -> Result<RunInfo, Problems> {
         let path = self.dir.join("run.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
         serde_json::from_str(&text).map_err(|e| Problems::one(format!("{}: invalid run.json: {e}", path.display())))
     }
 
@@ -142,7 +150,8 @@ fn git_state() -> (Option<String>, Option<bool>) {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let commit = run(&["rev-parse", "HEAD"]);
-    let dirty = commit.as_ref().and_then(|_| run(&["status", "--porcelain", "--untracked-files=no"])).map(|s| !s.is_empty());
+    let dirty =
+        commit.as_ref().and_then(|_| run(&["status", "--porcelain", "--untracked-files=no"])).map(|s| !s.is_empty());
     (commit, dirty)
 }
 

@@ -33,6 +33,9 @@ pub fn not_downloaded_hint(checkpoint: &str, dir: &Path) -> String {
             dir.display()
         )
     } else {
-        format!("{} not found; `model.checkpoint` must name a hub repo id or a directory holding config.json", dir.join("config.json").display())
+        format!(
+            "{} not found; `model.checkpoint` must name a hub repo id or a directory holding config.json",
+            dir.join("config.json").display()
+        )
     }
 }

@@ -204,7 +204,7 @@ pub fn render_config(r: &Resolved) -> String {
 
 pub fn render(r: &Resolved, plan: &Plan) -> String {
     let mut out = render_config(r);
-    let opt = |v: Option<u64>| v.map(|n| thousands(n)).unwrap_or_else(|| "unknown (see data above)".into());
+    let opt = |v: Option<u64>| v.map(thousands).unwrap_or_else(|| "unknown (see data above)".into());
     let list = |steps: &[u64], total: Option<u64>| {
         let mut s = steps.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
         if steps.len() == STEPS_SHOWN && total.is_none_or(|t| steps[STEPS_SHOWN - 1] < t) {
@@ -216,7 +216,9 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
         s
     };
     let _ = writeln!(out, "\n# plan");
-    let _ = writeln!(out, "device:                     {} ({})", plan.device, plan.precision);
+    let missing_gpu = plan.device.starts_with("cuda") && !tch::Cuda::is_available();
+    let note = if missing_gpu { "; no CUDA device on this machine: a run here would fail" } else { "" };
+    let _ = writeln!(out, "device:                     {} ({}){note}", plan.device, plan.precision);
     match (&plan.data, &plan.data_missing) {
         (Some(d), _) => {
             let _ = writeln!(
@@ -239,7 +241,8 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
         "gradient accumulation:      {} micro-batches of {} per optimizer step (batch_size {} ÷ ({} × {} devices))",
         plan.gradient_accumulation_iters, t.micro_batch_size, t.batch_size, t.micro_batch_size, t.devices
     );
-    let _ = writeln!(out, "epoch size:                 {} samples", opt(plan.epoch_size));
+    let samples = plan.epoch_size.map(|e| format!("{} samples", thousands(e)));
+    let _ = writeln!(out, "epoch size:                 {}", samples.unwrap_or_else(|| opt(None)));
     let _ = writeln!(out, "optimizer steps per epoch:  {}", opt(plan.steps_per_epoch));
     let how = if t.max_steps.is_some() { "(train.max_steps)".to_string() } else { format!("({} epochs)", t.epochs) };
     let _ = writeln!(out, "optimizer steps in total:   {} {how}", opt(plan.total_steps));

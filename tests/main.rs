@@ -1,1 +1,5 @@
-
+//! The one integration-test binary (every test binary links libtorch, so there is only one).
+mod common;
+mod config;
+mod experiment;
+mod plan;

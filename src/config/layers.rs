@@ -89,7 +89,12 @@ pub fn defaults(config_path: &Path) -> Layer {
 /// Reads `path` and, depth first, the files it extends; bases come before the files naming them.
 pub fn load_chain(path: &Path, stack: &mut Vec<PathBuf>, out: &mut Vec<Layer>, problems: &mut Problems) {
     let chain = |stack: &[PathBuf], last: &Path| {
-        stack.iter().map(|p| p.display().to_string()).chain([last.display().to_string()]).collect::<Vec<_>>().join(" → ")
+        stack
+            .iter()
+            .map(|p| p.display().to_string())
+            .chain([last.display().to_string()])
+            .collect::<Vec<_>>()
+            .join(" → ")
     };
     let canonical = match path.canonicalize() {
         Ok(c) => c,
@@ -165,7 +170,9 @@ pub fn from_env(vars: impl IntoIterator<Item = (String, String)>, problems: &mut
     for (name, value) in &vars {
         let key = name[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
         if key.is_empty() || key.split('.').any(str::is_empty) {
-            problems.push(format!("env {name}: not a config key; write FTEXP_<TABLE>__<KEY>, e.g. FTEXP_TRAIN__LEARNING_RATE"));
+            problems.push(format!(
+                "env {name}: not a config key; write FTEXP_<TABLE>__<KEY>, e.g. FTEXP_TRAIN__LEARNING_RATE"
+            ));
             continue;
         }
         insert_path(&mut table, &key, parse_literal(value));
@@ -215,7 +222,8 @@ pub fn insert_path(table: &mut toml::Table, key: &str, value: toml::Value) {
 
 /// The 1-based line of `text` that sets the dotted `key` (in a `[table]`, dotted, or inline table).
 pub fn line_of(text: &str, key: &str) -> Option<usize> {
-    let clean = |s: &str| s.split('.').map(|p| p.trim().trim_matches('"').trim_matches('\'')).collect::<Vec<_>>().join(".");
+    let clean =
+        |s: &str| s.split('.').map(|p| p.trim().trim_matches('"').trim_matches('\'')).collect::<Vec<_>>().join(".");
     let mut header = String::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();

@@ -69,9 +69,7 @@ pub fn resolve_with_env(
         }
         figment = figment.merge(layer);
     }
-    let mut config: Config = figment
-        .extract()
-        .map_err(|e| Problems::one(format!("{}: {e}", path.display())))?;
+    let mut config: Config = figment.extract().map_err(|e| Problems::one(format!("{}: {e}", path.display())))?;
     config.extends = all
         .iter()
         .rev()

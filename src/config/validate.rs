@@ -5,7 +5,16 @@ use super::schema::{self, Kind, KEYS, PROMPT_STYLES};
 use super::Resolved;
 use crate::error::{did_you_mean, Problems};
 
+/// Reports this layer's unknown keys and wrong types, in the order of the file's lines.
 pub fn check_layer(layer: &Layer, problems: &mut Problems) {
+    let mut found = Problems::default();
+    check_leaves(layer, &mut found);
+    let line = |msg: &String| msg.split(": ").next().and_then(|at| at.rsplit(':').next()?.parse::<usize>().ok());
+    found.0.sort_by_key(|m| line(m).unwrap_or(0));
+    problems.0.extend(found.0);
+}
+
+fn check_leaves(layer: &Layer, problems: &mut Problems) {
     for (key, value) in layer.leaves() {
         let at = layer.label_for(&key);
         if let Some(doc) = schema::find(&key) {
@@ -19,7 +28,9 @@ pub fn check_layer(layer: &Layer, problems: &mut Problems) {
                 problems.push(msg);
             }
         } else if schema::is_table(&key) {
-            problems.push(format!("{at}: `{key}` is a table of settings, not a value; set its keys, e.g. `{key}.<key> = …`"));
+            problems.push(format!(
+                "{at}: `{key}` is a table of settings, not a value; set its keys, e.g. `{key}.<key> = …`"
+            ));
         } else {
             problems.push(format!("{at}: unknown key `{key}`; {}", suggestion(&key)));
         }
@@ -29,7 +40,9 @@ pub fn check_layer(layer: &Layer, problems: &mut Problems) {
 fn suggestion(key: &str) -> String {
     let leaf = key.rsplit('.').next().unwrap_or(key);
     let same_leaf = KEYS.iter().find(|k| k.key.rsplit('.').next() == Some(leaf)).map(|k| k.key);
-    match same_leaf.or_else(|| did_you_mean(key, KEYS.iter().map(|k| k.key))) {
+    let tables = ["model", "data", "data.split", "method", "train"];
+    let candidates = KEYS.iter().map(|k| k.key).chain(tables);
+    match same_leaf.or_else(|| did_you_mean(key, candidates)) {
         Some(best) => format!("did you mean `{best}`?"),
         None => "`ftexp keys` lists every key".into(),
     }
@@ -50,13 +63,19 @@ fn kind_matches(kind: Kind, value: &toml::Value) -> bool {
 /// Values that are well-typed but cannot work, named with where they were set.
 pub fn check_config(r: &Resolved, problems: &mut Problems) {
     let c = &r.config;
-    let mut bad = |key: &str, msg: String| problems.push(format!("{}: `{key}` {msg}", r.source(key)));
+    // A key nobody set is reported against the config file itself.
+    let top = r.files.last().map(|f| f.display().to_string()).unwrap_or_default();
+    let at = |key: &str| r.sources.get(key).cloned().unwrap_or_else(|| top.clone());
+    let mut bad = |key: &str, msg: String| problems.push(format!("{}: `{key}` {msg}", at(key)));
 
     if let Err(msg) = crate::experiment::check_name(&c.name) {
         bad("name", msg);
     }
     if c.model.checkpoint.trim().is_empty() {
-        bad("model.checkpoint", "is not set; name a hub repo id like \"tiiuae/falcon-7b-instruct\" or a local model directory".into());
+        bad(
+            "model.checkpoint",
+            "is not set; name a hub repo id like \"tiiuae/falcon-7b-instruct\" or a local model directory".into(),
+        );
     }
     if let Err(msg) = crate::plan::parse_device(&c.model.device) {
         bad("model.device", msg);
@@ -68,7 +87,10 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
     if !PROMPT_STYLES.contains(&style.as_str()) && !style.contains("{instruction}") {
         bad(
             "data.prompt_style",
-            format!("is \"{style}\": use one of {} or a template containing {{instruction}}", schema::quoted_list(PROMPT_STYLES)),
+            format!(
+                "is \"{style}\": use one of {} or a template containing {{instruction}}",
+                schema::quoted_list(PROMPT_STYLES)
+            ),
         );
     }
     let split = c.data.split;
@@ -79,7 +101,10 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
     }
     let sum = split.train + split.val + split.test;
     if (sum - 1.0).abs() > 1e-6 {
-        bad("data.split.train", format!("+ val + test add up to {sum}; the three shares must add up to 1"));
+        bad(
+            "data.split.train",
+            format!("+ val + test add up to {}; the three shares must add up to 1", (sum * 1e6).round() / 1e6),
+        );
     }
     if split.train <= 0.0 {
         bad("data.split.train", "is 0; training needs some data".into());
@@ -104,7 +129,7 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
         }
     }
     let per_step = c.train.micro_batch_size * c.train.devices;
-    if per_step > 0 && c.train.batch_size % per_step != 0 {
+    if per_step > 0 && !c.train.batch_size.is_multiple_of(per_step) {
         bad(
             "train.batch_size",
             format!(
@@ -121,7 +146,10 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
         bad("train.learning_rate", format!("is {}; it must be above 0", c.train.learning_rate));
     }
     if c.train.min_lr < 0.0 || c.train.min_lr > c.train.learning_rate {
-        bad("train.min_lr", format!("is {}; it must be between 0 and learning_rate ({})", c.train.min_lr, c.train.learning_rate));
+        bad(
+            "train.min_lr",
+            format!("is {}; it must be between 0 and learning_rate ({})", c.train.min_lr, c.train.learning_rate),
+        );
     }
     if c.train.weight_decay < 0.0 {
         bad("train.weight_decay", format!("is {}; it must be 0 or more", c.train.weight_decay));

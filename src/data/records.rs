@@ -24,7 +24,9 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, Problems> {
     })?;
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
-        return Err(Problems::one(format!("{name}: the file is empty; it must hold a JSON array of records or one JSON record per line")));
+        return Err(Problems::one(format!(
+            "{name}: the file is empty; it must hold a JSON array of records or one JSON record per line"
+        )));
     }
     let rows: Vec<(Value, String)> = if trimmed.starts_with('[') {
         let items: Vec<Value> = serde_json::from_str(&text).map_err(|e| {
@@ -44,7 +46,9 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, Problems> {
         }
         rows
     };
-    rows.into_iter().map(|(value, at)| to_record(value).map_err(|msg| Problems::one(format!("{name}: {at}: {msg}")))).collect()
+    rows.into_iter()
+        .map(|(value, at)| to_record(value).map_err(|msg| Problems::one(format!("{name}: {at}: {msg}"))))
+        .collect()
 }
 
 /// How many records `path` holds.
@@ -68,11 +72,17 @@ fn to_record(value: Value) -> Result<Record, String> {
         match map.get(key) {
             Some(Value::String(s)) => Ok(s.clone()),
             None | Some(Value::Null) if !required => Ok(String::new()),
-            None | Some(Value::Null) => Err(format!("missing `{key}`; every record needs `instruction` and `output` (`input` is optional)")),
+            None | Some(Value::Null) => {
+                Err(format!("missing `{key}`; every record needs `instruction` and `output` (`input` is optional)"))
+            }
             Some(other) => Err(format!("`{key}` must be a string, found {}", kind(other))),
         }
     };
-    Ok(Record { instruction: field("instruction", true)?, input: field("input", false)?, output: field("output", true)? })
+    Ok(Record {
+        instruction: field("instruction", true)?,
+        input: field("input", false)?,
+        output: field("output", true)?,
+    })
 }
 
 fn kind(v: &Value) -> &'static str {

@@ -80,8 +80,9 @@ impl ModelSpec {
     pub fn from_file(path: &Path) -> Result<ModelSpec, Problems> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| Problems::one(format!("{}: invalid JSON at line {}, column {}: {e}", path.display(), e.line(), e.column())))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| {
+            Problems::one(format!("{}: invalid JSON at line {}, column {}: {e}", path.display(), e.line(), e.column()))
+        })?;
         Self::from_json(&json).map_err(|msg| Problems::one(format!("{}: {msg}", path.display())))
     }
 
@@ -108,7 +109,8 @@ impl ModelSpec {
         let flag = |keys: &[&str]| get(json, keys).and_then(Value::as_bool);
         // transformers ≥ 5 nests rotary settings in `rope_parameters`; older configs keep them at the top.
         let rope = get(json, &["rope_parameters"]).cloned().unwrap_or(Value::Null);
-        let rope_get = |keys: &[&str]| keys.iter().find_map(|k| rope.get(*k)).and_then(Value::as_f64).or_else(|| float(keys));
+        let rope_get =
+            |keys: &[&str]| keys.iter().find_map(|k| rope.get(*k)).and_then(Value::as_f64).or_else(|| float(keys));
 
         let hidden_size = int(&["hidden_size", "n_embed", "d_model"])?;
         let n_head = int(&["num_attention_heads", "n_head"])?;
@@ -137,7 +139,9 @@ impl ModelSpec {
                 };
                 let parallel = flag(&["parallel_attn"]).unwrap_or(true);
                 if !parallel && new_arch {
-                    return Err("Falcon with new_decoder_architecture and parallel_attn = false is not supported".into());
+                    return Err(
+                        "Falcon with new_decoder_architecture and parallel_attn = false is not supported".into()
+                    );
                 }
                 let two_norms = new_arch && opt_int(&["num_ln_in_parallel_attn"]).unwrap_or(2) == 2;
                 let bias = flag(&["bias"]).unwrap_or(false);
@@ -176,7 +180,8 @@ impl ModelSpec {
                     "default" => {}
                     "llama3" => {
                         let s = scaling.unwrap();
-                        let f = |k: &str| s.get(k).and_then(Value::as_f64).ok_or(format!("rope scaling `{k}` is missing"));
+                        let f =
+                            |k: &str| s.get(k).and_then(Value::as_f64).ok_or(format!("rope scaling `{k}` is missing"));
                         rope_llama3 = Some(Llama3Scaling {
                             factor: f("factor")?,
                             low_freq_factor: f("low_freq_factor")?,
@@ -184,7 +189,11 @@ impl ModelSpec {
                             original_max_position_embeddings: f("original_max_position_embeddings")?,
                         });
                     }
-                    other => return Err(format!("rope scaling type \"{other}\" is not supported; supported: default, llama3")),
+                    other => {
+                        return Err(format!(
+                            "rope scaling type \"{other}\" is not supported; supported: default, llama3"
+                        ))
+                    }
                 }
                 if rope_theta <= 0.0 {
                     rope_theta = 10000.0;
@@ -218,7 +227,9 @@ impl ModelSpec {
                 let pct = rope_get(&["partial_rotary_factor", "rotary_pct"]).unwrap_or(1.0);
                 let act = get(json, &["hidden_act"]).and_then(Value::as_str).unwrap_or("gelu");
                 if !act.starts_with("gelu") {
-                    return Err(format!("gpt_neox hidden_act \"{act}\" is not supported; supported: gelu, gelu_new, gelu_fast"));
+                    return Err(format!(
+                        "gpt_neox hidden_act \"{act}\" is not supported; supported: gelu, gelu_new, gelu_fast"
+                    ));
                 }
                 ModelSpec {
                     family,

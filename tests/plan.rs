@@ -1,0 +1,102 @@
+//! `ftexp plan`: the derived numbers, the architecture from config.json alone, and the text form.
+use std::path::Path;
+
+use ftexp::model::spec::{Family, ModelSpec};
+use serde_json::Value;
+
+use crate::common::{fixtures, ftexp, stdout, tree};
+
+fn spec(name: &str) -> ModelSpec {
+    ModelSpec::from_file(&fixtures().join("hub-configs").join(name)).unwrap()
+}
+
+#[test]
+fn parameter_counts_from_config_json_match_the_published_models() {
+    let falcon = spec("falcon-7b-instruct.json");
+    assert_eq!((falcon.family, falcon.n_query_groups, falcon.shared_attention_norm), (Family::Falcon, 1, true));
+    assert_eq!(falcon.num_params(), 6_921_720_704);
+    let llama = spec("llama-2-7b-hf.json");
+    assert_eq!(llama.num_params(), 6_738_415_616);
+    let falcon40 = spec("falcon-40b.json");
+    assert_eq!((falcon40.n_query_groups, falcon40.shared_attention_norm), (8, false));
+    assert_eq!(falcon40.num_params(), 41_303_293_952);
+    let pythia = spec("pythia-14m.json");
+    assert_eq!((pythia.family, pythia.rope_dims), (Family::GptNeox, 8));
+    assert_eq!(pythia.num_params(), 14_067_712);
+}
+
+fn alpaca_rows(n: usize) -> String {
+    let rows: Vec<Value> = (0..n)
+        .map(|i| serde_json::json!({"instruction": format!("Add {i} and 1."), "input": "", "output": format!("{}", i + 1)}))
+        .collect();
+    serde_json::to_string(&rows).unwrap()
+}
+
+fn falcon_project(with_model: bool) -> tempfile::TempDir {
+    let config_json = std::fs::read_to_string(fixtures().join("hub-configs/falcon-7b-instruct.json")).unwrap();
+    let mut files = vec![("data/demo/alpaca.json", alpaca_rows(1000))];
+    if with_model {
+        files.push(("checkpoints/tiiuae/falcon-7b-instruct/config.json", config_json));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    tree(&refs)
+}
+
+fn repo_config(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name).display().to_string()
+}
+
+#[test]
+fn plan_json_for_the_seed_falcon_config() {
+    let dir = falcon_project(true);
+    let out = ftexp(
+        dir.path(),
+        &["plan", &repo_config("falcon7b-adapter.toml"), "--json", "--set", "train.eval_interval=2"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let plan = &json["plan"];
+    assert_eq!(plan["data"], serde_json::json!({"records": 1000, "train": 800, "val": 100, "test": 100}));
+    assert_eq!(plan["gradient_accumulation_iters"], 32);
+    assert_eq!(plan["epoch_size"], 800);
+    assert_eq!(plan["steps_per_epoch"], 6, "800 samples ÷ batch 128, rounded down");
+    assert_eq!(plan["total_steps"], 30, "5 epochs");
+    assert_eq!(plan["warmup_steps"], 30, "warmup_iters 100 capped at the total");
+    assert_eq!(plan["eval_steps"], serde_json::json!([2, 4, 6, 8, 10]));
+    assert_eq!(plan["save_steps"], serde_json::json!([]));
+    assert_eq!(plan["max_tokens_per_step"], 128 * 512);
+    assert_eq!(plan["precision"], "bf16-true");
+    let arch = &plan["architecture"];
+    assert_eq!(arch["family"], "falcon");
+    assert_eq!(
+        (arch["layers"].as_i64(), arch["heads"].as_i64(), arch["query_groups"].as_i64()),
+        (Some(32), Some(71), Some(1))
+    );
+    assert_eq!((arch["hidden_size"].as_i64(), arch["vocab_size"].as_i64()), (Some(4544), Some(65024)));
+    assert_eq!(arch["parameters"], 6_921_720_704_i64);
+    assert_eq!(json["config"]["method"]["kind"], "adapter_v2");
+    assert_eq!(json["sources"]["train.eval_interval"], "--set train.eval_interval=2");
+    assert!(json["sources"]["method.kind"].as_str().unwrap().ends_with("configs/base/adapter_v2.toml:3"));
+}
+
+#[test]
+fn plan_text_shows_sources_and_says_what_to_do_without_the_model() {
+    let dir = falcon_project(false);
+    let out = ftexp(
+        dir.path(),
+        &["plan", &repo_config("falcon7b-adapter.toml"), "--set", "train.max_steps=12"],
+        &[("FTEXP_SEED", "5")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert!(text.contains("seed = 5"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("seed = 5") && l.ends_with("# env FTEXP_SEED")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("max_steps = 12") && l.ends_with("# --set train.max_steps=12")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("min_lr = 0.0") && l.ends_with("# default")), "{text}");
+    assert!(text.contains("optimizer steps in total:   12 (train.max_steps)"), "{text}");
+    assert!(text.contains("tiiuae/falcon-7b-instruct is not downloaded yet"), "{text}");
+}
