@@ -6,7 +6,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{self, schema};
 use crate::error::Problems;
+use crate::generate::{generate, perplexity, Sampling, Streamer};
 use crate::plan;
+use std::io::Write;
 
 #[derive(Parser)]
 #[command(name = "ftexp", about = "Fine-tune large language models from declarative TOML experiment files")]
@@ -29,6 +31,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate text from a checkpoint: one prefill, then one token per step, streamed to stdout.
+    Generate {
+        /// A checkpoint directory (config.json, *.safetensors, tokenizer.json).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 50)]
+        max_new_tokens: usize,
+        /// 0 picks the most likely token every time (greedy); higher is more random.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Sample only among the k most likely tokens.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Sample only among the most likely tokens whose probabilities add up to p.
+        #[arg(long)]
+        top_p: Option<f64>,
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Print {"ids": [...], "text": "..."} for the generated part instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mean next-token loss and perplexity of a checkpoint on a text file.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// A UTF-8 text file, read as one sequence.
+        #[arg(long)]
+        text: PathBuf,
+        /// Use at most this many tokens (default: the model's context length).
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// List every config key with its type, default and meaning.
     Keys {
         /// As a Markdown table (README's config reference).
@@ -38,6 +81,34 @@ enum Command {
 }
 
 /// `0.1.0 (libtorch 2.11.0, CUDA available: no, CUDA devices: 0)`.
+#[derive(clap::Args)]
+struct DeviceArgs {
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// auto (32-true on CPU, bf16-true on CUDA), 32-true, bf16-true, 16-true.
+    #[arg(long, default_value = "auto")]
+    precision: String,
+}
+
+impl DeviceArgs {
+    fn load(&self, dir: &std::path::Path) -> Result<(crate::model::Gpt, crate::model::Tokenizer)> {
+        if let Err(msg) = plan::parse_device(&self.device) {
+            crate::bail_user!("--device {msg}");
+        }
+        if !schema::PRECISIONS.contains(&self.precision.as_str()) {
+            crate::bail_user!("--precision is \"{}\"; use one of {}", self.precision, schema::quoted_list(schema::PRECISIONS));
+        }
+        let (device, precision) = plan::resolve_device(&self.device, &self.precision);
+        if device.is_cuda() && !tch::Cuda::is_available() {
+            crate::bail_user!("--device {}: no CUDA device is available on this machine; use --device cpu", self.device);
+        }
+        let tokenizer = crate::model::Tokenizer::from_dir(dir)?;
+        let model = crate::model::load(dir, crate::model::weight_kind(&precision), device)?;
+        Ok((model, tokenizer))
+    }
+}
+
 pub fn version_line() -> String {
     let cuda = tch::Cuda::is_available();
     format!(
@@ -93,6 +164,47 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&plan::to_json(&resolved, &plan))?);
             } else {
                 print!("{}", plan::render(&resolved, &plan));
+            }
+        }
+        Command::Generate { checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed, device, json } => {
+            let (model, tokenizer) = device.load(&checkpoint)?;
+            let ids = tokenizer.encode(&prompt, true)?;
+            if ids.is_empty() {
+                crate::bail_user!("--prompt is empty after tokenization; give some text");
+            }
+            let sampling = Sampling { max_new_tokens, temperature, top_k, top_p, seed };
+            let mut streamer = Streamer::new(&tokenizer);
+            let stdout = std::io::stdout();
+            let out = generate(&model, &ids, &sampling, &tokenizer.eos_ids, true, |id| {
+                if !json {
+                    let mut lock = stdout.lock();
+                    let _ = write!(lock, "{}", streamer.push(id));
+                    let _ = lock.flush();
+                }
+            });
+            if json {
+                let text = tokenizer.decode(&out);
+                println!("{}", serde_json::json!({ "ids": out, "text": text }));
+            } else {
+                println!();
+            }
+        }
+        Command::Eval { checkpoint, text, max_tokens, device, json } => {
+            let (model, tokenizer) = device.load(&checkpoint)?;
+            let body = std::fs::read_to_string(&text)
+                .map_err(|e| Problems::one(format!("{}: cannot read: {e}", text.display())))?;
+            let mut ids = tokenizer.encode(&body, true)?;
+            ids.truncate(max_tokens.unwrap_or(model.spec.max_position_embeddings as usize));
+            if ids.len() < 2 {
+                crate::bail_user!("{}: needs at least 2 tokens to measure next-token loss", text.display());
+            }
+            let p = perplexity(&model, &ids);
+            if json {
+                println!("{}", serde_json::to_string(&p)?);
+            } else {
+                println!("tokens:      {}", p.tokens);
+                println!("mean NLL:    {:.6}", p.mean_nll);
+                println!("perplexity:  {:.4}", p.perplexity);
             }
         }
         Command::Keys { markdown } => print!("{}", keys_reference(markdown)),

@@ -5,6 +5,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod experiment;
+pub mod generate;
 pub mod hub;
 pub mod model;
 pub mod plan;

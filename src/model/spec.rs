@@ -25,8 +25,10 @@ pub enum Norm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mlp {
-    /// fc → GELU → proj.
+    /// fc → GELU (exact, erf) → proj.
     Gelu,
+    /// fc → GELU (tanh approximation: `gelu_new`, `gelu_fast`, `gelu_pytorch_tanh`) → proj.
+    GeluTanh,
     /// down(silu(gate) · up).
     SwiGlu,
 }
@@ -226,11 +228,15 @@ impl ModelSpec {
             Family::GptNeox => {
                 let pct = rope_get(&["partial_rotary_factor", "rotary_pct"]).unwrap_or(1.0);
                 let act = get(json, &["hidden_act"]).and_then(Value::as_str).unwrap_or("gelu");
-                if !act.starts_with("gelu") {
-                    return Err(format!(
-                        "gpt_neox hidden_act \"{act}\" is not supported; supported: gelu, gelu_new, gelu_fast"
-                    ));
-                }
+                let mlp = match act {
+                    "gelu" => Mlp::Gelu,
+                    "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => Mlp::GeluTanh,
+                    _ => {
+                        return Err(format!(
+                            "gpt_neox hidden_act \"{act}\" is not supported; supported: gelu, gelu_new, gelu_fast, gelu_pytorch_tanh"
+                        ))
+                    }
+                };
                 ModelSpec {
                     family,
                     model_type,
@@ -243,7 +249,7 @@ impl ModelSpec {
                     intermediate_size: opt_int(&["intermediate_size"]).unwrap_or(4 * hidden_size),
                     norm: Norm::LayerNorm,
                     norm_eps: float(&["layer_norm_eps"]).unwrap_or(1e-5),
-                    mlp: Mlp::Gelu,
+                    mlp,
                     qkv_bias: flag(&["attention_bias"]).unwrap_or(true),
                     proj_bias: true,
                     parallel_residual: flag(&["use_parallel_residual"]).unwrap_or(true),
@@ -299,7 +305,7 @@ impl ModelSpec {
             }
             linear(&mut out, format!("{p}.{}", names.attn_out), h, q, self.proj_bias);
             match self.mlp {
-                Mlp::Gelu => {
+                Mlp::Gelu | Mlp::GeluTanh => {
                     linear(&mut out, format!("{p}.{}", names.mlp[0]), ff, h, self.proj_bias);
                     linear(&mut out, format!("{p}.{}", names.mlp[1]), h, ff, self.proj_bias);
                 }

@@ -1,0 +1,175 @@
+//! Parity with transformers on tiny random checkpoints of every family (made by
+//! scripts/make_fixtures.py), generation with and without the KV cache, and loading errors.
+use std::path::{Path, PathBuf};
+
+use ftexp::generate::{generate, perplexity, Sampling};
+use ftexp::model::spec::ModelSpec;
+use ftexp::model::{load, Tokenizer};
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+use crate::common::{fixtures, ftexp, stderr, stdout};
+
+const FAMILIES: &[&str] =
+    &["falcon-7b-style", "falcon-40b-style", "llama", "llama3", "qwen2", "gpt-neox", "gpt-neox-sequential"];
+
+fn model_dir(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+fn reference(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn ids_tensor(ids: &[u32]) -> Tensor {
+    Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).unsqueeze(0)
+}
+
+/// Checks one fixture; returns (max |Δlogit|, max |logit|, |Δ mean NLL|) for the report.
+fn check_family(name: &str) -> (f64, f64, f64) {
+    let dir = model_dir(name);
+    let r = reference(&dir);
+    let model = load(&dir, Kind::Float, Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let tokenizer = Tokenizer::from_dir(&dir).unwrap();
+
+    let prompt_ids = u32s(&r["prompt_ids"]);
+    assert_eq!(tokenizer.encode(r["prompt"].as_str().unwrap(), true).unwrap(), prompt_ids, "{name}: tokenization");
+
+    let want: Vec<Vec<f64>> = serde_json::from_value(r["logits"].clone()).unwrap();
+    let want = Tensor::from_slice2(&want).to_kind(Kind::Float);
+    let got = tch::no_grad(|| model.forward(&ids_tensor(&prompt_ids), None)).squeeze_dim(0);
+    assert_eq!(got.size(), want.size(), "{name}: logits shape");
+    let max_diff = (&got - &want).abs().max().double_value(&[]);
+    let max_logit = want.abs().max().double_value(&[]);
+    let tolerance = (1e-4 * max_logit).max(1e-4);
+    assert!(max_diff <= tolerance, "{name}: max |Δlogit| {max_diff} > {tolerance} (max |logit| {max_logit})");
+
+    let nll = perplexity(&model, &u32s(&r["nll_ids"]));
+    let nll_diff = (nll.mean_nll - r["mean_nll"].as_f64().unwrap()).abs();
+    assert!(nll_diff <= 1e-4, "{name}: |Δ mean NLL| {nll_diff}");
+
+    let greedy = u32s(&r["greedy_ids"]);
+    let sampling = Sampling { max_new_tokens: 20, ..Sampling::default() };
+    let cached = generate(&model, &prompt_ids, &sampling, &tokenizer.eos_ids, true, |_| {});
+    assert_eq!(cached, greedy, "{name}: greedy ids with the KV cache");
+    let uncached = generate(&model, &prompt_ids, &sampling, &tokenizer.eos_ids, false, |_| {});
+    assert_eq!(uncached, cached, "{name}: generation without the cache");
+    (max_diff, max_logit, nll_diff)
+}
+
+#[test]
+fn parity_with_transformers_for_every_family() {
+    let mut report = Vec::new();
+    for name in FAMILIES {
+        let (d, m, n) = check_family(name);
+        report.push(format!("{name:22} max|Δlogit| {d:.2e} (max|logit| {m:.1})  |Δ mean NLL| {n:.2e}"));
+    }
+    println!("{}", report.join("\n"));
+}
+
+#[test]
+fn sampling_is_seeded_and_respects_top_k() {
+    let dir = model_dir("llama");
+    let model = load(&dir, Kind::Float, Device::Cpu).unwrap();
+    let prompt = [5, 6, 7];
+    let s = |seed| Sampling { max_new_tokens: 12, temperature: 1.0, top_k: Some(5), top_p: Some(0.9), seed };
+    let a = generate(&model, &prompt, &s(1), &[], true, |_| {});
+    assert_eq!(a, generate(&model, &prompt, &s(1), &[], true, |_| {}), "same seed, same text");
+    let others: Vec<Vec<u32>> = (2..6).map(|seed| generate(&model, &prompt, &s(seed), &[], true, |_| {})).collect();
+    assert!(others.iter().any(|o| *o != a), "other seeds give other text");
+    // top_k = 1 is greedy whatever the temperature
+    let top1 = Sampling { max_new_tokens: 12, temperature: 5.0, top_k: Some(1), top_p: None, seed: 3 };
+    let greedy = Sampling { max_new_tokens: 12, ..Sampling::default() };
+    assert_eq!(generate(&model, &prompt, &top1, &[], true, |_| {}), generate(&model, &prompt, &greedy, &[], true, |_| {}));
+}
+
+#[test]
+fn generate_and_eval_commands() {
+    let dir = model_dir("gpt-neox");
+    let r = reference(&dir);
+    let d = dir.display().to_string();
+    let out = ftexp(Path::new("."), &["generate", "--checkpoint", &d, "--prompt", r["prompt"].as_str().unwrap(), "--max-new-tokens", "20", "--json"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(u32s(&json["ids"]), u32s(&r["greedy_ids"]));
+    let streamed = ftexp(Path::new("."), &["generate", "--checkpoint", &d, "--prompt", r["prompt"].as_str().unwrap(), "--max-new-tokens", "20"], &[]);
+    assert_eq!(stdout(&streamed).trim_end_matches('\n'), json["text"].as_str().unwrap());
+
+    let text = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(text.path(), r["nll_text"].as_str().unwrap()).unwrap();
+    let out = ftexp(Path::new("."), &["eval", "--checkpoint", &d, "--text", &text.path().display().to_string(), "--json"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json["tokens"].as_u64().unwrap() as usize, r["nll_ids"].as_array().unwrap().len());
+    assert!((json["mean_nll"].as_f64().unwrap() - r["mean_nll"].as_f64().unwrap()).abs() < 1e-4);
+    assert!((json["perplexity"].as_f64().unwrap() - r["mean_nll"].as_f64().unwrap().exp()).abs() < 1e-2);
+}
+
+/// A copy of a fixture whose weights were rewritten by `edit`.
+fn edited_copy(name: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> tempfile::TempDir {
+    let src = model_dir(name);
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if !file.ends_with(".safetensors") && file != "model.safetensors.index.json" {
+            std::fs::copy(entry.path(), dir.path().join(&file)).unwrap();
+        }
+    }
+    let mut tensors = Vec::new();
+    for file in ftexp::model::weights::weight_files(&src).unwrap() {
+        tensors.extend(Tensor::read_safetensors(&file).unwrap());
+    }
+    edit(&mut tensors);
+    Tensor::write_safetensors(&tensors, dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+fn load_error(dir: &Path) -> String {
+    match load(dir, Kind::Float, Device::Cpu) {
+        Ok(_) => panic!("expected a load error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_unexpected_and_misshaped_tensors_are_named() {
+    let missing = edited_copy("qwen2", |t| t.retain(|(n, _)| n != "model.layers.1.self_attn.k_proj.bias"));
+    let err = load_error(missing.path());
+    assert!(err.contains("tensor model.layers.1.self_attn.k_proj.bias is missing"), "{err}");
+
+    let extra = edited_copy("qwen2", |t| t.push(("model.layers.9.mlp.extra.weight".into(), Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)))));
+    let err = load_error(extra.path());
+    assert!(err.contains("unexpected tensor model.layers.9.mlp.extra.weight"), "{err}");
+
+    let shaped = edited_copy("qwen2", |t| {
+        for (n, w) in t.iter_mut() {
+            if n == "model.norm.weight" {
+                *w = Tensor::ones([3], (Kind::Float, Device::Cpu));
+            }
+        }
+    });
+    let err = load_error(shaped.path());
+    assert!(err.contains("tensor model.norm.weight has shape [3]"), "{err}");
+}
+
+#[test]
+fn pickle_only_checkpoints_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(model_dir("llama").join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::write(dir.path().join("pytorch_model.bin"), b"not unpickled").unwrap();
+    let err = load_error(dir.path());
+    assert!(err.contains("pickle") && err.contains("safetensors"), "{err}");
+}
+
+#[test]
+fn unsupported_architectures_list_what_is_supported() {
+    let err = ModelSpec::from_json(&serde_json::json!({"model_type": "gpt2", "vocab_size": 10})).unwrap_err();
+    assert!(err.contains("\"gpt2\" is not supported") && err.contains("falcon") && err.contains("qwen2"), "{err}");
+    let falcon = serde_json::json!({"model_type": "falcon", "alibi": true, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 10});
+    let err = ModelSpec::from_json(&falcon).unwrap_err();
+    assert!(err.contains("alibi"), "{err}");
+}
