@@ -2,4 +2,6 @@
 mod common;
 mod config;
 mod experiment;
+mod hub;
+mod model;
 mod plan;

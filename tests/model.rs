@@ -173,3 +173,42 @@ fn unsupported_architectures_list_what_is_supported() {
     let err = ModelSpec::from_json(&falcon).unwrap_err();
     assert!(err.contains("alibi"), "{err}");
 }
+
+/// transformers ≥ 5 nests rotary settings in `rope_parameters`; hub checkpoints made before keep them at
+/// the top level. Both forms must give the same architecture.
+#[test]
+fn classic_and_rope_parameters_config_forms_agree() {
+    let read = |name: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(model_dir(name).join("config.json")).unwrap()).unwrap()
+    };
+    let to_classic = |mut json: Value, f: &dyn Fn(&mut serde_json::Map<String, Value>, Value)| {
+        let rope = json.as_object_mut().unwrap().remove("rope_parameters").unwrap();
+        f(json.as_object_mut().unwrap(), rope);
+        json
+    };
+    let llama3 = read("llama3");
+    let classic = to_classic(llama3.clone(), &|m, rope| {
+        m.insert("rope_theta".into(), rope["rope_theta"].clone());
+        let mut scaling = rope.clone();
+        scaling.as_object_mut().unwrap().remove("rope_theta");
+        m.insert("rope_scaling".into(), scaling);
+    });
+    let (a, b) = (ModelSpec::from_json(&llama3).unwrap(), ModelSpec::from_json(&classic).unwrap());
+    assert_eq!(a, b);
+    assert!(a.rope_llama3.is_some() && a.rope_theta == 500000.0);
+
+    let neox = read("gpt-neox-sequential");
+    let classic = to_classic(neox.clone(), &|m, rope| {
+        m.insert("rotary_emb_base".into(), rope["rope_theta"].clone());
+        m.insert("rotary_pct".into(), rope["partial_rotary_factor"].clone());
+    });
+    let (a, b) = (ModelSpec::from_json(&neox).unwrap(), ModelSpec::from_json(&classic).unwrap());
+    assert_eq!(a, b);
+    assert_eq!((a.rope_dims, a.parallel_residual), (8, false));
+
+    let qwen = read("qwen2");
+    let classic = to_classic(qwen.clone(), &|m, rope| {
+        m.insert("rope_theta".into(), rope["rope_theta"].clone());
+    });
+    assert_eq!(ModelSpec::from_json(&qwen).unwrap(), ModelSpec::from_json(&classic).unwrap());
+}
