@@ -6,7 +6,7 @@ use std::path::Path;
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
-        println!("cargo:rustc-env=FTEXP_LIBTORCH_VERSION=unknown");
+        println!("cargo:rustc-env=BUILT_LIBTORCH_VERSION=unknown");
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
@@ -24,5 +24,5 @@ fn main() {
                 .map(|rest| rest.trim_matches(|c: char| c == ' ' || c == '=' || c == '\'' || c == '"').to_string())
         })
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=FTEXP_LIBTORCH_VERSION={version}");
+    println!("cargo:rustc-env=BUILT_LIBTORCH_VERSION={version}");
 }

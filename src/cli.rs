@@ -31,6 +31,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prepare the data set of a config (split, prompt template, tokens, masked labels) into the cache,
+    /// or reuse it, and print per-split statistics and an example.
+    Prepare {
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Also write train.jsonl, val.jsonl and test.jsonl with the seed's fields into this directory.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a model from the Hugging Face hub into checkpoints/<org>/<name>/ (config, tokenizer,
+    /// safetensors). Honours HF_TOKEN, HF_ENDPOINT and HF_HOME; files already complete are skipped.
+    Download {
+        /// org/name, e.g. tiiuae/falcon-7b-instruct.
+        repo_id: String,
+        /// Branch, tag or commit (default: main).
+        #[arg(long)]
+        revision: Option<String>,
+        #[arg(long, default_value = crate::hub::CHECKPOINTS_DIR)]
+        out: PathBuf,
+    },
     /// Generate text from a checkpoint: one prefill, then one token per step, streamed to stdout.
     Generate {
         /// A checkpoint directory (config.json, *.safetensors, tokenizer.json).
@@ -97,11 +120,18 @@ impl DeviceArgs {
             crate::bail_user!("--device {msg}");
         }
         if !schema::PRECISIONS.contains(&self.precision.as_str()) {
-            crate::bail_user!("--precision is \"{}\"; use one of {}", self.precision, schema::quoted_list(schema::PRECISIONS));
+            crate::bail_user!(
+                "--precision is \"{}\"; use one of {}",
+                self.precision,
+                schema::quoted_list(schema::PRECISIONS)
+            );
         }
         let (device, precision) = plan::resolve_device(&self.device, &self.precision);
         if device.is_cuda() && !tch::Cuda::is_available() {
-            crate::bail_user!("--device {}: no CUDA device is available on this machine; use --device cpu", self.device);
+            crate::bail_user!(
+                "--device {}: no CUDA device is available on this machine; use --device cpu",
+                self.device
+            );
         }
         let tokenizer = crate::model::Tokenizer::from_dir(dir)?;
         let model = crate::model::load(dir, crate::model::weight_kind(&precision), device)?;
@@ -114,7 +144,7 @@ pub fn version_line() -> String {
     format!(
         "{} (libtorch {}, CUDA available: {}, CUDA devices: {})",
         env!("CARGO_PKG_VERSION"),
-        env!("FTEXP_LIBTORCH_VERSION"),
+        env!("BUILT_LIBTORCH_VERSION"),
         if cuda { "yes" } else { "no" },
         tch::Cuda::device_count()
     )
@@ -152,7 +182,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Env => {
             println!("ftexp {}", version_line());
             println!("ftexp:     {}", env!("CARGO_PKG_VERSION"));
-            println!("libtorch:  {}", env!("FTEXP_LIBTORCH_VERSION"));
+            println!("libtorch:  {}", env!("BUILT_LIBTORCH_VERSION"));
             println!("cuda:      {}", if tch::Cuda::is_available() { "available" } else { "not available" });
             println!("devices:   {}", tch::Cuda::device_count());
             println!("threads:   {}", tch::get_num_threads());
@@ -164,6 +194,33 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&plan::to_json(&resolved, &plan))?);
             } else {
                 print!("{}", plan::render(&resolved, &plan));
+            }
+        }
+        Command::Download { repo_id, revision, out } => {
+            let dir = crate::hub::download(&repo_id, revision.as_deref(), &out)?;
+            println!("{repo_id} → {}", dir.display());
+        }
+        Command::Prepare { config, sets, export, json } => {
+            let resolved = config::resolve(&config, &sets)?;
+            let prepared = crate::data::prepare_for(&resolved.config)?;
+            if let Some(dir) = &export {
+                crate::data::prepare::export(&prepared, dir)?;
+            }
+            if json {
+                let out = serde_json::json!({
+                    "key": prepared.key, "dir": prepared.dir, "reused": prepared.reused, "splits": prepared.stats,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let model = &resolved.config.model;
+                let tokenizer = crate::model::Tokenizer::from_dir(&crate::hub::ensure_local(
+                    &model.checkpoint,
+                    model.revision.as_deref(),
+                )?)?;
+                print!("{}", crate::data::describe(&prepared, &resolved.config.data.path, &tokenizer));
+                if let Some(dir) = &export {
+                    println!("exported train.jsonl, val.jsonl, test.jsonl to {}", dir.display());
+                }
             }
         }
         Command::Generate { checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed, device, json } => {

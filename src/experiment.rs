@@ -90,7 +90,7 @@ impl Experiment {
             version: self.version,
             status: "running".into(),
             ftexp_version: env!("CARGO_PKG_VERSION").into(),
-            libtorch_version: env!("FTEXP_LIBTORCH_VERSION").into(),
+            libtorch_version: env!("BUILT_LIBTORCH_VERSION").into(),
             git_commit,
             git_dirty,
             host: host_name(),

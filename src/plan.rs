@@ -119,7 +119,7 @@ pub fn make(r: &Resolved) -> Plan {
     } else {
         (None, Some(crate::hub::not_downloaded_hint(&c.model.checkpoint, &checkpoint_dir)))
     };
-    let (data, data_missing) = match crate::data::count_records(std::path::Path::new(&c.data.path)) {
+    let (data, data_missing) = match crate::data::count_records(std::path::Path::new(&c.data.path), &c.data.columns) {
         Ok(n) => (Some(split_sizes(n, c.data.split)), None),
         Err(e) => (None, Some(e.to_string())),
     };

@@ -216,7 +216,8 @@ fn the_binary_prints_one_line_per_problem_and_exits_2() {
 #[test]
 fn readme_config_reference_is_the_schema() {
     let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find("<!-- keys:start -->\n").expect("README has the keys table") + "<!-- keys:start -->\n".len();
+    let start =
+        readme.find("<!-- keys:start -->\n").expect("README has the keys table") + "<!-- keys:start -->\n".len();
     let end = readme.find("<!-- keys:end -->").unwrap();
     assert_eq!(&readme[start..end], ftexp::cli::keys_reference(true), "regenerate with `ftexp keys --markdown`");
 }

@@ -69,7 +69,7 @@ fn start_writes_a_rerunnable_config_and_run_json() {
     assert!(second.dir.ends_with("experiments/exp/v2"));
     let info = second.start(&resolved.config, "cpu").unwrap();
     assert_eq!(info.status, "running");
-    assert_eq!(info.libtorch_version, env!("FTEXP_LIBTORCH_VERSION"));
+    assert_eq!(info.libtorch_version, env!("BUILT_LIBTORCH_VERSION"));
     assert!(info.start_time.ends_with('Z') && info.start_time.len() == 20, "{}", info.start_time);
 
     // config.toml re-resolves to the same config, with no extends needed

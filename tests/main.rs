@@ -1,6 +1,7 @@
 //! The one integration-test binary (every test binary links libtorch, so there is only one).
 mod common;
 mod config;
+mod data;
 mod experiment;
 mod hub;
 mod model;

@@ -84,7 +84,10 @@ fn sampling_is_seeded_and_respects_top_k() {
     // top_k = 1 is greedy whatever the temperature
     let top1 = Sampling { max_new_tokens: 12, temperature: 5.0, top_k: Some(1), top_p: None, seed: 3 };
     let greedy = Sampling { max_new_tokens: 12, ..Sampling::default() };
-    assert_eq!(generate(&model, &prompt, &top1, &[], true, |_| {}), generate(&model, &prompt, &greedy, &[], true, |_| {}));
+    assert_eq!(
+        generate(&model, &prompt, &top1, &[], true, |_| {}),
+        generate(&model, &prompt, &greedy, &[], true, |_| {})
+    );
 }
 
 #[test]
@@ -92,16 +95,37 @@ fn generate_and_eval_commands() {
     let dir = model_dir("gpt-neox");
     let r = reference(&dir);
     let d = dir.display().to_string();
-    let out = ftexp(Path::new("."), &["generate", "--checkpoint", &d, "--prompt", r["prompt"].as_str().unwrap(), "--max-new-tokens", "20", "--json"], &[]);
+    let out = ftexp(
+        Path::new("."),
+        &[
+            "generate",
+            "--checkpoint",
+            &d,
+            "--prompt",
+            r["prompt"].as_str().unwrap(),
+            "--max-new-tokens",
+            "20",
+            "--json",
+        ],
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let json: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(u32s(&json["ids"]), u32s(&r["greedy_ids"]));
-    let streamed = ftexp(Path::new("."), &["generate", "--checkpoint", &d, "--prompt", r["prompt"].as_str().unwrap(), "--max-new-tokens", "20"], &[]);
+    let streamed = ftexp(
+        Path::new("."),
+        &["generate", "--checkpoint", &d, "--prompt", r["prompt"].as_str().unwrap(), "--max-new-tokens", "20"],
+        &[],
+    );
     assert_eq!(stdout(&streamed).trim_end_matches('\n'), json["text"].as_str().unwrap());
 
     let text = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(text.path(), r["nll_text"].as_str().unwrap()).unwrap();
-    let out = ftexp(Path::new("."), &["eval", "--checkpoint", &d, "--text", &text.path().display().to_string(), "--json"], &[]);
+    let out = ftexp(
+        Path::new("."),
+        &["eval", "--checkpoint", &d, "--text", &text.path().display().to_string(), "--json"],
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let json: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(json["tokens"].as_u64().unwrap() as usize, r["nll_ids"].as_array().unwrap().len());
@@ -141,7 +165,9 @@ fn missing_unexpected_and_misshaped_tensors_are_named() {
     let err = load_error(missing.path());
     assert!(err.contains("tensor model.layers.1.self_attn.k_proj.bias is missing"), "{err}");
 
-    let extra = edited_copy("qwen2", |t| t.push(("model.layers.9.mlp.extra.weight".into(), Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)))));
+    let extra = edited_copy("qwen2", |t| {
+        t.push(("model.layers.9.mlp.extra.weight".into(), Tensor::zeros([2, 2], (Kind::Float, Device::Cpu))))
+    });
     let err = load_error(extra.path());
     assert!(err.contains("unexpected tensor model.layers.9.mlp.extra.weight"), "{err}");
 

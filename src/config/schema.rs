@@ -47,6 +47,7 @@ pub const PRECISIONS: &[&str] = &["auto", "32-true", "bf16-true", "bf16-mixed", 
 pub const PROMPT_STYLES: &[&str] = &["alpaca", "plain", "none"];
 pub const LR_SCHEDULES: &[&str] = &["cosine", "constant"];
 pub const DATA_FORMATS: &[&str] = &["alpaca"];
+pub const LONG_SAMPLES: &[&str] = &["truncate", "drop"];
 
 macro_rules! key {
     ($key:literal, $kind:expr, $default:expr, $doc:literal) => {
@@ -73,6 +74,12 @@ pub const KEYS: &[KeyDoc] = &[
         "Where to run: `cpu`, `cuda` (the first GPU), `cuda:N` (GPU number N), or `auto` (a GPU when there is one, else the CPU)."),
     key!("data.path", Str, None,
         "Your data set: a JSON array or JSON Lines file of Alpaca-format records (`instruction`, `input`, `output`). Relative paths are relative to the directory you run `ftexp` from. Required."),
+    key!("data.columns.instruction", Str, Some("\"instruction\""),
+        "The field of each record that holds the instruction, for data sets with other names (e.g. `\"question\"`)."),
+    key!("data.columns.input", Str, Some("\"input\""),
+        "The field that holds the optional input (context for the instruction). Records without it have an empty input."),
+    key!("data.columns.output", Str, Some("\"output\""),
+        "The field that holds the response the model should learn to give."),
     key!("data.format", Choice(DATA_FORMATS), Some("\"alpaca\""),
         "The data set's format. `alpaca`: records with `instruction`, optional `input`, and `output`."),
     key!("data.prompt_style", Str, Some("\"alpaca\""),
@@ -85,6 +92,8 @@ pub const KEYS: &[KeyDoc] = &[
         "Share of the records kept for the final test, never seen during training."),
     key!("data.max_seq_length", Int, Some("512"),
         "The longest sample, in tokens, the model is trained on. Longer samples cost more memory; lower it if you run out of memory."),
+    key!("data.long_samples", Choice(LONG_SAMPLES), Some("\"truncate\""),
+        "What to do with a sample longer than `max_seq_length`: `truncate` keeps the whole prompt and cuts the response, still ending it with the end-of-text token; `drop` leaves the sample out. Either way `ftexp prepare` reports how many. A sample whose prompt leaves no room for one response token and the end-of-text token is always dropped."),
     key!("data.mask_inputs", Bool, Some("true"),
         "Learn only the response: the prompt's tokens do not count in the loss. Usually what you want for instruction tuning."),
     key!("method.kind", Choice(METHODS), Some("\"lora\""),
@@ -175,11 +184,20 @@ pub struct ModelConfig {
 pub struct DataConfig {
     #[serde(default)]
     pub path: String,
+    pub columns: Columns,
     pub format: String,
     pub prompt_style: String,
     pub split: Split,
     pub max_seq_length: u64,
+    pub long_samples: String,
     pub mask_inputs: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Hash)]
+pub struct Columns {
+    pub instruction: String,
+    pub input: String,
+    pub output: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]

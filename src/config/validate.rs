@@ -40,7 +40,7 @@ fn check_leaves(layer: &Layer, problems: &mut Problems) {
 fn suggestion(key: &str) -> String {
     let leaf = key.rsplit('.').next().unwrap_or(key);
     let same_leaf = KEYS.iter().find(|k| k.key.rsplit('.').next() == Some(leaf)).map(|k| k.key);
-    let tables = ["model", "data", "data.split", "method", "train"];
+    let tables = ["model", "data", "data.split", "data.columns", "method", "train"];
     let candidates = KEYS.iter().map(|k| k.key).chain(tables);
     match same_leaf.or_else(|| did_you_mean(key, candidates)) {
         Some(best) => format!("did you mean `{best}`?"),

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::config::schema::Columns;
 use crate::error::Problems;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -13,8 +14,8 @@ pub struct Record {
     pub output: String,
 }
 
-/// The records of `path`, in file order.
-pub fn read_records(path: &Path) -> Result<Vec<Record>, Problems> {
+/// The records of `path`, in file order, fields read from the `columns` names.
+pub fn read_records(path: &Path, columns: &Columns) -> Result<Vec<Record>, Problems> {
     let name = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| {
         Problems::one(match e.kind() {
@@ -47,13 +48,13 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, Problems> {
         rows
     };
     rows.into_iter()
-        .map(|(value, at)| to_record(value).map_err(|msg| Problems::one(format!("{name}: {at}: {msg}"))))
+        .map(|(value, at)| to_record(value, columns).map_err(|msg| Problems::one(format!("{name}: {at}: {msg}"))))
         .collect()
 }
 
 /// How many records `path` holds.
-pub fn count_records(path: &Path) -> Result<usize, Problems> {
-    read_records(path).map(|r| r.len())
+pub fn count_records(path: &Path, columns: &Columns) -> Result<usize, Problems> {
+    read_records(path, columns).map(|r| r.len())
 }
 
 fn strip_position(e: &serde_json::Error) -> String {
@@ -64,24 +65,30 @@ fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
-fn to_record(value: Value) -> Result<Record, String> {
+fn to_record(value: Value, columns: &Columns) -> Result<Record, String> {
     let Value::Object(map) = value else {
-        return Err(format!("expected an object with `instruction` and `output`, found {}", kind(&value)));
+        return Err(format!(
+            "expected an object with `{}` and `{}`, found {}",
+            columns.instruction,
+            columns.output,
+            kind(&value)
+        ));
     };
     let field = |key: &str, required: bool| -> Result<String, String> {
         match map.get(key) {
             Some(Value::String(s)) => Ok(s.clone()),
             None | Some(Value::Null) if !required => Ok(String::new()),
-            None | Some(Value::Null) => {
-                Err(format!("missing `{key}`; every record needs `instruction` and `output` (`input` is optional)"))
-            }
+            None | Some(Value::Null) => Err(format!(
+                "missing `{key}`; every record needs `{}` and `{}` (`{}` is optional; `data.columns` maps other field names)",
+                columns.instruction, columns.output, columns.input
+            )),
             Some(other) => Err(format!("`{key}` must be a string, found {}", kind(other))),
         }
     };
     Ok(Record {
-        instruction: field("instruction", true)?,
-        input: field("input", false)?,
-        output: field("output", true)?,
+        instruction: field(&columns.instruction, true)?,
+        input: field(&columns.input, false)?,
+        output: field(&columns.output, true)?,
     })
 }
 

@@ -118,7 +118,8 @@ impl Gpt {
             };
             let o = linear(&mut take, &format!("{p}.{}", names.attn_out), spec.proj_bias);
             let n_mlp = if spec.mlp == Mlp::SwiGlu { 3 } else { 2 };
-            let mlp = names.mlp[..n_mlp].iter().map(|m| linear(&mut take, &format!("{p}.{m}"), spec.proj_bias)).collect();
+            let mlp =
+                names.mlp[..n_mlp].iter().map(|m| linear(&mut take, &format!("{p}.{m}"), spec.proj_bias)).collect();
             blocks.push(Block { norm1, norm2, q, k, v, o, mlp });
         }
         let final_norm = norm(&mut take, names.final_norm);
@@ -168,7 +169,14 @@ impl Gpt {
         self.logits(&self.hidden(ids, cache))
     }
 
-    fn block_forward(&self, b: &Block, x: &Tensor, rope: &Rope, start: i64, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+    fn block_forward(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        rope: &Rope,
+        start: i64,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
         let h1 = b.norm1.forward(x);
         let attn = self.attention(b, &h1, rope, start, cache);
         if self.spec.parallel_residual {
@@ -184,7 +192,14 @@ impl Gpt {
         }
     }
 
-    fn attention(&self, b: &Block, x: &Tensor, rope: &Rope, start: i64, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+    fn attention(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        rope: &Rope,
+        start: i64,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
         let s = &self.spec;
         let (batch, t) = (x.size()[0], x.size()[1]);
         let heads = |lin: &Linear, n: i64| lin.forward(x).view([batch, t, n, s.head_size]).transpose(1, 2);

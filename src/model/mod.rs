@@ -25,7 +25,11 @@ pub fn weight_kind(precision: &str) -> tch::Kind {
 pub fn load(dir: &Path, kind: tch::Kind, device: tch::Device) -> Result<Gpt, Problems> {
     let config = dir.join("config.json");
     if !config.is_file() {
-        return Err(Problems::one(format!("{}: not found; is {} a model checkpoint directory?", config.display(), dir.display())));
+        return Err(Problems::one(format!(
+            "{}: not found; is {} a model checkpoint directory?",
+            config.display(),
+            dir.display()
+        )));
     }
     let spec = spec::ModelSpec::from_file(&config)?;
     let weights = weights::load(dir, &spec, kind, device)?;

@@ -13,9 +13,10 @@ use crate::error::Problems;
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, Problems> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Problems::one(format!("{}: cannot read: {e}", index.display())))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Problems::one(format!("{}: invalid JSON: {e}", index.display())))?;
+        let text = std::fs::read_to_string(&index)
+            .map_err(|e| Problems::one(format!("{}: cannot read: {e}", index.display())))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Problems::one(format!("{}: invalid JSON: {e}", index.display())))?;
         let map = json["weight_map"]
             .as_object()
             .ok_or_else(|| Problems::one(format!("{}: no `weight_map` object", index.display())))?;
@@ -54,14 +55,19 @@ fn kind_of(dtype: Dtype, name: &str, file: &Path) -> Result<Kind, Problems> {
         Dtype::BF16 => Kind::BFloat16,
         Dtype::F64 => Kind::Double,
         other => {
-            return Err(Problems::one(format!("{}: tensor {name} has dtype {other:?}; only float weights are supported", file.display())))
+            return Err(Problems::one(format!(
+                "{}: tensor {name} has dtype {other:?}; only float weights are supported",
+                file.display()
+            )))
         }
     })
 }
 
 /// Tensors a checkpoint may carry besides the weights (buffers older transformers saved).
 fn is_ignorable(name: &str) -> bool {
-    name.ends_with(".rotary_emb.inv_freq") || name.ends_with(".attention.bias") || name.ends_with(".attention.masked_bias")
+    name.ends_with(".rotary_emb.inv_freq")
+        || name.ends_with(".attention.bias")
+        || name.ends_with(".attention.masked_bias")
 }
 
 /// Every weight of `spec` from `dir`, converted to `kind` on `device`, by hub name.
@@ -70,7 +76,8 @@ pub fn load(dir: &Path, spec: &ModelSpec, kind: Kind, device: Device) -> Result<
     let mut found = HashMap::new();
     let mut problems = Problems::default();
     for file in weight_files(dir)? {
-        let handle = std::fs::File::open(&file).map_err(|e| Problems::one(format!("{}: cannot open: {e}", file.display())))?;
+        let handle =
+            std::fs::File::open(&file).map_err(|e| Problems::one(format!("{}: cannot open: {e}", file.display())))?;
         // SAFETY: the file is only read; a checkpoint being rewritten while we load it is the user's race.
         let mmap = unsafe { memmap2::Mmap::map(&handle) }
             .map_err(|e| Problems::one(format!("{}: cannot map: {e}", file.display())))?;

@@ -1,0 +1,283 @@
+//! Preparing a data set: seeded split, prompt template, tokenization with masked prompt labels and a
+//! length policy, stored once per content key under `data/.cache/<key>/`.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{prompt, read_records, Record};
+use crate::config::schema::DataConfig;
+use crate::error::Problems;
+use crate::model::Tokenizer;
+
+pub const CACHE_DIR: &str = "data/.cache";
+pub const SPLITS: [&str; 3] = ["train", "val", "test"];
+/// The label of a position that does not count in the loss.
+pub const IGNORE: i64 = -100;
+/// Bump when the prepared format or its rules change, so old cache entries are not reused.
+const FORMAT_VERSION: &str = "ftexp-data-1";
+
+/// One prepared sample, with exactly the seed's fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub instruction: String,
+    pub input: String,
+    pub output: String,
+    pub input_ids: Vec<u32>,
+    pub input_ids_no_response: Vec<u32>,
+    pub labels: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitStats {
+    pub records: usize,
+    pub samples: usize,
+    pub truncated: usize,
+    pub dropped: usize,
+    pub min_tokens: usize,
+    pub median_tokens: usize,
+    pub p95_tokens: usize,
+    pub max_tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub key: String,
+    pub dir: PathBuf,
+    /// Whether an existing cache entry was used.
+    pub reused: bool,
+    pub splits: BTreeMap<String, Vec<Sample>>,
+    pub stats: BTreeMap<String, SplitStats>,
+}
+
+impl Prepared {
+    pub fn split(&self, name: &str) -> &[Sample] {
+        self.splits.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// What a data set is prepared from; the cache key covers all of it.
+pub struct Inputs<'a> {
+    pub data: &'a DataConfig,
+    pub seed: u64,
+    pub tokenizer: &'a Tokenizer,
+    /// The tokenizer.json file, hashed into the key.
+    pub tokenizer_file: &'a Path,
+}
+
+fn sha256_file(path: &Path) -> Result<String, Problems> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Problems::one(match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{}: data file not found; check `data.path`", path.display()),
+            _ => format!("{}: cannot read: {e}", path.display()),
+        })
+    })?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+/// The cache key of a preparation: a hash of everything the prepared samples depend on.
+pub fn cache_key(inputs: &Inputs) -> Result<String, Problems> {
+    let d = inputs.data;
+    let parts = [
+        FORMAT_VERSION.to_string(),
+        sha256_file(Path::new(&d.path))?,
+        sha256_file(inputs.tokenizer_file)?,
+        format!("{:?}", inputs.tokenizer.eos_ids),
+        d.prompt_style.clone(),
+        format!("{:?}", d.columns),
+        d.max_seq_length.to_string(),
+        d.long_samples.clone(),
+        d.mask_inputs.to_string(),
+        format!("{:?}", (d.split.train, d.split.val, d.split.test)),
+        inputs.seed.to_string(),
+    ];
+    Ok(format!("{:x}", Sha256::digest(parts.join("\u{1f}").as_bytes()))[..16].to_string())
+}
+
+/// The split of record indices: a seeded shuffle, then val, test and train by the ratios.
+pub fn split_indices(n: usize, data: &DataConfig, seed: u64) -> BTreeMap<&'static str, Vec<usize>> {
+    let sizes = crate::plan::split_sizes(n, data.split);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    for i in (1..n).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    let (val, rest) = order.split_at(sizes.val);
+    let (test, train) = rest.split_at(sizes.test);
+    BTreeMap::from([("train", train.to_vec()), ("val", val.to_vec()), ("test", test.to_vec())])
+}
+
+/// Prepares the data set, or reuses the cache entry with the same key.
+pub fn prepare(inputs: &Inputs, cache_root: &Path) -> Result<Prepared, Problems> {
+    let key = cache_key(inputs)?;
+    let dir = cache_root.join(&key);
+    if dir.join("stats.json").is_file() {
+        if let Ok(p) = load(&dir, &key) {
+            return Ok(p);
+        }
+    }
+    let (splits, stats) = build(inputs)?;
+    store(cache_root, &key, &splits, &stats)?;
+    Ok(Prepared { key, dir, reused: false, splits, stats })
+}
+
+type SplitsAndStats = (BTreeMap<String, Vec<Sample>>, BTreeMap<String, SplitStats>);
+
+fn build(inputs: &Inputs) -> Result<SplitsAndStats, Problems> {
+    let d = inputs.data;
+    let path = Path::new(&d.path);
+    let records = read_records(path, &d.columns)?;
+    if records.is_empty() {
+        return Err(Problems::one(format!("{}: holds no records", path.display())));
+    }
+    let eos = *inputs.tokenizer.eos_ids.first().ok_or_else(|| {
+        Problems::one(format!(
+            "{}: the tokenizer has no end-of-text token (eos_token_id in generation_config.json or config.json)",
+            inputs.tokenizer_file.display()
+        ))
+    })?;
+    let mut problems = Problems::default();
+    let ratios = [("train", d.split.train), ("val", d.split.val), ("test", d.split.test)];
+    let indices = split_indices(records.len(), d, inputs.seed);
+    for (name, ratio) in ratios {
+        if ratio > 0.0 && indices[name].is_empty() {
+            problems.push(format!(
+                "data.split.{name} = {ratio} gives 0 of the {} records in {}; raise the share or add data",
+                records.len(),
+                path.display()
+            ));
+        }
+    }
+    problems.into_result()?;
+    let mut splits = BTreeMap::new();
+    let mut stats = BTreeMap::new();
+    for name in SPLITS {
+        let chosen: Vec<&Record> = indices[name].iter().map(|&i| &records[i]).collect();
+        let (samples, s) = tokenize(&chosen, d, inputs.tokenizer, eos)?;
+        splits.insert(name.to_string(), samples);
+        stats.insert(name.to_string(), s);
+    }
+    Ok((splits, stats))
+}
+
+fn tokenize(
+    records: &[&Record],
+    d: &DataConfig,
+    tok: &Tokenizer,
+    eos: u32,
+) -> Result<(Vec<Sample>, SplitStats), Problems> {
+    let prompts: Vec<String> = records.iter().map(|r| prompt::render(&d.prompt_style, r)).collect();
+    let outputs: Vec<String> = records.iter().map(|r| r.output.clone()).collect();
+    let encode = |texts: Vec<String>, special: bool| {
+        tok.inner.encode_batch(texts, special).map_err(|e| Problems::one(format!("cannot tokenize: {e}")))
+    };
+    let prompt_ids = encode(prompts, true)?;
+    let output_ids = encode(outputs, false)?;
+    let max = d.max_seq_length as usize;
+    let mut stats = SplitStats { records: records.len(), ..SplitStats::default() };
+    let mut samples = Vec::with_capacity(records.len());
+    for ((record, p), o) in records.iter().zip(&prompt_ids).zip(&output_ids) {
+        let prompt = p.get_ids().to_vec();
+        let mut response = o.get_ids().to_vec();
+        response.push(eos);
+        if prompt.len() + response.len() > max {
+            // Room for at least one response token and EOS, or the sample teaches nothing.
+            if d.long_samples == "drop" || prompt.len() + 2 > max {
+                stats.dropped += 1;
+                continue;
+            }
+            response.truncate(max - prompt.len() - 1);
+            response.push(eos);
+            stats.truncated += 1;
+        }
+        let input_ids = [&prompt[..], &response[..]].concat();
+        let labels = input_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| if d.mask_inputs && i < prompt.len() { IGNORE } else { id as i64 })
+            .collect();
+        samples.push(Sample {
+            instruction: record.instruction.clone(),
+            input: record.input.clone(),
+            output: record.output.clone(),
+            input_ids,
+            input_ids_no_response: prompt,
+            labels,
+        });
+    }
+    let mut lengths: Vec<usize> = samples.iter().map(|s| s.input_ids.len()).collect();
+    lengths.sort_unstable();
+    if let (Some(&first), Some(&last)) = (lengths.first(), lengths.last()) {
+        let at = |q: f64| lengths[((lengths.len() - 1) as f64 * q).round() as usize];
+        (stats.min_tokens, stats.median_tokens, stats.p95_tokens, stats.max_tokens) = (first, at(0.5), at(0.95), last);
+    }
+    stats.samples = samples.len();
+    Ok((samples, stats))
+}
+
+fn write_jsonl(path: &Path, samples: &[Sample]) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for s in samples {
+        serde_json::to_writer(&mut out, s)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+/// Writes the entry into a private temporary directory, then renames it into place: readers see a
+/// complete entry or none, and of two processes preparing the same key one rename wins.
+fn store(
+    root: &Path,
+    key: &str,
+    splits: &BTreeMap<String, Vec<Sample>>,
+    stats: &BTreeMap<String, SplitStats>,
+) -> Result<(), Problems> {
+    let io = |e: std::io::Error| Problems::one(format!("{}: cannot write the data cache: {e}", root.display()));
+    std::fs::create_dir_all(root).map_err(io)?;
+    let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(io)?;
+    let written = (|| {
+        for (name, samples) in splits {
+            write_jsonl(&tmp.join(format!("{name}.jsonl")), samples)?;
+        }
+        std::fs::write(tmp.join("stats.json"), serde_json::to_string_pretty(stats)?)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io(e));
+    }
+    let target = root.join(key);
+    if std::fs::rename(&tmp, &target).is_err() {
+        // Another process stored the same key first; its entry is identical.
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !target.join("stats.json").is_file() {
+            return Err(Problems::one(format!("{}: cannot store the prepared data", target.display())));
+        }
+    }
+    Ok(())
+}
+
+fn load(dir: &Path, key: &str) -> Result<Prepared, Box<dyn std::error::Error>> {
+    let stats: BTreeMap<String, SplitStats> = serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json"))?)?;
+    let mut splits = BTreeMap::new();
+    for name in SPLITS {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.jsonl")))?;
+        let samples = text.lines().map(serde_json::from_str).collect::<Result<Vec<Sample>, _>>()?;
+        splits.insert(name.to_string(), samples);
+    }
+    Ok(Prepared { key: key.to_string(), dir: dir.to_path_buf(), reused: true, splits, stats })
+}
+
+/// Writes `train.jsonl`, `val.jsonl` and `test.jsonl` with the seed's fields into `out`.
+pub fn export(prepared: &Prepared, out: &Path) -> Result<(), Problems> {
+    let io = |e: std::io::Error| Problems::one(format!("{}: cannot write: {e}", out.display()));
+    std::fs::create_dir_all(out).map_err(io)?;
+    for name in SPLITS {
+        write_jsonl(&out.join(format!("{name}.jsonl")), prepared.split(name)).map_err(io)?;
+    }
+    Ok(())
+}

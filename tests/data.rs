@@ -1,0 +1,311 @@
+//! Data preparation: templates, masks, length policy, seeded split, cache, and bad input.
+use std::path::Path;
+
+use ftexp::config::schema::{Columns, DataConfig, Split};
+use ftexp::data::prepare::{cache_key, prepare, split_indices, Inputs, IGNORE};
+use ftexp::data::{prompt, Record};
+use ftexp::model::Tokenizer;
+use serde_json::{json, Value};
+
+use crate::common::{fixtures, ftexp, stderr, stdout, tree};
+
+fn tokenizer_dir() -> std::path::PathBuf {
+    fixtures().join("models/llama")
+}
+
+fn data_config(path: &Path) -> DataConfig {
+    DataConfig {
+        path: path.display().to_string(),
+        columns: Columns { instruction: "instruction".into(), input: "input".into(), output: "output".into() },
+        format: "alpaca".into(),
+        prompt_style: "alpaca".into(),
+        split: Split { train: 0.5, val: 0.25, test: 0.25 },
+        max_seq_length: 512,
+        long_samples: "truncate".into(),
+        mask_inputs: true,
+    }
+}
+
+fn record(instruction: &str, input: &str, output: &str) -> Record {
+    Record { instruction: instruction.into(), input: input.into(), output: output.into() }
+}
+
+#[test]
+fn prompt_styles_render_exactly() {
+    let with = record("Sort the list.", "3 1 2", "1 2 3");
+    let without = record("Name a herb.", "", "basil");
+    assert_eq!(
+        prompt::render("alpaca", &with),
+        "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\nSort the list.\n\n### Input:\n3 1 2\n\n### Response:\n"
+    );
+    assert_eq!(
+        prompt::render("alpaca", &without),
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nName a herb.\n\n### Response:\n"
+    );
+    assert_eq!(prompt::render("plain", &with), "Sort the list.\n\n3 1 2\n\n");
+    assert_eq!(prompt::render("plain", &without), "Name a herb.\n\n");
+    assert_eq!(prompt::render("none", &with), "Sort the list.");
+    assert_eq!(prompt::render("Q: {instruction} [{input}]\nA:", &with), "Q: Sort the list. [3 1 2]\nA:");
+    // braces inside the record are not placeholders
+    let tricky = record("Write {input} literally.", "x", "ok");
+    assert_eq!(prompt::render("<{instruction}|{input}>", &tricky), "<Write {input} literally.|x>");
+}
+
+fn write_rows(dir: &Path, rows: &Value) -> std::path::PathBuf {
+    let path = dir.join("rows.json");
+    std::fs::write(&path, serde_json::to_string(rows).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn tokens_labels_and_masks_are_exactly_the_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "flour and sugar ".repeat(60);
+    let rows = json!([
+        {"instruction": "Which aisle stocks basil?", "input": "", "output": "Spices"},
+        {"instruction": "Double this quantity.", "input": "3 tbsp butter", "output": "6 tbsp butter"},
+        {"instruction": "Traduis: crème brûlée ☕", "input": "naïve café — 東京", "output": "déjà vu ✓"},
+        {"instruction": "Write a long list.", "output": long.trim(), "extra": 5},
+    ]);
+    let path = write_rows(dir.path(), &rows);
+    let tokenizer = Tokenizer::from_dir(&tokenizer_dir()).unwrap();
+    let eos = tokenizer.eos_ids[0];
+    for mask in [true, false] {
+        let mut data = data_config(&path);
+        data.split = Split { train: 1.0, val: 0.0, test: 0.0 };
+        data.mask_inputs = mask;
+        let tf = tokenizer_dir().join("tokenizer.json");
+        let inputs = Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf };
+        let p = prepare(&inputs, &dir.path().join("cache")).unwrap();
+        let train = p.split("train");
+        assert_eq!(train.len(), 4);
+        for s in train {
+            let r = record(&s.instruction, &s.input, &s.output);
+            let prompt_text = prompt::render("alpaca", &r);
+            assert_eq!(tokenizer.inner.decode(&s.input_ids_no_response, false).unwrap(), prompt_text);
+            let response = tokenizer.encode(&s.output, false).unwrap();
+            assert_eq!(s.input_ids, [&s.input_ids_no_response[..], &response[..], &[eos]].concat());
+            assert_eq!(s.labels.len(), s.input_ids.len());
+            for (i, (&label, &id)) in s.labels.iter().zip(&s.input_ids).enumerate() {
+                let masked = mask && i < s.input_ids_no_response.len();
+                assert_eq!(label, if masked { IGNORE } else { id as i64 }, "position {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn long_samples_are_truncated_with_eos_or_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = json!([
+        {"instruction": "Short.", "output": "ok"},
+        {"instruction": "Long answer.", "output": "tea and coffee ".repeat(40)},
+        {"instruction": "A very long question ".repeat(40), "output": "no room"},
+    ]);
+    let path = write_rows(dir.path(), &rows);
+    let tokenizer = Tokenizer::from_dir(&tokenizer_dir()).unwrap();
+    let tf = tokenizer_dir().join("tokenizer.json");
+    let eos = tokenizer.eos_ids[0];
+    let mut data = data_config(&path);
+    data.split = Split { train: 1.0, val: 0.0, test: 0.0 };
+    data.max_seq_length = 80;
+    data.prompt_style = "none".into();
+    let p =
+        prepare(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf }, &dir.path().join("c"))
+            .unwrap();
+    let stats = &p.stats["train"];
+    assert_eq!((stats.records, stats.samples, stats.truncated, stats.dropped), (3, 2, 1, 1));
+    let cut = p.split("train").iter().find(|s| s.instruction == "Long answer.").unwrap();
+    assert_eq!(cut.input_ids.len(), 80);
+    assert_eq!(*cut.input_ids.last().unwrap(), eos, "EOS stays last after truncation");
+    assert_eq!(*cut.labels.last().unwrap(), eos as i64);
+    assert!(stats.max_tokens <= 80);
+
+    data.long_samples = "drop".into();
+    let p =
+        prepare(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf }, &dir.path().join("c"))
+            .unwrap();
+    assert!(!p.reused, "the policy is part of the cache key");
+    let stats = &p.stats["train"];
+    assert_eq!((stats.samples, stats.truncated, stats.dropped), (1, 0, 2));
+}
+
+#[test]
+fn split_is_seeded_and_follows_the_ratios() {
+    let mut data = data_config(Path::new("unused"));
+    data.split = Split { train: 0.8, val: 0.1, test: 0.1 };
+    let a = split_indices(1001, &data, 42);
+    assert_eq!((a["train"].len(), a["val"].len(), a["test"].len()), (801, 100, 100));
+    assert_eq!(a, split_indices(1001, &data, 42));
+    assert_ne!(a["val"], split_indices(1001, &data, 43)["val"]);
+    let mut all: Vec<usize> = a.values().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..1001).collect::<Vec<_>>(), "every record in exactly one split");
+}
+
+fn project(rows: &Value, extra: &str) -> tempfile::TempDir {
+    let config = format!(
+        "name = \"d\"\nseed = 3\n[model]\ncheckpoint = \"{}\"\n[data]\npath = \"rows.json\"\nsplit = {{ train = 0.6, val = 0.2, test = 0.2 }}\n{extra}",
+        tokenizer_dir().display()
+    );
+    tree(&[("exp.toml", &config), ("rows.json", &serde_json::to_string(rows).unwrap())])
+}
+
+fn demo_rows(n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"instruction": format!("Double {i}."), "input": "", "output": format!("{}", 2 * i)}))
+            .collect(),
+    )
+}
+
+fn cache_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("data/.cache"))
+        .map_or(vec![], |r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+}
+
+#[test]
+fn split_is_identical_across_processes_and_changes_with_the_seed() {
+    let a = project(&demo_rows(50), "");
+    let b = project(&demo_rows(50), "");
+    for p in [&a, &b] {
+        let out = ftexp(p.path(), &["prepare", "exp.toml", "--export", "out"], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("⟦"), "{}", stdout(&out));
+    }
+    for split in ["train", "val", "test"] {
+        let read = |p: &tempfile::TempDir| std::fs::read(p.path().join(format!("out/{split}.jsonl"))).unwrap();
+        assert_eq!(read(&a), read(&b), "{split} differs between two processes");
+    }
+    let text = std::fs::read_to_string(a.path().join("out/train.jsonl")).unwrap();
+    let first = text.lines().next().unwrap();
+    let fields = ["instruction", "input", "output", "input_ids", "input_ids_no_response", "labels"];
+    let positions: Vec<usize> = fields.iter().map(|f| first.find(&format!("\"{f}\":")).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "the seed's fields, in its order: {first}");
+    assert_eq!(serde_json::from_str::<Value>(first).unwrap().as_object().unwrap().len(), 6);
+    let out = ftexp(a.path(), &["prepare", "exp.toml", "--set", "seed=4", "--export", "out4"], &[]);
+    assert!(out.status.success());
+    assert_ne!(
+        std::fs::read(a.path().join("out/val.jsonl")).unwrap(),
+        std::fs::read(a.path().join("out4/val.jsonl")).unwrap()
+    );
+}
+
+#[test]
+fn cache_is_reused_and_invalidated_by_every_key_part() {
+    let p = project(&demo_rows(30), "");
+    let key = |sets: &[&str]| -> (String, bool) {
+        let mut args = vec!["prepare", "exp.toml", "--json"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = ftexp(p.path(), &args, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let json: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        (json["key"].as_str().unwrap().to_string(), json["reused"].as_bool().unwrap())
+    };
+    let (base, reused) = key(&[]);
+    assert!(!reused);
+    assert_eq!(key(&[]), (base.clone(), true), "same inputs reuse the entry");
+    let variants: &[&[&str]] = &[
+        &["seed=9"],
+        &["data.max_seq_length=300"],
+        &["data.prompt_style=plain"],
+        &["data.mask_inputs=false"],
+        &["data.long_samples=drop"],
+        &["data.split.val=0.3", "data.split.train=0.5"],
+        &["data.columns.input=context"],
+    ];
+    let mut seen = vec![base.clone()];
+    for v in variants {
+        let (k, reused) = key(v);
+        assert!(!reused && !seen.contains(&k), "{v:?} must change the key");
+        seen.push(k);
+    }
+    std::fs::write(p.path().join("rows.json"), serde_json::to_string(&demo_rows(31)).unwrap()).unwrap();
+    let (k, reused) = key(&[]);
+    assert!(!reused && !seen.contains(&k), "new data content, new key");
+    // a different tokenizer file, same everything else
+    let tokenizer = Tokenizer::from_dir(&tokenizer_dir()).unwrap();
+    let other = fixtures().join("models/gpt-neox/tokenizer.json");
+    let mut data = data_config(&p.path().join("rows.json"));
+    let same = tokenizer_dir().join("tokenizer.json");
+    let k1 = cache_key(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &same }).unwrap();
+    std::fs::write(
+        p.path().join("tok.json"),
+        std::fs::read_to_string(&other).unwrap().replace("\"model\"", "\"model\" "),
+    )
+    .unwrap();
+    let k2 =
+        cache_key(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &p.path().join("tok.json") })
+            .unwrap();
+    assert_ne!(k1, k2);
+    data.max_seq_length += 1;
+    assert_ne!(k1, cache_key(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &same }).unwrap());
+    assert!(cache_entries(p.path()).iter().all(|e| !e.starts_with(".tmp")));
+}
+
+#[test]
+fn concurrent_prepares_of_one_key_share_one_entry() {
+    let p = project(&demo_rows(200), "");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            std::process::Command::new(crate::common::BIN)
+                .current_dir(p.path())
+                .args(["prepare", "exp.toml", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(cache_entries(p.path()).len(), 1, "{:?}", cache_entries(p.path()));
+}
+
+#[test]
+fn bad_input_is_one_line_naming_file_and_row_and_leaves_no_cache() {
+    let cases: &[(&str, &str)] = &[
+        ("[{\"instruction\": \"a\", \"output\": \"b\"},\n {\"instruction\": \"c\" \"output\": \"d\"}]", "rows.json:2:22: invalid JSON: expected `,` or `}`"),
+        ("[{\"instruction\": \"a\", \"output\": \"b\"}, {\"output\": \"d\"}]", "rows.json: record 2: missing `instruction`"),
+        ("[{\"instruction\": \"a\", \"output\": 5}]", "rows.json: record 1: `output` must be a string, found a number"),
+        ("{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"a\", \"input\": [1], \"output\": \"b\"}\n", "rows.json: record 2 (line 2): `input` must be a string, found an array"),
+        ("{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \n", "rows.json:2:"),
+        ("  \n", "rows.json: the file is empty"),
+    ];
+    for (text, expected) in cases {
+        let p = project(&json!([]), "");
+        std::fs::write(p.path().join("rows.json"), text).unwrap();
+        let out = ftexp(p.path(), &["prepare", "exp.toml"], &[]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("error: ") && err.contains(expected), "{err} lacks {expected}");
+        assert!(cache_entries(p.path()).is_empty());
+    }
+    let p = project(&demo_rows(5), "");
+    std::fs::remove_file(p.path().join("rows.json")).unwrap();
+    let out = ftexp(p.path(), &["prepare", "exp.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("rows.json: data file not found; check `data.path`"), "{}", stderr(&out));
+    let p = project(&demo_rows(2), "");
+    let out = ftexp(p.path(), &["prepare", "exp.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("data.split.val = 0.2 gives 0 of the 2 records"), "{}", stderr(&out));
+    assert!(cache_entries(p.path()).is_empty());
+}
+
+#[test]
+fn columns_map_other_field_names() {
+    let rows = json!([{"question": "Q1", "context": "c", "answer": "A1"}, {"question": "Q2", "answer": "A2"}]);
+    let p = project(&rows, "columns = { instruction = \"question\", input = \"context\", output = \"answer\" }\n");
+    let sets = ["--set", "data.split.train=1", "--set", "data.split.val=0", "--set", "data.split.test=0"];
+    let out = ftexp(p.path(), &[&["prepare", "exp.toml", "--export", "out"][..], &sets].concat(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(p.path().join("out/train.jsonl")).unwrap();
+    assert!(text.contains("\"instruction\":\"Q1\",\"input\":\"c\",\"output\":\"A1\""), "{text}");
+    assert!(text.contains("\"instruction\":\"Q2\",\"input\":\"\",\"output\":\"A2\""), "{text}");
+}
