@@ -202,13 +202,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Prepare { config, sets, export, json } => {
             let resolved = config::resolve(&config, &sets)?;
+            let start = std::time::Instant::now();
             let prepared = crate::data::prepare_for(&resolved.config)?;
+            let seconds = start.elapsed().as_secs_f64();
             if let Some(dir) = &export {
                 crate::data::prepare::export(&prepared, dir)?;
             }
             if json {
                 let out = serde_json::json!({
                     "key": prepared.key, "dir": prepared.dir, "reused": prepared.reused, "splits": prepared.stats,
+                    "seconds": seconds,
+                    "records_per_s": prepared.stats.values().map(|s| s.records).sum::<usize>() as f64 / seconds.max(1e-9),
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
@@ -232,16 +236,30 @@ fn run(cli: Cli) -> Result<()> {
             let sampling = Sampling { max_new_tokens, temperature, top_k, top_p, seed };
             let mut streamer = Streamer::new(&tokenizer);
             let stdout = std::io::stdout();
+            let start = std::time::Instant::now();
+            let mut first_token_at = None;
             let out = generate(&model, &ids, &sampling, &tokenizer.eos_ids, true, |id| {
+                first_token_at.get_or_insert_with(std::time::Instant::now);
                 if !json {
                     let mut lock = stdout.lock();
                     let _ = write!(lock, "{}", streamer.push(id));
                     let _ = lock.flush();
                 }
             });
+            let first = first_token_at.unwrap_or(start);
+            let (prefill_s, decode_s) = (first.duration_since(start).as_secs_f64(), first.elapsed().as_secs_f64());
             if json {
                 let text = tokenizer.decode(&out);
-                println!("{}", serde_json::json!({ "ids": out, "text": text }));
+                let decoded = out.len().saturating_sub(1);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ids": out, "text": text, "prompt_tokens": ids.len(),
+                        "prefill_s": prefill_s, "decode_s": decode_s,
+                        "prefill_tokens_per_s": ids.len() as f64 / prefill_s.max(1e-9),
+                        "decode_tokens_per_s": decoded as f64 / decode_s.max(1e-9),
+                    })
+                );
             } else {
                 println!();
             }
