@@ -31,6 +31,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fine-tune: prepare the data, load the base model, train, and write experiments/<name>/v<N>/.
+    Run {
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Override the config's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Continue a run from its newest complete checkpoint: the given run directory, or the newest
+        /// run of the config's name.
+        #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "RUN_DIR")]
+        resume: Option<String>,
+    },
     /// Prepare the data set of a config (split, prompt template, tokens, masked labels) into the cache,
     /// or reuse it, and print per-split statistics and an example.
     Prepare {
@@ -195,6 +208,31 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", plan::render(&resolved, &plan));
             }
+        }
+        Command::Run { config, mut sets, seed, resume } => {
+            if let Some(seed) = seed {
+                sets.push(format!("seed={seed}"));
+            }
+            let root = PathBuf::from(crate::experiment::EXPERIMENTS_DIR);
+            let (config, start) = match resume {
+                None => (config::resolve(&config, &sets)?.config, crate::train::Start::New { experiments_root: root }),
+                Some(dir) => {
+                    let run_dir = if dir.is_empty() {
+                        let name = config::resolve(&config, &sets)?.config.name;
+                        let parent = root.join(&name);
+                        match crate::experiment::versions(&parent).last() {
+                            Some(v) => parent.join(format!("v{v}")),
+                            None => crate::bail_user!("--resume: no run of \"{name}\" under {}", parent.display()),
+                        }
+                    } else {
+                        PathBuf::from(dir)
+                    };
+                    // A run continues with exactly the config it started with.
+                    let saved = config::resolve(&run_dir.join("config.toml"), &[])?.config;
+                    (saved, crate::train::Start::Resume { run_dir })
+                }
+            };
+            crate::train::run(&config, start)?;
         }
         Command::Download { repo_id, revision, out } => {
             let dir = crate::hub::download(&repo_id, revision.as_deref(), &out)?;

@@ -7,5 +7,7 @@ pub mod error;
 pub mod experiment;
 pub mod generate;
 pub mod hub;
+pub mod methods;
 pub mod model;
 pub mod plan;
+pub mod train;

@@ -125,9 +125,10 @@ pub fn make(r: &Resolved) -> Plan {
     };
     let t = &c.train;
     let grad_accum = t.batch_size / (t.micro_batch_size * t.devices).max(1);
-    let epoch_size = t.epoch_size.or(data.as_ref().map(|d| d.train as u64));
+    let counts = data.as_ref().map(|d| step_counts(t, d.train));
+    let epoch_size = t.epoch_size.or(counts.map(|c| c.0));
     let steps_per_epoch = epoch_size.map(|e| (e / t.batch_size).max(1));
-    let total_steps = t.max_steps.or(steps_per_epoch.map(|s| s * t.epochs));
+    let total_steps = t.max_steps.or(counts.map(|c| c.2));
     Plan {
         device: device_name(device),
         precision,
@@ -145,6 +146,14 @@ pub fn make(r: &Resolved) -> Plan {
         save_steps: every(t.save_interval, total_steps),
         max_tokens_per_step: t.batch_size * c.data.max_seq_length,
     }
+}
+
+/// (epoch size in samples, optimizer steps per epoch, optimizer steps in total) for a train split of
+/// `train_len` samples.
+pub fn step_counts(t: &crate::config::schema::TrainConfig, train_len: usize) -> (u64, u64, u64) {
+    let epoch_size = t.epoch_size.unwrap_or(train_len as u64);
+    let per_epoch = (epoch_size / t.batch_size).max(1);
+    (epoch_size, per_epoch, t.max_steps.unwrap_or(per_epoch * t.epochs))
 }
 
 fn summarize(spec: &ModelSpec) -> Architecture {

@@ -10,11 +10,67 @@ use super::spec::{Mlp, ModelSpec, Norm as NormKind, Qkv};
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// LoRA: `dropout(x)·Aᵀ·Bᵀ·scale` added to the output.
+    pub lora: Option<Lora>,
+    /// Adapter v2: the output becomes `scale ⊙ (Wx + b + bias)`, scale ones and bias zeros at first.
+    pub adapter_v2: Option<AdapterV2>,
+}
+
+#[derive(Debug)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+#[derive(Debug)]
+pub struct AdapterV2 {
+    pub scale: Tensor,
+    pub bias: Tensor,
+}
+
+/// `t` in the kind of `like` (trainable weights may be kept in fp32 under a 16-bit compute kind).
+fn cast(t: &Tensor, like: &Tensor) -> Tensor {
+    if t.kind() == like.kind() {
+        t.shallow_clone()
+    } else {
+        t.to_kind(like.kind())
+    }
 }
 
 impl Linear {
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear { weight, bias, lora: None, adapter_v2: None }
+    }
+
+    pub fn forward(&self, x: &Tensor, training: bool) -> Tensor {
+        let bias = self.bias.as_ref().map(|b| cast(b, x));
+        let mut y = x.linear(&cast(&self.weight, x), bias.as_ref());
+        if let Some(l) = &self.lora {
+            let xd = if training && l.dropout > 0.0 { x.dropout(l.dropout, true) } else { x.shallow_clone() };
+            y = y + xd.linear::<&Tensor>(&cast(&l.a, x), None).linear::<&Tensor>(&cast(&l.b, x), None) * l.scale;
+        }
+        if let Some(a) = &self.adapter_v2 {
+            y = (y + cast(&a.bias, x)) * cast(&a.scale, x);
+        }
+        y
+    }
+
+    /// The weight's tensors by name suffix, for checkpoints and the optimizer.
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(&format!("{prefix}.weight"), &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(&format!("{prefix}.bias"), b);
+        }
+        if let Some(l) = &mut self.lora {
+            f(&format!("{prefix}.lora_a"), &mut l.a);
+            f(&format!("{prefix}.lora_b"), &mut l.b);
+        }
+        if let Some(a) = &mut self.adapter_v2 {
+            f(&format!("{prefix}.adapter_scale"), &mut a.scale);
+            f(&format!("{prefix}.adapter_bias"), &mut a.bias);
+        }
     }
 }
 
@@ -28,18 +84,37 @@ pub struct Norm {
 
 impl Norm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        let weight = cast(&self.weight, x);
         match self.kind {
             NormKind::LayerNorm => {
-                x.layer_norm([self.weight.size()[0]], Some(&self.weight), self.bias.as_ref(), self.eps, true)
+                let bias = self.bias.as_ref().map(|b| cast(b, x));
+                x.layer_norm([weight.size()[0]], Some(&weight), bias.as_ref(), self.eps, true)
             }
             // As transformers does it: normalise in fp32, cast back, then scale.
             NormKind::RmsNorm => {
                 let xf = x.to_kind(Kind::Float);
                 let inv_rms = (xf.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
-                (xf * inv_rms).to_kind(x.kind()) * &self.weight
+                (xf * inv_rms).to_kind(x.kind()) * weight
             }
         }
     }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(&format!("{prefix}.weight"), &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(&format!("{prefix}.bias"), b);
+        }
+    }
+}
+
+/// LLaMA-Adapter: learned prompt vectors whose keys and values (from the layer's own projections,
+/// without rotary) are attended by a separate softmax and added through a zero-initialised gate per head.
+#[derive(Debug)]
+pub struct Adapter {
+    /// `(prompt_length, hidden)`.
+    pub prefix: Tensor,
+    /// `(1, heads, 1, 1)`.
+    pub gate: Tensor,
 }
 
 #[derive(Debug)]
@@ -53,6 +128,7 @@ pub struct Block {
     pub o: Linear,
     /// fc, proj (GELU) or gate, up, down (SwiGLU).
     pub mlp: Vec<Linear>,
+    pub adapter: Option<Adapter>,
 }
 
 /// Keys and values of past positions, preallocated for `capacity` positions.
@@ -82,9 +158,13 @@ pub struct Gpt {
     pub embed: Tensor,
     pub blocks: Vec<Block>,
     pub final_norm: Norm,
-    /// The output head; the embedding itself when the checkpoint ties them.
-    pub head: Tensor,
+    /// The output head; its weight is the embedding itself when the checkpoint ties them.
+    pub head: Linear,
     inv_freq: Tensor,
+    /// The kind activations are computed in.
+    pub compute_kind: Kind,
+    /// Dropout is active only while training.
+    pub training: bool,
 }
 
 impl Gpt {
@@ -92,9 +172,8 @@ impl Gpt {
     pub fn from_weights(spec: ModelSpec, mut w: HashMap<String, Tensor>) -> Gpt {
         let names = spec.names();
         let mut take = |name: &str| w.remove(name).unwrap_or_else(|| panic!("weight {name} was checked present"));
-        let linear = |take: &mut dyn FnMut(&str) -> Tensor, name: &str, bias: bool| Linear {
-            weight: take(&format!("{name}.weight")),
-            bias: bias.then(|| take(&format!("{name}.bias"))),
+        let linear = |take: &mut dyn FnMut(&str) -> Tensor, name: &str, bias: bool| {
+            Linear::new(take(&format!("{name}.weight")), bias.then(|| take(&format!("{name}.bias"))))
         };
         let norm = |take: &mut dyn FnMut(&str) -> Tensor, name: &str| Norm {
             weight: take(&format!("{name}.weight")),
@@ -120,12 +199,50 @@ impl Gpt {
             let n_mlp = if spec.mlp == Mlp::SwiGlu { 3 } else { 2 };
             let mlp =
                 names.mlp[..n_mlp].iter().map(|m| linear(&mut take, &format!("{p}.{m}"), spec.proj_bias)).collect();
-            blocks.push(Block { norm1, norm2, q, k, v, o, mlp });
+            blocks.push(Block { norm1, norm2, q, k, v, o, mlp, adapter: None });
         }
         let final_norm = norm(&mut take, names.final_norm);
-        let head = if spec.tie_embeddings { embed.shallow_clone() } else { take(names.head) };
+        let head = Linear::new(if spec.tie_embeddings { embed.shallow_clone() } else { take(names.head) }, None);
         let inv_freq = inverse_frequencies(&spec).to_device(embed.device());
-        Gpt { spec, embed, blocks, final_norm, head, inv_freq }
+        let compute_kind = embed.kind();
+        Gpt { spec, embed, blocks, final_norm, head, inv_freq, compute_kind, training: false }
+    }
+
+    /// Every tensor of the model by its ftexp name (`layers.3.q.lora_a`), including method tensors.
+    /// A tied head is visited once, as `embed`.
+    pub fn visit(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f("embed", &mut self.embed);
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("layers.{i}");
+            b.norm1.visit(&format!("{p}.norm1"), f);
+            if let Some(n) = &mut b.norm2 {
+                n.visit(&format!("{p}.norm2"), f);
+            }
+            for (name, lin) in [("q", &mut b.q), ("k", &mut b.k), ("v", &mut b.v), ("o", &mut b.o)] {
+                lin.visit(&format!("{p}.{name}"), f);
+            }
+            for (j, lin) in b.mlp.iter_mut().enumerate() {
+                lin.visit(&format!("{p}.mlp.{j}"), f);
+            }
+            if let Some(a) = &mut b.adapter {
+                f(&format!("{p}.adapter_prefix"), &mut a.prefix);
+                f(&format!("{p}.adapter_gate"), &mut a.gate);
+            }
+        }
+        self.final_norm.visit("final_norm", f);
+        let tied = self.spec.tie_embeddings;
+        self.head.visit("head", &mut |name, t| {
+            if !(tied && name == "head.weight") {
+                f(name, t)
+            }
+        });
+    }
+
+    /// Points a tied head at the (possibly replaced) embedding again.
+    pub fn retie(&mut self) {
+        if self.spec.tie_embeddings {
+            self.head.weight = self.embed.shallow_clone();
+        }
     }
 
     pub fn device(&self) -> tch::Device {
@@ -149,7 +266,7 @@ impl Gpt {
         let start = cache.as_ref().map_or(0, |c| c.len);
         let t = ids.size()[1];
         let rope = self.rope(start, t);
-        let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
+        let mut x = Tensor::embedding(&self.embed, ids, -1, false, false).to_kind(self.compute_kind);
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = self.block_forward(block, &x, &rope, start, layer_cache);
@@ -162,7 +279,7 @@ impl Gpt {
 
     /// Token scores for hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<&Tensor>(&self.head, None)
+        self.head.forward(hidden, self.training)
     }
 
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
@@ -202,7 +319,8 @@ impl Gpt {
     ) -> Tensor {
         let s = &self.spec;
         let (batch, t) = (x.size()[0], x.size()[1]);
-        let heads = |lin: &Linear, n: i64| lin.forward(x).view([batch, t, n, s.head_size]).transpose(1, 2);
+        let heads =
+            |lin: &Linear, n: i64| lin.forward(x, self.training).view([batch, t, n, s.head_size]).transpose(1, 2);
         let q = apply_rope(&heads(&b.q, s.n_head), rope, s.rope_dims);
         let k = apply_rope(&heads(&b.k, s.n_query_groups), rope, s.rope_dims);
         let v = heads(&b.v, s.n_query_groups);
@@ -222,15 +340,37 @@ impl Gpt {
             cols.le_tensor(&rows)
         });
         let gqa = s.n_query_groups != s.n_head;
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, t > 1 && start == 0, None, gqa);
-        b.o.forward(&y.transpose(1, 2).reshape([batch, t, s.n_head * s.head_size]))
+        let mut y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, t > 1 && start == 0, None, gqa);
+        if let Some(a) = &b.adapter {
+            let prefix = cast(&a.prefix, x).unsqueeze(0);
+            let p = prefix.size()[1];
+            let project = |lin: &Linear| {
+                lin.forward(&prefix, self.training)
+                    .view([1, p, s.n_query_groups, s.head_size])
+                    .transpose(1, 2)
+                    .expand([batch, s.n_query_groups, p, s.head_size], false)
+            };
+            let ay = Tensor::scaled_dot_product_attention::<Tensor>(
+                &q,
+                &project(&b.k),
+                &project(&b.v),
+                None,
+                0.0,
+                false,
+                None,
+                gqa,
+            );
+            y = y + cast(&a.gate, x) * ay;
+        }
+        b.o.forward(&y.transpose(1, 2).reshape([batch, t, s.n_head * s.head_size]), self.training)
     }
 
     fn mlp(&self, b: &Block, x: &Tensor) -> Tensor {
+        let f = |i: usize, x: &Tensor| b.mlp[i].forward(x, self.training);
         match self.spec.mlp {
-            Mlp::Gelu => b.mlp[1].forward(&b.mlp[0].forward(x).gelu("none")),
-            Mlp::GeluTanh => b.mlp[1].forward(&b.mlp[0].forward(x).gelu("tanh")),
-            Mlp::SwiGlu => b.mlp[2].forward(&(b.mlp[0].forward(x).silu() * b.mlp[1].forward(x))),
+            Mlp::Gelu => f(1, &f(0, x).gelu("none")),
+            Mlp::GeluTanh => f(1, &f(0, x).gelu("tanh")),
+            Mlp::SwiGlu => f(2, &(f(0, x).silu() * f(1, x))),
         }
     }
 }
@@ -266,7 +406,7 @@ fn split_fused(spec: &ModelSpec, fused: Linear) -> (Linear, Linear, Linear) {
         Some((q, k, v)) => (Some(q), Some(k), Some(v)),
         None => (None, None, None),
     };
-    (Linear { weight: wq, bias: bq }, Linear { weight: wk, bias: bk }, Linear { weight: wv, bias: bv })
+    (Linear::new(wq, bq), Linear::new(wk, bk), Linear::new(wv, bv))
 }
 
 /// 1 / theta^(2i/d) in fp32, with Llama 3 frequency scaling when the checkpoint asks for it.

@@ -1,4 +1,9 @@
-//! Experiment outputs: `experiments/<name>/v<N>/` with the resolved `config.toml` and `run.json`.
+//! Experiment outputs: `experiments/<name>/v<N>/` with the resolved `config.toml`, `run.json`,
+//! `metrics.csv`, `loss.png` and `checkpoints/`.
+pub mod checkpoint;
+pub mod metrics;
+pub mod plot;
+
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -71,6 +76,9 @@ pub struct RunInfo {
     pub start_time: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub end_time: Option<String>,
+    /// What later stages record: data, base checkpoint, results.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Experiment {
@@ -98,6 +106,7 @@ impl Experiment {
             command_line: std::env::args().collect(),
             start_time: utc_now(),
             end_time: None,
+            extra: serde_json::Map::new(),
         };
         self.write_run_info(&info)?;
         Ok(info)
@@ -116,10 +125,36 @@ impl Experiment {
 
     /// Marks the run `completed`, `failed` or `interrupted`, with its end time.
     pub fn finish(&self, status: &str) -> Result<(), Problems> {
+        self.update(|info| {
+            info.status = status.into();
+            info.end_time = Some(utc_now());
+        })
+    }
+
+    /// Rewrites run.json after `change`.
+    pub fn update(&self, change: impl FnOnce(&mut RunInfo)) -> Result<(), Problems> {
         let mut info = self.read_run_info()?;
-        info.status = status.into();
-        info.end_time = Some(utc_now());
+        change(&mut info);
         self.write_run_info(&info)
+    }
+
+    /// Opens an existing run directory `experiments/<name>/v<N>`.
+    pub fn open(dir: &Path) -> Result<Experiment, Problems> {
+        let version = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix('v'))
+            .and_then(|n| n.parse().ok())
+            .filter(|_| dir.join("config.toml").is_file())
+            .ok_or_else(|| {
+                Problems::one(format!(
+                    "{}: not a run directory (experiments/<name>/v<N> with a config.toml)",
+                    dir.display()
+                ))
+            })?;
+        let name =
+            dir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Experiment { name, version, dir: dir.to_path_buf() })
     }
 
     /// Writes `name` in the run directory through a temporary file, so readers never see half a file.

@@ -1,0 +1,90 @@
+//! Checkpoints: `checkpoints/step-NNNNNN/` and `checkpoints/final/`, each with the trained tensors
+//! (`trained.safetensors`; the whole model for `full`), the optimizer's moments and the trainer's
+//! position. Written to a temporary directory and renamed, so a crash never leaves a half checkpoint
+//! that looks complete.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::error::Problems;
+
+pub const TRAINED: &str = "trained.safetensors";
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+pub const STATE: &str = "state.json";
+
+/// Where training stood when a checkpoint was written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Micro-batches done.
+    pub iter: u64,
+    /// Training samples consumed (the position in the seeded data order).
+    pub samples_seen: u64,
+    /// Real (non-padding) tokens trained on.
+    pub tokens: u64,
+    pub elapsed_s: f64,
+    pub method: String,
+}
+
+pub fn dir_name(step: u64) -> String {
+    format!("step-{step:06}")
+}
+
+fn io(path: &Path) -> impl Fn(tch::TchError) -> Problems + '_ {
+    move |e| Problems::one(format!("{}: cannot write the checkpoint: {e}", path.display()))
+}
+
+/// Writes a checkpoint named `name` under `run_dir/checkpoints/`.
+pub fn save(
+    run_dir: &Path,
+    name: &str,
+    trained: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
+    state: &TrainerState,
+) -> Result<PathBuf, Problems> {
+    let root = run_dir.join("checkpoints");
+    let fail = |e: std::io::Error| Problems::one(format!("{}: cannot write the checkpoint: {e}", root.display()));
+    std::fs::create_dir_all(&root).map_err(fail)?;
+    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(fail)?;
+    let detached: Vec<(String, Tensor)> = trained.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+    Tensor::write_safetensors(&detached, tmp.join(TRAINED)).map_err(io(&tmp))?;
+    Tensor::write_safetensors(optimizer, tmp.join(OPTIMIZER)).map_err(io(&tmp))?;
+    std::fs::write(tmp.join(STATE), serde_json::to_string_pretty(state).expect("state serializes")).map_err(fail)?;
+    let target = root.join(name);
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(fail)?;
+    }
+    std::fs::rename(&tmp, &target).map_err(fail)?;
+    Ok(target)
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainerState, Problems> {
+    let path = dir.join(STATE);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| Problems::one(format!("{}: invalid trainer state: {e}", path.display())))
+}
+
+pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, Problems> {
+    Tensor::read_safetensors(path).map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))
+}
+
+/// The complete checkpoints of a run (those with a state file), oldest step first; `final` last.
+pub fn list(run_dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(STATE).is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    found.sort_by_key(|p| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        (name == "final", name)
+    });
+    found
+}

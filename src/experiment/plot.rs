@@ -1,0 +1,67 @@
+//! `loss.png`: train and val loss against the optimizer step.
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+
+use super::metrics::Row;
+use crate::error::Problems;
+
+static FONT: Once = Once::new();
+const FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+
+fn register_font() {
+    FONT.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT_BYTES);
+    });
+}
+
+/// Draws the loss curves of `rows` into `path` (through a temporary file).
+pub fn loss_png(path: &Path, title: &str, rows: &[Row]) -> Result<(), Problems> {
+    register_font();
+    let tmp = path.with_extension("tmp.png");
+    draw(&tmp, title, rows).map_err(|e| Problems::one(format!("{}: cannot draw: {e}", path.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| Problems::one(format!("{}: cannot write: {e}", path.display())))
+}
+
+fn draw(path: &Path, title: &str, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
+    let train: Vec<(f64, f64)> = rows.iter().filter_map(|r| Some((r.step as f64, r.train_loss?))).collect();
+    let val: Vec<(f64, f64)> = rows.iter().filter_map(|r| Some((r.step as f64, r.val_loss?))).collect();
+    let all = train.iter().chain(&val);
+    let max_step = all.clone().map(|p| p.0).fold(1.0, f64::max);
+    let (lo, hi) =
+        all.map(|p| p.1).filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo, hi) };
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..max_step, (lo - pad).max(0.0)..hi + pad)?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .y_desc("loss (cross entropy)")
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(train, &BLUE))?
+        .label("train loss")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(val.clone(), RED.stroke_width(2)))?
+        .label("val loss")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+    chart.draw_series(val.iter().map(|&p| Circle::new(p, 3, RED.filled())))?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

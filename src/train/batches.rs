@@ -1,0 +1,83 @@
+//! Micro-batches: samples in a seeded order, right-padded, with the indices of the supervised
+//! positions computed on the host so the LM head and loss run only where labels count.
+use rand::{RngExt, SeedableRng};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::prepare::IGNORE;
+use crate::data::Sample;
+
+pub struct Batch {
+    /// `(batch, time - 1)`: the inputs; the last token of the longest sample never predicts anything.
+    pub inputs: Tensor,
+    /// Flat indices into `(batch × (time - 1))` of positions whose next token is supervised.
+    pub positions: Tensor,
+    /// The supervised next tokens, one per position.
+    pub targets: Tensor,
+    pub supervised: i64,
+    /// Non-padding tokens.
+    pub real_tokens: i64,
+}
+
+pub fn make(samples: &[&Sample], device: Device) -> Batch {
+    let t = samples.iter().map(|s| s.input_ids.len()).max().unwrap_or(2).max(2);
+    let width = t - 1;
+    let mut inputs = vec![0i64; samples.len() * width];
+    let (mut positions, mut targets) = (Vec::new(), Vec::new());
+    let mut real_tokens = 0;
+    for (b, s) in samples.iter().enumerate() {
+        real_tokens += s.input_ids.len() as i64;
+        for (i, &id) in s.input_ids.iter().take(width).enumerate() {
+            inputs[b * width + i] = id as i64;
+        }
+        for i in 0..s.input_ids.len().saturating_sub(1) {
+            let label = s.labels[i + 1];
+            if label != IGNORE {
+                positions.push((b * width + i) as i64);
+                targets.push(label);
+            }
+        }
+    }
+    let supervised = targets.len() as i64;
+    Batch {
+        inputs: Tensor::from_slice(&inputs).view([samples.len() as i64, width as i64]).to_device(device),
+        positions: Tensor::from_slice(&positions).to_device(device),
+        targets: Tensor::from_slice(&targets).to_kind(Kind::Int64).to_device(device),
+        supervised,
+        real_tokens,
+    }
+}
+
+/// The training order: pass `p` over the train split is a shuffle seeded by the run seed and `p`, so
+/// sample number `n` of a run is the same on every machine and after a resume.
+pub struct Order {
+    seed: u64,
+    len: usize,
+    pass: u64,
+    order: Vec<usize>,
+}
+
+impl Order {
+    pub fn new(seed: u64, len: usize) -> Order {
+        let mut o = Order { seed, len, pass: u64::MAX, order: Vec::new() };
+        o.reshuffle(0);
+        o
+    }
+
+    fn reshuffle(&mut self, pass: u64) {
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(self.seed ^ (pass + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        self.order = (0..self.len).collect();
+        for i in (1..self.len).rev() {
+            self.order.swap(i, rng.random_range(0..=i));
+        }
+        self.pass = pass;
+    }
+
+    /// The index into the train split of sample number `n` of the run.
+    pub fn get(&mut self, n: u64) -> usize {
+        let pass = n / self.len as u64;
+        if pass != self.pass {
+            self.reshuffle(pass);
+        }
+        self.order[(n % self.len as u64) as usize]
+    }
+}

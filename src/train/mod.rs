@@ -1,0 +1,398 @@
+//! The training loop: micro-batches with gradient accumulation, AdamW with warm-up and a schedule,
+//! evaluation and checkpoints at the configured steps, and a run directory that can be resumed.
+pub mod batches;
+pub mod optimizer;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tch::{Kind, Tensor};
+
+use crate::config::Config;
+use crate::data::Sample;
+use crate::error::Problems;
+use crate::experiment::checkpoint::{self, TrainerState};
+use crate::experiment::metrics::{Metrics, Row};
+use crate::experiment::{self, Experiment};
+use crate::model::Gpt;
+use crate::{methods, plan};
+use batches::Order;
+use optimizer::{learning_rate, AdamW};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C or SIGTERM finish the current step, save a checkpoint and mark the run interrupted.
+fn catch_interrupts() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// The model of a config, with its method applied and its trainable tensors marked.
+pub struct Prepared {
+    pub model: Gpt,
+    pub trainable: Vec<(String, Tensor)>,
+    pub base_dir: PathBuf,
+    pub precision: String,
+}
+
+/// Loads the base model of `c` on its device and applies the method.
+pub fn build_model(c: &Config) -> Result<Prepared, Problems> {
+    let (device, precision) = plan::resolve_device(&c.model.device, &c.model.precision);
+    if device.is_cuda() && !tch::Cuda::is_available() {
+        return Err(Problems::one(format!(
+            "model.device = \"{}\" but no CUDA device is available on this machine; use --set model.device=cpu",
+            c.model.device
+        )));
+    }
+    let base_dir = crate::hub::ensure_local(&c.model.checkpoint, c.model.revision.as_deref())?;
+    let compute = crate::model::weight_kind(&precision);
+    let mut model = crate::model::load(&base_dir, compute, device)?;
+    let trainable_kind = if precision == "bf16-mixed" { Kind::Float } else { compute };
+    methods::apply(&mut model, &c.method, c.seed, trainable_kind);
+    let trainable = methods::trainable(&mut model, &c.method.kind, trainable_kind);
+    Ok(Prepared { model, trainable, base_dir, precision })
+}
+
+/// Copies the tensors of a checkpoint's `trained.safetensors` into `trainable`.
+pub fn load_trained(trainable: &[(String, Tensor)], dir: &Path) -> Result<(), Problems> {
+    let saved: std::collections::HashMap<String, Tensor> =
+        checkpoint::read_tensors(&dir.join(checkpoint::TRAINED))?.into_iter().collect();
+    tch::no_grad(|| {
+        for (name, t) in trainable {
+            let src = saved.get(name).ok_or_else(|| {
+                Problems::one(format!("{}: has no tensor {name}; was it made with another method?", dir.display()))
+            })?;
+            if src.size() != t.size() {
+                return Err(Problems::one(format!(
+                    "{}: tensor {name} has shape {:?}, the model {:?}",
+                    dir.display(),
+                    src.size(),
+                    t.size()
+                )));
+            }
+            let mut t = t.shallow_clone();
+            t.copy_(src);
+        }
+        Ok(())
+    })
+}
+
+/// Mean loss over supervised tokens of `samples` in micro-batches of `micro`, at most `max_batches`.
+pub fn mean_loss(model: &mut Gpt, samples: &[Sample], micro: usize, max_batches: Option<usize>) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let was = std::mem::replace(&mut model.training, false);
+    let (mut sum, mut count) = (Tensor::zeros([], (Kind::Float, model.device())), 0i64);
+    tch::no_grad(|| {
+        for chunk in samples.chunks(micro).take(max_batches.unwrap_or(usize::MAX)) {
+            let refs: Vec<&Sample> = chunk.iter().collect();
+            let batch = batches::make(&refs, model.device());
+            sum += supervised_loss(model, &batch, tch::Reduction::Sum);
+            count += batch.supervised;
+        }
+    });
+    model.training = was;
+    (count > 0).then(|| sum.double_value(&[]) / count as f64)
+}
+
+/// Cross entropy of the supervised positions only: the LM head never sees prompt or padding positions.
+fn supervised_loss(model: &Gpt, batch: &batches::Batch, reduction: tch::Reduction) -> Tensor {
+    let hidden = model.hidden(&batch.inputs, None);
+    let width = hidden.size()[2];
+    let picked = hidden.view([-1, width]).index_select(0, &batch.positions);
+    let logits = model.logits(&picked).to_kind(Kind::Float);
+    logits.cross_entropy_loss::<Tensor>(&batch.targets, None, reduction, -100, 0.0)
+}
+
+fn sha256(path: &Path) -> Option<String> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).ok()?;
+    Some(format!("{:x}", hasher.finalize()))
+}
+
+fn base_hashes(dir: &Path) -> serde_json::Value {
+    let mut files = serde_json::Map::new();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json") || n.ends_with(".safetensors"))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    for n in names {
+        if let Some(h) = sha256(&dir.join(&n)) {
+            files.insert(n, h.into());
+        }
+    }
+    files.into()
+}
+
+/// Peak resident memory of this process in MiB (Linux).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// How to start: a new version, or continuing a run directory from its newest checkpoint.
+pub enum Start {
+    New { experiments_root: PathBuf },
+    Resume { run_dir: PathBuf },
+}
+
+/// Runs the experiment; returns its directory. Errors leave the run marked `failed`.
+pub fn run(config: &Config, start: Start) -> anyhow::Result<PathBuf> {
+    let c = config;
+    if c.train.devices > 1 {
+        crate::bail_user!(
+            "train.devices = {}: training on several devices is not supported yet; set train.devices = 1",
+            c.train.devices
+        );
+    }
+    let data = crate::data::prepare_for(c)?;
+    let train = data.split("train");
+    if train.is_empty() {
+        crate::bail_user!("{}: no training samples left after preparation; see `ftexp prepare`", c.data.path);
+    }
+    let mut built = build_model(c)?;
+    let mut opt = AdamW::new(&built.trainable, methods::decays);
+    let (exp, state) = match start {
+        Start::New { experiments_root } => {
+            let exp = experiment::allocate(&experiments_root, &c.name)?;
+            exp.start(c, &plan::device_name(built.model.device()))?;
+            (exp, TrainerState { method: c.method.kind.clone(), ..TrainerState::default() })
+        }
+        Start::Resume { run_dir } => {
+            let exp = Experiment::open(&run_dir)?;
+            let Some(ckpt) = checkpoint::list(&run_dir).pop() else {
+                crate::bail_user!("{}: has no complete checkpoint to resume from; start a new run", run_dir.display());
+            };
+            load_trained(&built.trainable, &ckpt)?;
+            opt.load_state(checkpoint::read_tensors(&ckpt.join(checkpoint::OPTIMIZER))?)
+                .map_err(|e| Problems::one(format!("{}: {e}", ckpt.display())))?;
+            let state = checkpoint::read_state(&ckpt)?;
+            exp.update(|i| {
+                i.status = "running".into();
+                i.end_time = None;
+                i.extra.insert("resumed_from".into(), ckpt.display().to_string().into());
+            })?;
+            println!("resuming {} from {} (step {})", exp.dir.display(), ckpt.display(), state.step);
+            (exp, state)
+        }
+    };
+    let counts = methods::count(&built.model.spec, &c.method);
+    exp.update(|i| {
+        let sizes: serde_json::Map<String, serde_json::Value> =
+            data.stats.iter().map(|(k, s)| (k.clone(), s.samples.into())).collect();
+        i.extra.insert("precision".into(), built.precision.clone().into());
+        i.extra.insert(
+            "data".into(),
+            serde_json::json!({"path": c.data.path, "cache_key": data.key, "split_sizes": sizes}),
+        );
+        i.extra.insert(
+            "base".into(),
+            serde_json::json!({"checkpoint": c.model.checkpoint, "dir": built.base_dir, "files": base_hashes(&built.base_dir)}),
+        );
+        i.extra.insert("parameters".into(), serde_json::json!(counts));
+    })?;
+    catch_interrupts();
+    match train_loop(c, &mut built, &mut opt, &exp, state, &data) {
+        Ok(status) => {
+            exp.finish(status)?;
+            if status == "interrupted" {
+                crate::bail_user!(
+                    "interrupted: checkpoint saved; continue with `ftexp run CONFIG --resume {}`",
+                    exp.dir.display()
+                );
+            }
+            Ok(exp.dir.clone())
+        }
+        Err(e) => {
+            let _ = exp.finish("failed");
+            Err(e)
+        }
+    }
+}
+
+fn train_loop(
+    c: &Config,
+    built: &mut Prepared,
+    opt: &mut AdamW,
+    exp: &Experiment,
+    mut state: TrainerState,
+    data: &crate::data::Prepared,
+) -> anyhow::Result<&'static str> {
+    let t = &c.train;
+    let train = data.split("train");
+    let val = data.split("val");
+    let micro = t.micro_batch_size as usize;
+    let accum = (t.batch_size / t.micro_batch_size) as usize;
+    let (_, _, total) = plan::step_counts(t, train.len());
+    let warmup = t.warmup_iters.min(total);
+    let mut metrics = Metrics::open(&exp.dir, (state.step > 0).then_some(state.step))?;
+    let title = format!("{} v{} · {}", exp.name, exp.version, c.method.kind);
+    let epoch_size = t.epoch_size.unwrap_or(train.len() as u64).max(1);
+    let mut order = Order::new(c.seed, train.len());
+    let model = &mut built.model;
+    let device = model.device();
+    let clock = Instant::now();
+    let elapsed_before = state.elapsed_s;
+    let tokens_before = state.tokens;
+    let bar = progress(total, state.step);
+    let mut last_good: Option<PathBuf> = checkpoint::list(&exp.dir).pop();
+
+    while state.step < total {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bar.abandon();
+            save(exp, &checkpoint::dir_name(state.step), &built.trainable, opt, &state)?;
+            return Ok("interrupted");
+        }
+        let step = state.step + 1;
+        // Dropout masks depend on the step alone, so a resumed run draws the same ones.
+        tch::manual_seed((c.seed as i64).wrapping_mul(1_000_003).wrapping_add(step as i64));
+        model.training = true;
+        let mut picked: Vec<Vec<&Sample>> = Vec::with_capacity(accum);
+        for _ in 0..accum {
+            picked.push(
+                (0..micro)
+                    .map(|_| {
+                        let s = &train[order.get(state.samples_seen)];
+                        state.samples_seen += 1;
+                        s
+                    })
+                    .collect(),
+            );
+        }
+        let step_batches: Vec<batches::Batch> = picked.iter().map(|b| batches::make(b, device)).collect();
+        let supervised: i64 = step_batches.iter().map(|b| b.supervised).sum::<i64>().max(1);
+        let mut step_loss = Tensor::zeros([], (Kind::Float, device));
+        for batch in &step_batches {
+            let loss = supervised_loss(model, batch, tch::Reduction::Sum) / supervised as f64;
+            loss.backward();
+            step_loss += loss.detach();
+            state.iter += 1;
+            state.tokens += batch.real_tokens as u64;
+        }
+        opt.clip_grad_norm(t.max_grad_norm);
+        let lr = learning_rate(step, t.learning_rate, t.min_lr, warmup, total, &t.lr_schedule);
+        opt.step(lr, t.weight_decay);
+        state.step = step;
+        state.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
+
+        let is_eval = step % t.eval_interval == 0 && !val.is_empty();
+        let is_save = step % t.save_interval == 0 && step < total;
+        let is_log = step % t.log_interval == 0 || step == total || is_eval || is_save;
+        if !is_log {
+            continue;
+        }
+        let loss = step_loss.double_value(&[]);
+        if !loss.is_finite() {
+            bar.abandon();
+            let kept = last_good.as_ref().map_or("no checkpoint was saved yet".to_string(), |p| {
+                format!("the last good checkpoint is {}", p.display())
+            });
+            crate::bail_user!(
+                "step {step}: the training loss became {loss}; lower train.learning_rate (now {}) or raise warmup_iters; {kept}",
+                t.learning_rate
+            );
+        }
+        let val_loss = if is_eval { mean_loss(model, val, micro, Some(t.eval_iters as usize)) } else { None };
+        let tokens_per_s = (state.tokens - tokens_before) as f64 / clock.elapsed().as_secs_f64().max(1e-9);
+        metrics.push(Row {
+            step,
+            epoch: state.samples_seen as f64 / epoch_size as f64,
+            iter: state.iter,
+            tokens: state.tokens,
+            lr,
+            train_loss: Some(loss),
+            val_loss,
+            tokens_per_s,
+            elapsed_s: state.elapsed_s,
+        })?;
+        let val_text = val_loss.map(|v| format!(" val {v:.4}")).unwrap_or_default();
+        let line = format!("step {step}/{total} loss {loss:.4}{val_text} lr {lr:.2e} {tokens_per_s:.0} tok/s");
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.set_position(step);
+            bar.set_message(line);
+        }
+        if is_eval {
+            experiment::plot::loss_png(&exp.dir.join("loss.png"), &title, &metrics.rows)?;
+        }
+        if is_save {
+            last_good = Some(save(exp, &checkpoint::dir_name(step), &built.trainable, opt, &state)?);
+        }
+    }
+    bar.finish_and_clear();
+    let micro_eval = micro.max(1);
+    let final_val = mean_loss(model, val, micro_eval, None);
+    let final_test = mean_loss(model, data.split("test"), micro_eval, None);
+    let last_row = metrics.rows.last().cloned();
+    if let (Some(v), Some(mut row)) = (final_val, last_row.clone()) {
+        row.val_loss = Some(v);
+        metrics.push(row)?;
+    }
+    experiment::plot::loss_png(&exp.dir.join("loss.png"), &title, &metrics.rows)?;
+    save(exp, "final", &built.trainable, opt, &state)?;
+    let tokens_per_s = (state.tokens - tokens_before) as f64 / clock.elapsed().as_secs_f64().max(1e-9);
+    let results = serde_json::json!({
+        "steps": state.step,
+        "final_train_loss": last_row.and_then(|r| r.train_loss),
+        "final_val_loss": final_val,
+        "val_perplexity": final_val.map(f64::exp),
+        "test_loss": final_test,
+        "test_perplexity": final_test.map(f64::exp),
+        "tokens": state.tokens,
+        "tokens_per_s": tokens_per_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "train_seconds": state.elapsed_s,
+    });
+    exp.update(|i| {
+        i.extra.insert("results".into(), results.clone());
+    })?;
+    println!(
+        "done: {} — val loss {} test loss {} ({:.0} tokens/s)",
+        exp.dir.display(),
+        final_val.map_or("-".into(), |v| format!("{v:.4}")),
+        final_test.map_or("-".into(), |v| format!("{v:.4}")),
+        tokens_per_s
+    );
+    Ok("completed")
+}
+
+fn save(
+    exp: &Experiment,
+    name: &str,
+    trainable: &[(String, Tensor)],
+    opt: &AdamW,
+    state: &TrainerState,
+) -> Result<PathBuf, Problems> {
+    checkpoint::save(&exp.dir, name, trainable, &opt.state(), state)
+}
+
+fn progress(total: u64, done: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total).with_position(done);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").expect("a valid template"),
+    );
+    bar
+}

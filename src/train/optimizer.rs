@@ -1,0 +1,116 @@
+//! AdamW over plain tensors, so its moments can be saved and restored with a checkpoint
+//! (betas 0.9 and 0.95 as litgpt uses, eps 1e-8, decoupled weight decay).
+use tch::{Kind, Tensor};
+
+pub const BETA1: f64 = 0.9;
+pub const BETA2: f64 = 0.95;
+pub const EPS: f64 = 1e-8;
+
+pub struct AdamW {
+    params: Vec<(String, Tensor)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    decay: Vec<bool>,
+    pub step: u64,
+}
+
+impl AdamW {
+    /// `params` by name; `decays(name, shape)` picks those weight decay applies to.
+    pub fn new(params: &[(String, Tensor)], decays: impl Fn(&str, &[i64]) -> bool) -> AdamW {
+        let zeros = |t: &Tensor| Tensor::zeros(t.size(), (Kind::Float, t.device()));
+        AdamW {
+            m: params.iter().map(|(_, t)| zeros(t)).collect(),
+            v: params.iter().map(|(_, t)| zeros(t)).collect(),
+            decay: params.iter().map(|(n, t)| decays(n, &t.size())).collect(),
+            params: params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+            step: 0,
+        }
+    }
+
+    /// Scales gradients so their global L2 norm is at most `max_norm` (no host round trip).
+    pub fn clip_grad_norm(&self, max_norm: f64) {
+        if max_norm <= 0.0 {
+            return;
+        }
+        tch::no_grad(|| {
+            let norms: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|(_, p)| p.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
+                .collect();
+            if norms.is_empty() {
+                return;
+            }
+            let total = Tensor::stack(&norms, 0).sum(Kind::Float).sqrt();
+            let factor = (total + 1e-6).reciprocal().g_mul_scalar(max_norm).clamp_max(1.0);
+            for (_, p) in &self.params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.g_mul_(&factor.to_kind(g.kind()));
+                }
+            }
+        });
+    }
+
+    /// One update with learning rate `lr`, then zeroes the gradients.
+    pub fn step(&mut self, lr: f64, weight_decay: f64) {
+        self.step += 1;
+        let t = self.step as i32;
+        let (c1, c2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
+        tch::no_grad(|| {
+            for (i, (_, p)) in self.params.iter().enumerate() {
+                let mut g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let gf = g.to_kind(Kind::Float);
+                let _ = self.m[i].g_mul_scalar_(BETA1).g_add_(&(&gf * (1.0 - BETA1)));
+                let _ = self.v[i].g_mul_scalar_(BETA2).g_add_(&(gf.square() * (1.0 - BETA2)));
+                let update = (&self.m[i] / c1) / ((&self.v[i] / c2).sqrt() + EPS) * lr;
+                let mut p = p.shallow_clone();
+                if self.decay[i] && weight_decay > 0.0 {
+                    let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
+                }
+                let _ = p.g_sub_(&update.to_kind(p.kind()));
+                let _ = g.zero_();
+            }
+        });
+    }
+
+    /// The moments by name, for a checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("step".to_string(), Tensor::from(self.step as i64))];
+        for (i, (n, _)) in self.params.iter().enumerate() {
+            out.push((format!("m.{n}"), self.m[i].shallow_clone()));
+            out.push((format!("v.{n}"), self.v[i].shallow_clone()));
+        }
+        out
+    }
+
+    /// Restores moments saved by [`AdamW::state`]; every parameter must be present.
+    pub fn load_state(&mut self, saved: Vec<(String, Tensor)>) -> Result<(), String> {
+        let mut map: std::collections::HashMap<String, Tensor> = saved.into_iter().collect();
+        self.step = map.remove("step").map(|t| t.int64_value(&[]) as u64).ok_or("no step in the optimizer state")?;
+        for (i, (n, p)) in self.params.iter().enumerate() {
+            let device = p.device();
+            self.m[i] = map.remove(&format!("m.{n}")).ok_or(format!("no moment for {n}"))?.to_device(device);
+            self.v[i] = map.remove(&format!("v.{n}")).ok_or(format!("no moment for {n}"))?.to_device(device);
+        }
+        Ok(())
+    }
+}
+
+/// The learning rate for optimizer step `step` (1-based): linear warm-up over `warmup` steps, then
+/// cosine from `lr` to `min_lr` at `total`, or constant.
+pub fn learning_rate(step: u64, lr: f64, min_lr: f64, warmup: u64, total: u64, schedule: &str) -> f64 {
+    if step <= warmup && warmup > 0 {
+        return lr * step as f64 / warmup as f64;
+    }
+    if schedule == "constant" || total <= warmup {
+        return lr;
+    }
+    let progress = (step - warmup) as f64 / (total - warmup) as f64;
+    min_lr + (lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
