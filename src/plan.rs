@@ -75,7 +75,11 @@ pub struct Architecture {
     pub hidden_size: i64,
     pub intermediate_size: i64,
     pub vocab_size: i64,
+    /// The base model's parameters.
     pub parameters: i64,
+    /// With the method's own tensors added (LoRA matrices, adapter prompts …).
+    pub parameters_with_method: i64,
+    pub trainable_parameters: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,7 +117,7 @@ pub fn make(r: &Resolved) -> Plan {
     let config_json = checkpoint_dir.join("config.json");
     let (architecture, architecture_missing) = if config_json.is_file() {
         match ModelSpec::from_file(&config_json) {
-            Ok(spec) => (Some(summarize(&spec)), None),
+            Ok(spec) => (Some(summarize(&spec, &c.method)), None),
             Err(e) => (None, Some(e.to_string())),
         }
     } else {
@@ -156,7 +160,8 @@ pub fn step_counts(t: &crate::config::schema::TrainConfig, train_len: usize) -> 
     (epoch_size, per_epoch, t.max_steps.unwrap_or(per_epoch * t.epochs))
 }
 
-fn summarize(spec: &ModelSpec) -> Architecture {
+fn summarize(spec: &ModelSpec, method: &crate::config::schema::MethodConfig) -> Architecture {
+    let counts = crate::methods::count(spec, method);
     Architecture {
         family: spec.family,
         model_type: spec.model_type.clone(),
@@ -167,6 +172,8 @@ fn summarize(spec: &ModelSpec) -> Architecture {
         intermediate_size: spec.intermediate_size,
         vocab_size: spec.vocab_size,
         parameters: spec.num_params(),
+        parameters_with_method: counts.total,
+        trainable_parameters: counts.trainable,
     }
 }
 
@@ -268,6 +275,15 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
             let _ = writeln!(out, "hidden size:                {} (MLP {})", a.hidden_size, a.intermediate_size);
             let _ = writeln!(out, "vocabulary:                 {}", thousands(a.vocab_size));
             let _ = writeln!(out, "parameters:                 {}", thousands(a.parameters));
+            let share = 100.0 * a.trainable_parameters as f64 / a.parameters_with_method.max(1) as f64;
+            let _ = writeln!(
+                out,
+                "trainable ({}):{:>width$} of {} ({share:.3}%)",
+                r.config.method.kind,
+                thousands(a.trainable_parameters),
+                thousands(a.parameters_with_method),
+                width = 14usize.saturating_sub(r.config.method.kind.len()) + thousands(a.trainable_parameters).len()
+            );
         }
         (None, Some(why)) => {
             let _ = writeln!(out, "not read: {why}");

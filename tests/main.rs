@@ -6,3 +6,4 @@ mod experiment;
 mod hub;
 mod model;
 mod plan;
+mod train;

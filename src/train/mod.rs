@@ -57,6 +57,21 @@ pub fn build_model(c: &Config) -> Result<Prepared, Problems> {
     let base_dir = crate::hub::ensure_local(&c.model.checkpoint, c.model.revision.as_deref())?;
     let compute = crate::model::weight_kind(&precision);
     let mut model = crate::model::load(&base_dir, compute, device)?;
+    let m = &c.method;
+    if m.kind.starts_with("adapter") && m.adapter_start_layer as i64 >= model.spec.n_layer {
+        return Err(Problems::one(format!(
+            "method.adapter_start_layer = {} but {} has {} layers (0 to {}), so no layer would get an adapter; lower it",
+            m.adapter_start_layer,
+            base_dir.display(),
+            model.spec.n_layer,
+            model.spec.n_layer - 1
+        )));
+    }
+    if m.kind == "lora"
+        && !(m.lora_query || m.lora_key || m.lora_value || m.lora_projection || m.lora_mlp || m.lora_head)
+    {
+        return Err(Problems::one("method.kind = \"lora\" but every lora_* target is false; enable at least one, e.g. method.lora_query = true"));
+    }
     let trainable_kind = if precision == "bf16-mixed" { Kind::Float } else { compute };
     methods::apply(&mut model, &c.method, c.seed, trainable_kind);
     let trainable = methods::trainable(&mut model, &c.method.kind, trainable_kind);

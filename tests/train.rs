@@ -1,0 +1,206 @@
+//! Fine-tuning: every method on tiny fixtures, the loop's outputs, resume and failure handling.
+use std::path::{Path, PathBuf};
+
+use ftexp::config::resolve_with_env;
+use ftexp::methods::{base_shapes, count, method_shapes};
+use ftexp::model::spec::ModelSpec;
+use ftexp::train::build_model;
+use serde_json::Value;
+use tch::{Kind, Tensor};
+
+use crate::common::{fixtures, ftexp, stderr, stdout, tree};
+
+fn method(kind: &str, extra: &[&str]) -> ftexp::config::schema::MethodConfig {
+    let dir = tree(&[("x.toml", "[model]\ncheckpoint = \"x\"\n[data]\npath = \"d.json\"\n")]);
+    let mut sets = vec![format!("method.kind={kind}")];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    resolve_with_env(&dir.path().join("x.toml"), &sets, std::iter::empty()).unwrap().config.method
+}
+
+#[test]
+fn trainable_counts_match_litgpt_for_llama_2_7b() {
+    let spec = ModelSpec::from_file(&fixtures().join("hub-configs/llama-2-7b-hf.json")).unwrap();
+    assert_eq!(count(&spec, &method("adapter", &[])).trainable, 1_229_760);
+    assert_eq!(count(&spec, &method("adapter_v2", &[])).trainable, 4_279_744);
+    assert_eq!(count(&spec, &method("lora", &["method.lora_r=8"])).trainable, 4_194_304);
+    assert_eq!(count(&spec, &method("full", &[])).trainable, 6_738_415_616);
+}
+
+/// A project whose config trains a fixture on repeated small data.
+fn project(family: &str, kind: &str, extra: &str) -> tempfile::TempDir {
+    let rows: Vec<Value> = (0..40)
+        .map(|i| serde_json::json!({"instruction": format!("Double {}.", i % 8), "input": "", "output": format!("{} cups", 2 * (i % 8))}))
+        .collect();
+    let config = format!(
+        "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\nsplit = {{ train = 0.8, val = 0.1, test = 0.1 }}\n[method]\nkind = \"{kind}\"\nlora_dropout = 0.1\nadapter_start_layer = 0\n[train]\nlearning_rate = {lr}\nmax_steps = 12\nbatch_size = 4\nmicro_batch_size = 2\nwarmup_iters = 2\neval_interval = 4\neval_iters = 2\nsave_interval = 5\nlog_interval = 1\nweight_decay = 0.01\n{extra}",
+        fixtures().join("models").join(family).display(),
+        lr = if kind == "adapter" { 0.2 } else { 0.01 }
+    );
+    tree(&[("exp.toml", &config), ("rows.json", &serde_json::to_string(&rows).unwrap())])
+}
+
+fn run_dir(p: &Path, v: u32) -> PathBuf {
+    p.join(format!("experiments/t/v{v}"))
+}
+
+fn metrics(dir: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect()
+}
+
+#[test]
+fn step_zero_equals_the_base_model_for_every_method() {
+    let ids = Tensor::from_slice(&[3i64, 17, 42, 99, 7, 250]).unsqueeze(0);
+    for family in ["llama", "falcon-7b-style", "gpt-neox", "qwen2", "llama3"] {
+        let base = ftexp::model::load(&fixtures().join("models").join(family), Kind::Float, tch::Device::Cpu).unwrap();
+        let want = tch::no_grad(|| base.forward(&ids, None));
+        for kind in ["full", "lora", "adapter", "adapter_v2"] {
+            let p = project(family, kind, "");
+            let mut c = resolve_with_env(
+                &p.path().join("exp.toml"),
+                &["method.lora_mlp=true".into(), "method.lora_head=true".into(), "method.adapter_start_layer=0".into()],
+                std::iter::empty(),
+            )
+            .unwrap()
+            .config;
+            c.model.checkpoint = fixtures().join("models").join(family).display().to_string();
+            let mut built = build_model(&c).unwrap();
+            built.model.training = false;
+            let got = tch::no_grad(|| built.model.forward(&ids, None));
+            let diff = (&got - &want).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{family} {kind}: step-0 logits differ by {diff}");
+            // the shapes `plan` counts are the tensors the model really has
+            let mut seen = Vec::new();
+            built.model.visit(&mut |n, t| seen.push((n.to_string(), t.size())));
+            let mut expected: Vec<(String, Vec<i64>)> =
+                base_shapes(&built.model.spec).into_iter().chain(method_shapes(&built.model.spec, &c.method)).collect();
+            seen.sort();
+            expected.sort();
+            assert_eq!(seen, expected, "{family} {kind}");
+            let trainable: i64 = built.trainable.iter().map(|(_, t)| t.numel() as i64).sum();
+            assert_eq!(trainable, count(&built.model.spec, &c.method).trainable, "{family} {kind}");
+        }
+    }
+}
+
+#[test]
+fn every_method_learns_and_writes_its_outputs() {
+    for (family, kind) in
+        [("llama", "lora"), ("gpt-neox", "adapter"), ("falcon-7b-style", "adapter_v2"), ("qwen2", "full")]
+    {
+        let p = project(family, kind, "");
+        let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
+        assert!(out.status.success(), "{family} {kind}: {}", stderr(&out));
+        let dir = run_dir(p.path(), 1);
+        let rows = metrics(&dir);
+        assert_eq!(rows[0].join(","), "step,epoch,iter,tokens,lr,train_loss,val_loss,tokens_per_s,elapsed_s");
+        assert_eq!(rows.len(), 13, "one row per step");
+        let steps: Vec<&str> = rows[1..].iter().map(|r| r[0].as_str()).collect();
+        assert_eq!(steps, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"]);
+        let with_val: Vec<&str> = rows[1..].iter().filter(|r| !r[6].is_empty()).map(|r| r[0].as_str()).collect();
+        assert_eq!(with_val, ["4", "8", "12"], "{family} {kind}: evals every 4 steps");
+        assert_eq!(rows[2][2], "4", "iter counts micro-batches: 2 per step");
+        let loss = |r: &Vec<String>| r[5].parse::<f64>().unwrap();
+        let first: f64 = rows[1..4].iter().map(loss).sum::<f64>() / 3.0;
+        let last: f64 = rows[10..].iter().map(loss).sum::<f64>() / 3.0;
+        assert!(last < first * 0.9, "{family} {kind}: loss did not fall ({first} → {last})");
+        let ckpts: Vec<String> = std::fs::read_dir(dir.join("checkpoints"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(ckpts, ["final", "step-000005", "step-000010"]);
+        let png = std::fs::read(dir.join("loss.png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 900);
+        let run: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["status"], "completed");
+        assert!(run["results"]["test_loss"].as_f64().is_some() && run["results"]["final_val_loss"].as_f64().is_some());
+        assert_eq!(run["data"]["split_sizes"]["train"], 32);
+        let trained = Tensor::read_safetensors(dir.join("checkpoints/final/trained.safetensors")).unwrap();
+        let n: i64 = trained.iter().map(|(_, t)| t.numel() as i64).sum();
+        assert_eq!(Some(n), run["parameters"]["trainable"].as_i64(), "only trained tensors are saved");
+    }
+}
+
+#[test]
+fn resume_after_sigkill_gives_the_same_metrics() {
+    let p = project("llama", "lora", "");
+    let full = ftexp(p.path(), &["run", "exp.toml"], &[]);
+    assert!(full.status.success(), "{}", stderr(&full));
+    // Run again and kill it once the step-5 checkpoint exists.
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .current_dir(p.path())
+        .args(["run", "exp.toml", "--set", "train.max_steps=12"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = run_dir(p.path(), 2).join("checkpoints/step-000005/state.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ckpt.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ckpt.exists(), "the step-5 checkpoint was written");
+    let resumed = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stdout(&resumed).contains("resuming"), "{}", stdout(&resumed));
+    let (a, b) = (metrics(&run_dir(p.path(), 1)), metrics(&run_dir(p.path(), 2)));
+    assert_eq!(a.len(), b.len());
+    for (ra, rb) in a.iter().zip(&b) {
+        assert_eq!(ra[..7], rb[..7], "all but the timing columns");
+    }
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir(p.path(), 2).join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["status"], "completed");
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let p = project("llama", "full", "max_grad_norm = 0.0\n");
+    let out = ftexp(
+        p.path(),
+        &[
+            "run",
+            "exp.toml",
+            "--set",
+            "train.learning_rate=1e6",
+            "--set",
+            "train.warmup_iters=0",
+            "--set",
+            "train.save_interval=1",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the training loss became") && err.contains("lower train.learning_rate"), "{err}");
+    assert!(err.contains("last good checkpoint is"), "{err}");
+    let dir = run_dir(p.path(), 1);
+    let run: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["status"], "failed");
+    assert!(dir.join("checkpoints/step-000001/trained.safetensors").exists());
+}
+
+#[test]
+fn an_adapter_start_past_the_last_layer_is_refused() {
+    let p = project("gpt-neox", "adapter", "");
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "method.adapter_start_layer=2"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("method.adapter_start_layer = 2 but"), "{}", stderr(&out));
+}
+
+#[test]
+fn more_than_one_device_is_refused() {
+    let p = project("llama", "lora", "devices = 2\n");
+    let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("train.devices = 2"), "{}", stderr(&out));
+    assert!(!p.path().join("experiments/t").exists(), "no run directory for a refused run");
+}
