@@ -69,11 +69,22 @@ enum Command {
     },
     /// Generate text from a checkpoint: one prefill, then one token per step, streamed to stdout.
     Generate {
-        /// A checkpoint directory (config.json, *.safetensors, tokenizer.json).
+        /// A base checkpoint directory (config.json, *.safetensors, tokenizer.json), or a run
+        /// directory experiments/<name>/v<N> (its base plus its trained weights and prompt style).
         #[arg(long)]
         checkpoint: PathBuf,
+        /// With a run directory: use the checkpoint of this step instead of the final one.
+        #[arg(long)]
+        step: Option<u64>,
+        /// The instruction (with a run, put into the run's prompt template).
         #[arg(long)]
         prompt: String,
+        /// With a run: the optional input that goes with the instruction.
+        #[arg(long, default_value = "")]
+        input: String,
+        /// With a run: use the prompt as it is, without the run's template.
+        #[arg(long)]
+        raw: bool,
         #[arg(long, default_value_t = 50)]
         max_new_tokens: usize,
         /// 0 picks the most likely token every time (greedy); higher is more random.
@@ -95,11 +106,26 @@ enum Command {
     },
     /// Mean next-token loss and perplexity of a checkpoint on a text file.
     Eval {
+        /// A run directory experiments/<name>/v<N>: loss and perplexity on one of its data splits.
+        run: Option<PathBuf>,
+        /// With a run: which split.
+        #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
+        split: String,
+        /// With a run: also the exact-match rate of greedy answers against the split's outputs.
         #[arg(long)]
-        checkpoint: PathBuf,
-        /// A UTF-8 text file, read as one sequence.
+        generate: bool,
+        /// With a run: evaluate its base model (before fine-tuning) the same way.
         #[arg(long)]
-        text: PathBuf,
+        base: bool,
+        /// With a run: the checkpoint of this step instead of the final one.
+        #[arg(long)]
+        step: Option<u64>,
+        /// Without a run: a base checkpoint directory …
+        #[arg(long, required_unless_present = "run")]
+        checkpoint: Option<PathBuf>,
+        /// … and a UTF-8 text file, read as one sequence.
+        #[arg(long, required_unless_present = "run")]
+        text: Option<PathBuf>,
         /// Use at most this many tokens (default: the model's context length).
         #[arg(long)]
         max_tokens: Option<usize>,
@@ -265,9 +291,31 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Generate { checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed, device, json } => {
-            let (model, tokenizer) = device.load(&checkpoint)?;
-            let ids = tokenizer.encode(&prompt, true)?;
+        Command::Generate {
+            checkpoint,
+            step,
+            prompt,
+            input,
+            raw,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            device,
+            json,
+        } => {
+            let (model, tokenizer, text) = if checkpoint.join("run.json").is_file() {
+                let run = crate::train::load_run(&checkpoint, step, false, Some(&device.device))?;
+                let record = crate::data::Record { instruction: prompt.clone(), input, output: String::new() };
+                let text =
+                    if raw { prompt } else { crate::data::prompt::render(&run.config.data.prompt_style, &record) };
+                (run.model, run.tokenizer, text)
+            } else {
+                let (model, tokenizer) = device.load(&checkpoint)?;
+                (model, tokenizer, prompt)
+            };
+            let ids = tokenizer.encode(&text, true)?;
             if ids.is_empty() {
                 crate::bail_user!("--prompt is empty after tokenization; give some text");
             }
@@ -302,7 +350,43 @@ fn run(cli: Cli) -> Result<()> {
                 println!();
             }
         }
-        Command::Eval { checkpoint, text, max_tokens, device, json } => {
+        Command::Eval { run: Some(dir), split, generate: with_generate, base, step, device, json, .. } => {
+            let mut run = crate::train::load_run(&dir, step, base, Some(&device.device))?;
+            let data = crate::data::prepare_for(&run.config)?;
+            let samples = data.split(&split);
+            if samples.is_empty() {
+                crate::bail_user!("{}: the {split} split is empty", dir.display());
+            }
+            let micro = run.config.train.micro_batch_size as usize;
+            let loss = crate::train::mean_loss(&mut run.model, samples, micro, None);
+            let em = with_generate.then(|| crate::generate::exact_match(&run.model, &run.tokenizer, samples, 3));
+            let which = if base {
+                "base model".to_string()
+            } else {
+                run.checkpoint.as_ref().map_or(String::new(), |c| c.display().to_string())
+            };
+            if json {
+                let out = serde_json::json!({
+                    "run": dir, "model": which, "split": split, "samples": samples.len(),
+                    "loss": loss, "perplexity": loss.map(f64::exp), "exact_match": em,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("{} — {which}, {split} split ({} samples)", dir.display(), samples.len());
+                if let Some(l) = loss {
+                    println!("loss:        {l:.4}\nperplexity:  {:.4}", l.exp());
+                }
+                if let Some(em) = em {
+                    println!("exact match: {}/{} = {:.1}%", em.correct, em.samples, 100.0 * em.rate);
+                    for (q, want, got) in &em.examples {
+                        println!("  {q}\n    expected: {want}\n    answered: {got}");
+                    }
+                }
+            }
+        }
+        Command::Eval { checkpoint, text, max_tokens, device, json, .. } => {
+            let (checkpoint, text) =
+                (checkpoint.expect("required without a run"), text.expect("required without a run"));
             let (model, tokenizer) = device.load(&checkpoint)?;
             let body = std::fs::read_to_string(&text)
                 .map_err(|e| Problems::one(format!("{}: cannot read: {e}", text.display())))?;

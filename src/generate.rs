@@ -145,3 +145,39 @@ pub fn perplexity(model: &Gpt, ids: &[u32]) -> Perplexity {
         Perplexity { tokens: ids.len(), mean_nll: nll, perplexity: nll.exp() }
     })
 }
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExactMatch {
+    pub samples: usize,
+    pub correct: usize,
+    pub rate: f64,
+    /// A few (prompt's instruction, expected, answered) triples to show.
+    pub examples: Vec<(String, String, String)>,
+}
+
+/// Greedy answers to each sample's prompt, compared with its expected output (surrounding white space
+/// ignored).
+pub fn exact_match(model: &Gpt, tokenizer: &Tokenizer, samples: &[crate::data::Sample], show: usize) -> ExactMatch {
+    let mut correct = 0;
+    let mut examples = Vec::new();
+    for s in samples {
+        let expected_len = s.input_ids.len() - s.input_ids_no_response.len();
+        let sampling = Sampling { max_new_tokens: expected_len + 8, ..Sampling::default() };
+        let mut ids = generate(model, &s.input_ids_no_response, &sampling, &tokenizer.eos_ids, true, |_| {});
+        if ids.last().is_some_and(|id| tokenizer.eos_ids.contains(id)) {
+            ids.pop();
+        }
+        let answer = tokenizer.decode(&ids);
+        if answer.trim() == s.output.trim() {
+            correct += 1;
+        }
+        if examples.len() < show {
+            examples.push((
+                s.instruction.clone() + if s.input.is_empty() { "" } else { " | " } + &s.input,
+                s.output.clone(),
+                answer,
+            ));
+        }
+    }
+    ExactMatch { samples: samples.len(), correct, rate: correct as f64 / samples.len().max(1) as f64, examples }
+}

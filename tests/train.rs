@@ -204,3 +204,84 @@ fn more_than_one_device_is_refused() {
     assert!(stderr(&out).contains("train.devices = 2"), "{}", stderr(&out));
     assert!(!p.path().join("experiments/t").exists(), "no run directory for a refused run");
 }
+
+#[test]
+fn the_seed_falcon_config_runs_on_cpu_with_a_tiny_falcon() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/falcon7b-adapter.toml");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/demo/alpaca.json");
+    let sets = [
+        format!("model.checkpoint={}", fixtures().join("models/falcon-7b-style").display()),
+        "model.device=cpu".into(),
+        "model.precision=32-true".into(),
+        format!("data.path={}", data.display()),
+        "data.max_seq_length=48".into(),
+        "data.prompt_style=none".into(),
+        "method.adapter_start_layer=1".into(),
+        "train.max_steps=3".into(),
+        "train.batch_size=8".into(),
+        "train.micro_batch_size=4".into(),
+    ];
+    let mut args = vec!["run".to_string(), config.display().to_string()];
+    for s in &sets {
+        args.extend(["--set".to_string(), s.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ftexp(dir.path(), &args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = dir.path().join("experiments/falcon7b-adapter/v1");
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("kind = \"adapter_v2\"") && saved.contains("batch_size = 8"), "{saved}");
+    assert_eq!(metrics(&run).len(), 4);
+}
+
+#[test]
+fn bf16_mixed_keeps_trainable_weights_in_fp32() {
+    let p = project("llama", "lora", "");
+    let out =
+        ftexp(p.path(), &["run", "exp.toml", "--set", "model.precision=bf16-mixed", "--set", "train.max_steps=3"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trained = Tensor::read_safetensors(run_dir(p.path(), 1).join("checkpoints/final/trained.safetensors")).unwrap();
+    assert!(trained.iter().all(|(_, t)| t.kind() == Kind::Float));
+    let out = ftexp(
+        p.path(),
+        &[
+            "generate",
+            "--checkpoint",
+            &run_dir(p.path(), 1).display().to_string(),
+            "--prompt",
+            "Double 3.",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_run_answers_with_its_template_and_evaluates_its_splits() {
+    let p = project("llama", "lora", "");
+    assert!(ftexp(p.path(), &["run", "exp.toml"], &[]).status.success());
+    let dir = run_dir(p.path(), 1).display().to_string();
+    let out = ftexp(p.path(), &["eval", &dir, "--split", "test", "--generate", "--json"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["samples"], 4);
+    assert!(json["loss"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["exact_match"]["samples"], 4);
+    let base = ftexp(p.path(), &["eval", &dir, "--base", "--json"], &[]);
+    let base: Value = serde_json::from_str(&stdout(&base)).unwrap();
+    assert!(base["loss"].as_f64().unwrap() > json["loss"].as_f64().unwrap(), "fine-tuning lowered the test loss");
+    let step =
+        ftexp(p.path(), &["generate", "--checkpoint", &dir, "--step", "5", "--prompt", "Double 3.", "--json"], &[]);
+    assert!(step.status.success(), "{}", stderr(&step));
+    let missing = ftexp(p.path(), &["generate", "--checkpoint", &dir, "--step", "7", "--prompt", "x"], &[]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("no checkpoint step-000007; this run has: step-000005, step-000010, final"),
+        "{}",
+        stderr(&missing)
+    );
+}

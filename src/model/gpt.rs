@@ -46,15 +46,18 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor, training: bool) -> Tensor {
         let bias = self.bias.as_ref().map(|b| cast(b, x));
-        let mut y = x.linear(&cast(&self.weight, x), bias.as_ref());
-        if let Some(l) = &self.lora {
-            let xd = if training && l.dropout > 0.0 { x.dropout(l.dropout, true) } else { x.shallow_clone() };
-            y = y + xd.linear::<&Tensor>(&cast(&l.a, x), None).linear::<&Tensor>(&cast(&l.b, x), None) * l.scale;
+        let y = x.linear(&cast(&self.weight, x), bias.as_ref());
+        let y = match &self.lora {
+            Some(l) => {
+                let xd = if training && l.dropout > 0.0 { x.dropout(l.dropout, true) } else { x.shallow_clone() };
+                y + xd.linear::<&Tensor>(&cast(&l.a, x), None).linear::<&Tensor>(&cast(&l.b, x), None) * l.scale
+            }
+            None => y,
+        };
+        match &self.adapter_v2 {
+            Some(a) => (y + cast(&a.bias, x)) * cast(&a.scale, x),
+            None => y,
         }
-        if let Some(a) = &self.adapter_v2 {
-            y = (y + cast(&a.bias, x)) * cast(&a.scale, x);
-        }
-        y
     }
 
     /// The weight's tensors by name suffix, for checkpoints and the optimizer.
@@ -340,28 +343,32 @@ impl Gpt {
             cols.le_tensor(&rows)
         });
         let gqa = s.n_query_groups != s.n_head;
-        let mut y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, t > 1 && start == 0, None, gqa);
-        if let Some(a) = &b.adapter {
-            let prefix = cast(&a.prefix, x).unsqueeze(0);
-            let p = prefix.size()[1];
-            let project = |lin: &Linear| {
-                lin.forward(&prefix, self.training)
-                    .view([1, p, s.n_query_groups, s.head_size])
-                    .transpose(1, 2)
-                    .expand([batch, s.n_query_groups, p, s.head_size], false)
-            };
-            let ay = Tensor::scaled_dot_product_attention::<Tensor>(
-                &q,
-                &project(&b.k),
-                &project(&b.v),
-                None,
-                0.0,
-                false,
-                None,
-                gqa,
-            );
-            y = y + cast(&a.gate, x) * ay;
-        }
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, t > 1 && start == 0, None, gqa);
+        // Not in place: attention's backward needs its own output unchanged.
+        let y = match &b.adapter {
+            None => y,
+            Some(a) => {
+                let prefix = cast(&a.prefix, x).unsqueeze(0);
+                let p = prefix.size()[1];
+                let project = |lin: &Linear| {
+                    lin.forward(&prefix, self.training)
+                        .view([1, p, s.n_query_groups, s.head_size])
+                        .transpose(1, 2)
+                        .expand([batch, s.n_query_groups, p, s.head_size], false)
+                };
+                let ay = Tensor::scaled_dot_product_attention::<Tensor>(
+                    &q,
+                    &project(&b.k),
+                    &project(&b.v),
+                    None,
+                    0.0,
+                    false,
+                    None,
+                    gqa,
+                );
+                y + cast(&a.gate, x) * ay
+            }
+        };
         b.o.forward(&y.transpose(1, 2).reshape([batch, t, s.n_head * s.head_size]), self.training)
     }
 

@@ -102,6 +102,47 @@ pub fn load_trained(trainable: &[(String, Tensor)], dir: &Path) -> Result<(), Pr
     })
 }
 
+/// A finished (or running) experiment loaded for use: its config, and its base model with the method
+/// applied and the trained tensors of `checkpoints/final` (or `step-<step>`) loaded — or, with `base`,
+/// the untouched base model (every method computes the base model before its first step).
+pub struct LoadedRun {
+    pub config: Config,
+    pub model: Gpt,
+    pub tokenizer: crate::model::Tokenizer,
+    pub checkpoint: Option<PathBuf>,
+}
+
+pub fn load_run(dir: &Path, step: Option<u64>, base: bool, device: Option<&str>) -> Result<LoadedRun, Problems> {
+    let exp = Experiment::open(dir)?;
+    let mut config = crate::config::resolve(&exp.dir.join("config.toml"), &[])?.config;
+    if let Some(d) = device.filter(|d| *d != "auto") {
+        config.model.device = d.to_string();
+    }
+    let mut built = build_model(&config)?;
+    let checkpoint = if base {
+        None
+    } else {
+        let name = step.map_or("final".to_string(), checkpoint::dir_name);
+        let ckpt = exp.dir.join("checkpoints").join(&name);
+        if !ckpt.join(checkpoint::STATE).is_file() {
+            let have: Vec<String> = checkpoint::list(&exp.dir)
+                .iter()
+                .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+                .collect();
+            return Err(Problems::one(format!(
+                "{}: no checkpoint {name}; this run has: {}",
+                exp.dir.display(),
+                if have.is_empty() { "none".into() } else { have.join(", ") }
+            )));
+        }
+        load_trained(&built.trainable, &ckpt)?;
+        Some(ckpt)
+    };
+    built.model.training = false;
+    let tokenizer = crate::model::Tokenizer::from_dir(&built.base_dir)?;
+    Ok(LoadedRun { config, model: built.model, tokenizer, checkpoint })
+}
+
 /// Mean loss over supervised tokens of `samples` in micro-batches of `micro`, at most `max_batches`.
 pub fn mean_loss(model: &mut Gpt, samples: &[Sample], micro: usize, max_batches: Option<usize>) -> Option<f64> {
     if samples.is_empty() {
@@ -309,9 +350,9 @@ fn train_loop(
         state.step = step;
         state.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
 
-        let is_eval = step % t.eval_interval == 0 && !val.is_empty();
-        let is_save = step % t.save_interval == 0 && step < total;
-        let is_log = step % t.log_interval == 0 || step == total || is_eval || is_save;
+        let is_eval = step.is_multiple_of(t.eval_interval) && !val.is_empty();
+        let is_save = step.is_multiple_of(t.save_interval) && step < total;
+        let is_log = step.is_multiple_of(t.log_interval) || step == total || is_eval || is_save;
         if !is_log {
             continue;
         }
