@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup build test lint demo clean-venv
+.PHONY: setup build test lint demo clean-venv bench-generate bench-data
 
 setup: $(TORCH_STAMP)
 
@@ -33,8 +33,14 @@ lint: setup
 	cargo clippy --release --all-targets -- -D warnings
 
 demo: build
-	$(BIN) env
-	$(BIN) plan configs/demo.toml
+	bash scripts/demo.sh
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Benchmarks (print numbers; not tests). See bench/generate.sh and bench/data.sh for settings.
+bench-generate: build
+	bash bench/generate.sh
+
+bench-data: build
+	bash bench/data.sh

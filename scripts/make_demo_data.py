@@ -5,8 +5,14 @@ checked exactly (so fine-tuning can be measured by exact-match accuracy, not onl
     python3 scripts/make_demo_data.py                          # data/demo/alpaca.json, 3,000 records
     python3 scripts/make_demo_data.py --rows 100000 --out /tmp/big.json
 
+    python3 scripts/make_demo_data.py --corpus data/demo/corpus.txt   # the plain-text corpus a demo
+                                                                     # base model is pretrained on
+
 Deterministic: the same --rows and --seed give the same file on every machine (Python's own
-random.Random, no other dependency). Four kinds of task, mixed evenly:
+random.Random, no other dependency). The corpus states the same facts in prose (which aisle stocks
+what, units and their short forms, doubled quantities) but never in the question/answer format, so a
+model pretrained on it knows the domain's words and fine-tuning has to teach it to answer. Four kinds
+of task, mixed evenly:
   aisle        "Which aisle stocks basil?"                          -> "Spices"
   list line    "Write this as a shopping-list line." / "2 cups of rice" -> "- rice: 2 cups"
   double       "Double this quantity." / "3 tbsp butter"            -> "6 tbsp butter"
@@ -59,13 +65,50 @@ def abbreviate(rng):
     return {"instruction": "Abbreviate the unit.", "input": f"{qty} {unit}", "output": f"{qty} {UNITS[unit]}"}
 
 
+def corpus(rng, docs):
+    """Prose about the pantry: one short paragraph per document."""
+    out = []
+    for _ in range(docs):
+        kind = rng.randrange(4)
+        if kind == 0:
+            where = rng.choice(list(AISLES))
+            items = rng.sample(AISLES[where], k=min(3, len(AISLES[where])))
+            first = rng.choice(["The {a} aisle stocks {i}.", "You will find {i} in the {a} aisle.",
+                                "Look for {i} in the {a} aisle."])
+            out.append(first.format(a=where, i=", ".join(items[:-1]) + " and " + items[-1]) + " "
+                       + " ".join(f"{i.capitalize()} belongs to the {where} aisle." for i in items))
+        elif kind == 1:
+            unit = rng.choice(list(UNITS))
+            q = rng.randint(1, 50)
+            out.append(f"The short form of {unit} is {UNITS[unit]}. So {q} {unit} are written {q} {UNITS[unit]}.")
+        elif kind == 2:
+            item, _ = rng.choice(ITEMS)
+            unit = rng.choice(list(UNITS.values()))
+            q = rng.randint(1, 12)
+            out.append(f"A recipe for two uses {q} {unit} {item}. For four people it uses {2 * q} {unit} {item}, "
+                       f"twice as much.")
+        else:
+            item, _ = rng.choice(ITEMS)
+            unit = rng.choice(list(UNITS))
+            q = rng.randint(1, 20)
+            out.append(f"We need {q} {unit} of {item}. On the shopping list it goes as {item}, {q} {unit}.")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", default="data/demo/alpaca.json")
+    ap.add_argument("--corpus", help="write the plain-text corpus here instead of the records")
+    ap.add_argument("--docs", type=int, default=8000)
     args = ap.parse_args()
     rng = random.Random(args.seed)
+    if args.corpus:
+        with open(args.corpus, "w", encoding="utf-8") as f:
+            f.write("\n\n".join(corpus(rng, args.docs)) + "\n")
+        print(f"wrote {args.docs} documents to {args.corpus}")
+        return
     tasks = [aisle, list_line, double, abbreviate]
     rows = [tasks[i % len(tasks)](rng) for i in range(args.rows)]
     with open(args.out, "w", encoding="utf-8") as f:

@@ -44,6 +44,14 @@ enum Command {
         #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "RUN_DIR")]
         resume: Option<String>,
     },
+    /// Run a finished experiment again from its saved config.toml, into a new version: on the CPU the
+    /// same seed gives the same metrics.csv (but the timing columns).
+    Rerun {
+        run_dir: PathBuf,
+        /// Use another seed (another split, data order and initialisation).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Prepare the data set of a config (split, prompt template, tokens, masked labels) into the cache,
     /// or reuse it, and print per-split statistics and an example.
     Prepare {
@@ -133,6 +141,17 @@ enum Command {
         device: DeviceArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// Train a byte-level BPE tokenizer on text files (for a model trained from scratch).
+    Tokenizer {
+        /// UTF-8 text files.
+        #[arg(long, required = true, num_args = 1..)]
+        corpus: Vec<PathBuf>,
+        #[arg(long, default_value_t = 2048)]
+        vocab_size: usize,
+        /// Directory for tokenizer.json, tokenizer_config.json and generation_config.json.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// List every config key with its type, default and meaning.
     Keys {
@@ -260,6 +279,20 @@ fn run(cli: Cli) -> Result<()> {
             };
             crate::train::run(&config, start)?;
         }
+        Command::Rerun { run_dir, seed } => {
+            let saved = run_dir.join("config.toml");
+            if !saved.is_file() {
+                crate::bail_user!("{}: not a run directory (no config.toml)", run_dir.display());
+            }
+            let sets: Vec<String> = seed.map(|s| format!("seed={s}")).into_iter().collect();
+            let config = config::resolve(&saved, &sets)?.config;
+            // The saved file sits two levels below the experiments directory.
+            let root = run_dir.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_default();
+            let dir = crate::train::run(&config, crate::train::Start::New { experiments_root: root })?;
+            crate::experiment::Experiment::open(&dir)?.update(|i| {
+                i.extra.insert("rerun_of".into(), run_dir.display().to_string().into());
+            })?;
+        }
         Command::Download { repo_id, revision, out } => {
             let dir = crate::hub::download(&repo_id, revision.as_deref(), &out)?;
             println!("{repo_id} → {}", dir.display());
@@ -280,11 +313,8 @@ fn run(cli: Cli) -> Result<()> {
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                let model = &resolved.config.model;
-                let tokenizer = crate::model::Tokenizer::from_dir(&crate::hub::ensure_local(
-                    &model.checkpoint,
-                    model.revision.as_deref(),
-                )?)?;
+                let tokenizer =
+                    crate::model::Tokenizer::from_dir(&crate::model::tokenizer_dir(&resolved.config.model)?)?;
                 print!("{}", crate::data::describe(&prepared, &resolved.config.data.path, &tokenizer));
                 if let Some(dir) = &export {
                     println!("exported train.jsonl, val.jsonl, test.jsonl to {}", dir.display());
@@ -403,6 +433,10 @@ fn run(cli: Cli) -> Result<()> {
                 println!("mean NLL:    {:.6}", p.mean_nll);
                 println!("perplexity:  {:.4}", p.perplexity);
             }
+        }
+        Command::Tokenizer { corpus, vocab_size, out } => {
+            let t = crate::model::tokenizer::train(&corpus, vocab_size, &out)?;
+            println!("{} tokens → {}", t.vocab_size(), out.join("tokenizer.json").display());
         }
         Command::Keys { markdown } => print!("{}", keys_reference(markdown)),
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::config::{schema::KEYS, Resolved};
+use crate::error::Problems;
 use crate::model::spec::ModelSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,17 +114,38 @@ fn every(interval: u64, total: Option<u64>) -> Vec<u64> {
 pub fn make(r: &Resolved) -> Plan {
     let c = &r.config;
     let (device, precision) = resolve_device(&c.model.device, &c.model.precision);
-    let checkpoint_dir = crate::hub::local_dir(&c.model.checkpoint);
-    let config_json = checkpoint_dir.join("config.json");
-    let (architecture, architecture_missing) = if config_json.is_file() {
-        match ModelSpec::from_file(&config_json) {
-            Ok(spec) => (Some(summarize(&spec, &c.method)), None),
-            Err(e) => (None, Some(e.to_string())),
-        }
+    // Never downloads: a hub checkpoint that is not on disk yet only gets a hint.
+    let checkpoint_dir = if c.model.init == "random" {
+        c.model.tokenizer.as_ref().map(PathBuf::from).unwrap_or_default()
+    } else if c.model.checkpoint.starts_with("experiment:") {
+        crate::model::base_dir(&c.model).unwrap_or_default()
     } else {
-        (None, Some(crate::hub::not_downloaded_hint(&c.model.checkpoint, &checkpoint_dir)))
+        crate::hub::local_dir(&c.model.checkpoint)
     };
-    let (data, data_missing) = match crate::data::count_records(std::path::Path::new(&c.data.path), &c.data.columns) {
+    let spec = if c.model.init == "random" {
+        crate::model::Tokenizer::from_dir(&checkpoint_dir)
+            .map(|t| crate::model::architecture_json(&c.model, &t))
+            .and_then(|json| {
+                ModelSpec::from_json(&json).map_err(|e| Problems::one(format!("[model.architecture]: {e}")))
+            })
+    } else if checkpoint_dir.join("config.json").is_file() {
+        ModelSpec::from_file(&checkpoint_dir.join("config.json"))
+    } else if c.model.checkpoint.starts_with("experiment:") {
+        Err(crate::model::base_dir(&c.model).err().unwrap_or_default())
+    } else {
+        Err(Problems::one(crate::hub::not_downloaded_hint(&c.model.checkpoint, &checkpoint_dir)))
+    };
+    let (architecture, architecture_missing) = match spec {
+        Ok(spec) => (Some(summarize(&spec, &c.method)), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    // A text corpus is counted in blocks of tokens, so it has to be prepared (or found in the cache).
+    let records = if c.data.format == "text" {
+        crate::data::prepare_for(c).map(|p| p.stats.values().map(|s| s.records).sum())
+    } else {
+        crate::data::count_records(std::path::Path::new(&c.data.path), &c.data.columns)
+    };
+    let (data, data_missing) = match records {
         Ok(n) => (Some(split_sizes(n, c.data.split)), None),
         Err(e) => (None, Some(e.to_string())),
     };
@@ -227,7 +249,7 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
             s.push_str(", …");
         }
         if total.is_some() {
-            s.push_str(" and the last step");
+            s.push_str(if steps.is_empty() { "the last step only" } else { " and the last step" });
         }
         s
     };

@@ -285,3 +285,75 @@ fn a_run_answers_with_its_template_and_evaluates_its_splits() {
         stderr(&missing)
     );
 }
+
+#[test]
+fn rerun_reproduces_the_metrics_and_another_seed_changes_them() {
+    let p = project("llama", "lora", "");
+    assert!(ftexp(p.path(), &["run", "exp.toml", "--set", "train.max_steps=6"], &[]).status.success());
+    let first = run_dir(p.path(), 1).display().to_string();
+    let again = ftexp(p.path(), &["rerun", &first], &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let other = ftexp(p.path(), &["rerun", &first, "--seed", "99"], &[]);
+    assert!(other.status.success(), "{}", stderr(&other));
+    let (a, b, c) = (metrics(&run_dir(p.path(), 1)), metrics(&run_dir(p.path(), 2)), metrics(&run_dir(p.path(), 3)));
+    assert_eq!(a.len(), b.len());
+    for (ra, rb) in a.iter().zip(&b) {
+        assert_eq!(ra[..7], rb[..7], "same seed, same numbers but timing");
+    }
+    assert_ne!(a[1][5], c[1][5], "another seed, another loss");
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir(p.path(), 2).join("run.json")).unwrap()).unwrap();
+    assert!(run["rerun_of"].as_str().unwrap().ends_with("experiments/t/v1"));
+    let seed3 = std::fs::read_to_string(run_dir(p.path(), 3).join("config.toml")).unwrap();
+    assert!(seed3.contains("seed = 99"));
+}
+
+#[test]
+fn a_model_pretrained_from_scratch_is_the_base_of_a_fine_tune() {
+    let corpus: String =
+        (0..400).map(|i| format!("Shelf {} holds {} jars of honey.\n\n", i % 9, (i * 7) % 13)).collect();
+    let rows: Vec<Value> = (0..40).map(|i| serde_json::json!({"instruction": format!("Jars on shelf {}?", i % 9), "output": format!("{}", i % 13)})).collect();
+    let pre = "name = \"pre\"\n[model]\ninit = \"random\"\ntokenizer = \"tok\"\ndevice = \"cpu\"\n[model.architecture]\nmodel_type = \"llama\"\nhidden_size = 32\nnum_hidden_layers = 2\nnum_attention_heads = 2\nintermediate_size = 64\n[data]\nformat = \"text\"\npath = \"corpus.txt\"\nmax_seq_length = 32\nsplit = { train = 0.9, val = 0.1, test = 0.0 }\n[method]\nkind = \"full\"\n[train]\nlearning_rate = 3e-3\nmax_steps = 8\nbatch_size = 4\nmicro_batch_size = 4\nwarmup_iters = 1\neval_interval = 4\neval_iters = 2\n";
+    let fine = "name = \"fine\"\n[model]\ncheckpoint = \"experiment:pre\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"plain\"\nmax_seq_length = 32\n[method]\nkind = \"adapter_v2\"\nadapter_start_layer = 1\n[train]\nmax_steps = 4\nbatch_size = 4\nmicro_batch_size = 2\neval_interval = 2\neval_iters = 1\n";
+    let p = tree(&[
+        ("corpus.txt", &corpus),
+        ("pre.toml", pre),
+        ("fine.toml", fine),
+        ("rows.json", &serde_json::to_string(&rows).unwrap()),
+    ]);
+    let early = ftexp(p.path(), &["run", "fine.toml"], &[]);
+    assert_eq!(early.status.code(), Some(2));
+    assert!(stderr(&early).contains("no completed run of \"pre\""), "{}", stderr(&early));
+    let tok = ftexp(p.path(), &["tokenizer", "--corpus", "corpus.txt", "--vocab-size", "300", "--out", "tok"], &[]);
+    assert!(tok.status.success(), "{}", stderr(&tok));
+    let plan = ftexp(p.path(), &["plan", "pre.toml", "--json"], &[]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let out = ftexp(p.path(), &["run", "pre.toml"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let model = p.path().join("experiments/pre/v1/checkpoints/final/model");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(model.join(f).is_file(), "{f} exported");
+    }
+    // the export is an ordinary checkpoint: it loads and generates
+    let gen = ftexp(
+        p.path(),
+        &[
+            "generate",
+            "--checkpoint",
+            &model.display().to_string(),
+            "--prompt",
+            "Shelf 3",
+            "--max-new-tokens",
+            "5",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(gen.status.success(), "{}", stderr(&gen));
+    let out = ftexp(p.path(), &["run", "fine.toml"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.path().join("experiments/fine/v1/run.json")).unwrap()).unwrap();
+    assert!(run["base"]["dir"].as_str().unwrap().ends_with("experiments/pre/v1/checkpoints/final/model"));
+    assert_eq!(run["base"]["checkpoint"], "experiment:pre");
+}

@@ -46,7 +46,9 @@ pub const METHODS: &[&str] = &["full", "lora", "adapter", "adapter_v2"];
 pub const PRECISIONS: &[&str] = &["auto", "32-true", "bf16-true", "bf16-mixed", "16-true"];
 pub const PROMPT_STYLES: &[&str] = &["alpaca", "plain", "none"];
 pub const LR_SCHEDULES: &[&str] = &["cosine", "constant"];
-pub const DATA_FORMATS: &[&str] = &["alpaca"];
+pub const DATA_FORMATS: &[&str] = &["alpaca", "text"];
+pub const INITS: &[&str] = &["pretrained", "random"];
+pub const ARCH_TYPES: &[&str] = &["llama", "qwen2", "gpt_neox", "falcon"];
 pub const LONG_SAMPLES: &[&str] = &["truncate", "drop"];
 
 macro_rules! key {
@@ -72,6 +74,19 @@ pub const KEYS: &[KeyDoc] = &[
         "Number format for weights and maths. `32-true`: full 32-bit floats (safest, most memory); `bf16-true`: 16-bit bfloat everywhere (half the memory, needs a recent GPU); `bf16-mixed`: 16-bit maths with 32-bit trainable weights; `16-true`: 16-bit floats. `auto`: `32-true` on CPU, `bf16-true` on CUDA."),
     key!("model.device", Str, Some("\"auto\""),
         "Where to run: `cpu`, `cuda` (the first GPU), `cuda:N` (GPU number N), or `auto` (a GPU when there is one, else the CPU)."),
+    key!("model.init", Choice(INITS), Some("\"pretrained\""),
+        "`pretrained`: start from the weights of `checkpoint`. `random`: start from random weights shaped by `[model.architecture]` (training from scratch, what litgpt calls pretraining; needs `method.kind = \"full\"` and `model.tokenizer`)."),
+    key!("model.tokenizer", Str, None,
+        "A directory holding the `tokenizer.json` to use. Unset: the checkpoint's own. Required with `init = \"random\"` (`ftexp tokenizer` trains one)."),
+    key!("model.architecture.model_type", Choice(ARCH_TYPES), None,
+        "With `init = \"random\"`: the family, as a hub `config.json` names it."),
+    key!("model.architecture.hidden_size", Int, None, "With `init = \"random\"`: the width of the model."),
+    key!("model.architecture.num_hidden_layers", Int, None, "With `init = \"random\"`: how many transformer blocks."),
+    key!("model.architecture.num_attention_heads", Int, None, "With `init = \"random\"`: attention heads per block."),
+    key!("model.architecture.num_key_value_heads", Int, None, "With `init = \"random\"`: key/value heads (grouped-query attention). Unset: as many as attention heads."),
+    key!("model.architecture.intermediate_size", Int, None, "With `init = \"random\"`: the MLP's width. Unset: 4 × hidden_size (required for llama and qwen2)."),
+    key!("model.architecture.max_position_embeddings", Int, None, "With `init = \"random\"`: the longest context the model is meant for. Unset: 2048."),
+    key!("model.architecture.tie_word_embeddings", Bool, None, "With `init = \"random\"`: share the input embedding with the output head. Unset: the family's default."),
     key!("data.path", Str, None,
         "Your data set: a JSON array or JSON Lines file of Alpaca-format records (`instruction`, `input`, `output`). Relative paths are relative to the directory you run `ftexp` from. Required."),
     key!("data.columns.instruction", Str, Some("\"instruction\""),
@@ -81,7 +96,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!("data.columns.output", Str, Some("\"output\""),
         "The field that holds the response the model should learn to give."),
     key!("data.format", Choice(DATA_FORMATS), Some("\"alpaca\""),
-        "The data set's format. `alpaca`: records with `instruction`, optional `input`, and `output`."),
+        "The data set's format. `alpaca`: records with `instruction`, optional `input`, and `output`. `text`: a plain-text corpus (UTF-8; documents separated by blank lines, each ended with the end-of-text token) packed into blocks of `max_seq_length` tokens, every token learned — for training a base model."),
     key!("data.prompt_style", Str, Some("\"alpaca\""),
         "How a record becomes the prompt the model sees. `alpaca`: the Stanford Alpaca template; `plain`: instruction and input, then the response; `none`: the instruction alone; or your own template with `{instruction}` and `{input}` placeholders."),
     key!("data.split.train", Float, Some("0.8"),
@@ -178,6 +193,38 @@ pub struct ModelConfig {
     pub revision: Option<String>,
     pub precision: String,
     pub device: String,
+    pub init: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    #[serde(default, skip_serializing_if = "Architecture::is_empty")]
+    pub architecture: Architecture,
+}
+
+/// `config.json` keys for a model trained from scratch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Architecture {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_hidden_layers: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_attention_heads: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intermediate_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_position_embeddings: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_word_embeddings: Option<bool>,
+}
+
+impl Architecture {
+    pub fn is_empty(&self) -> bool {
+        *self == Architecture::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -40,7 +40,7 @@ fn check_leaves(layer: &Layer, problems: &mut Problems) {
 fn suggestion(key: &str) -> String {
     let leaf = key.rsplit('.').next().unwrap_or(key);
     let same_leaf = KEYS.iter().find(|k| k.key.rsplit('.').next() == Some(leaf)).map(|k| k.key);
-    let tables = ["model", "data", "data.split", "data.columns", "method", "train"];
+    let tables = ["model", "model.architecture", "data", "data.split", "data.columns", "method", "train"];
     let candidates = KEYS.iter().map(|k| k.key).chain(tables);
     match same_leaf.or_else(|| did_you_mean(key, candidates)) {
         Some(best) => format!("did you mean `{best}`?"),
@@ -71,7 +71,26 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
     if let Err(msg) = crate::experiment::check_name(&c.name) {
         bad("name", msg);
     }
-    if c.model.checkpoint.trim().is_empty() {
+    if c.model.init == "random" {
+        let a = &c.model.architecture;
+        let required = [
+            ("model.architecture.model_type", a.model_type.is_none()),
+            ("model.architecture.hidden_size", a.hidden_size.is_none()),
+            ("model.architecture.num_hidden_layers", a.num_hidden_layers.is_none()),
+            ("model.architecture.num_attention_heads", a.num_attention_heads.is_none()),
+            ("model.tokenizer", c.model.tokenizer.is_none()),
+        ];
+        for (key, missing) in required {
+            if missing {
+                bad(key, "is not set; `model.init = \"random\"` builds the model from it".into());
+            }
+        }
+        if c.method.kind != "full" {
+            let msg =
+                format!("is \"{}\"; a randomly initialised model must train every weight: use \"full\"", c.method.kind);
+            bad("method.kind", msg);
+        }
+    } else if c.model.checkpoint.trim().is_empty() {
         bad(
             "model.checkpoint",
             "is not set; name a hub repo id like \"tiiuae/falcon-7b-instruct\" or a local model directory".into(),

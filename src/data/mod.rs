@@ -15,7 +15,7 @@ use crate::model::Tokenizer;
 
 /// Prepares (or reuses) the data set of `config` with its model's tokenizer, under `data/.cache/`.
 pub fn prepare_for(config: &Config) -> Result<Prepared, Problems> {
-    let dir = crate::hub::ensure_local(&config.model.checkpoint, config.model.revision.as_deref())?;
+    let dir = crate::model::tokenizer_dir(&config.model)?;
     let tokenizer_file = dir.join("tokenizer.json");
     let tokenizer = Tokenizer::from_dir(&dir)?;
     let inputs = prepare::Inputs {

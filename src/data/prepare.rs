@@ -86,6 +86,7 @@ pub fn cache_key(inputs: &Inputs) -> Result<String, Problems> {
         sha256_file(Path::new(&d.path))?,
         sha256_file(inputs.tokenizer_file)?,
         format!("{:?}", inputs.tokenizer.eos_ids),
+        d.format.clone(),
         d.prompt_style.clone(),
         format!("{:?}", d.columns),
         d.max_seq_length.to_string(),
@@ -129,16 +130,19 @@ type SplitsAndStats = (BTreeMap<String, Vec<Sample>>, BTreeMap<String, SplitStat
 fn build(inputs: &Inputs) -> Result<SplitsAndStats, Problems> {
     let d = inputs.data;
     let path = Path::new(&d.path);
-    let records = read_records(path, &d.columns)?;
-    if records.is_empty() {
-        return Err(Problems::one(format!("{}: holds no records", path.display())));
-    }
     let eos = *inputs.tokenizer.eos_ids.first().ok_or_else(|| {
         Problems::one(format!(
             "{}: the tokenizer has no end-of-text token (eos_token_id in generation_config.json or config.json)",
             inputs.tokenizer_file.display()
         ))
     })?;
+    if d.format == "text" {
+        return build_text(inputs, eos);
+    }
+    let records = read_records(path, &d.columns)?;
+    if records.is_empty() {
+        return Err(Problems::one(format!("{}: holds no records", path.display())));
+    }
     let mut problems = Problems::default();
     let ratios = [("train", d.split.train), ("val", d.split.val), ("test", d.split.test)];
     let indices = split_indices(records.len(), d, inputs.seed);
@@ -161,6 +165,77 @@ fn build(inputs: &Inputs) -> Result<SplitsAndStats, Problems> {
         stats.insert(name.to_string(), s);
     }
     Ok((splits, stats))
+}
+
+/// A plain-text corpus: documents (separated by blank lines) tokenized, each followed by EOS,
+/// concatenated and cut into blocks of `max_seq_length` tokens; the blocks are split like records.
+fn build_text(inputs: &Inputs, eos: u32) -> Result<SplitsAndStats, Problems> {
+    let d = inputs.data;
+    let path = Path::new(&d.path);
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
+    let docs: Vec<String> = text.split("\n\n").map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
+    if docs.is_empty() {
+        return Err(Problems::one(format!("{}: the text corpus is empty", path.display())));
+    }
+    let encoded = inputs
+        .tokenizer
+        .inner
+        .encode_batch(docs, true)
+        .map_err(|e| Problems::one(format!("{}: cannot tokenize: {e}", path.display())))?;
+    let mut stream = Vec::new();
+    for e in &encoded {
+        stream.extend_from_slice(e.get_ids());
+        stream.push(eos);
+    }
+    let block = d.max_seq_length as usize;
+    let blocks: Vec<Vec<u32>> = stream.chunks(block).filter(|b| b.len() >= 2).map(<[u32]>::to_vec).collect();
+    let indices = split_indices(blocks.len(), d, inputs.seed);
+    let mut splits = BTreeMap::new();
+    let mut stats = BTreeMap::new();
+    for name in SPLITS {
+        if indices[name].is_empty() && ratio(d, name) > 0.0 {
+            return Err(Problems::one(format!(
+                "data.split.{name} = {} gives 0 of the {} blocks of {block} tokens in {}; add text or lower max_seq_length",
+                ratio(d, name),
+                blocks.len(),
+                path.display()
+            )));
+        }
+        let samples: Vec<Sample> = indices[name]
+            .iter()
+            .map(|&i| Sample {
+                instruction: String::new(),
+                input: String::new(),
+                output: String::new(),
+                input_ids: blocks[i].clone(),
+                input_ids_no_response: Vec::new(),
+                labels: blocks[i].iter().map(|&t| t as i64).collect(),
+            })
+            .collect();
+        let mut lengths: Vec<usize> = samples.iter().map(|s| s.input_ids.len()).collect();
+        lengths.sort_unstable();
+        let s = SplitStats {
+            records: samples.len(),
+            samples: samples.len(),
+            min_tokens: lengths.first().copied().unwrap_or(0),
+            median_tokens: lengths.get(lengths.len() / 2).copied().unwrap_or(0),
+            p95_tokens: lengths.get(lengths.len().saturating_sub(1) * 95 / 100).copied().unwrap_or(0),
+            max_tokens: lengths.last().copied().unwrap_or(0),
+            ..SplitStats::default()
+        };
+        stats.insert(name.to_string(), s);
+        splits.insert(name.to_string(), samples);
+    }
+    Ok((splits, stats))
+}
+
+fn ratio(d: &DataConfig, name: &str) -> f64 {
+    match name {
+        "train" => d.split.train,
+        "val" => d.split.val,
+        _ => d.split.test,
+    }
 }
 
 fn tokenize(

@@ -241,6 +241,50 @@ impl Gpt {
         });
     }
 
+    /// The base weights under their hub names (fused q/k/v layouts rebuilt), for exporting a fully
+    /// fine-tuned or pretrained model as a checkpoint. Method tensors are not included.
+    pub fn hf_weights(&self) -> Vec<(String, Tensor)> {
+        let s = &self.spec;
+        let names = s.names();
+        let mut out = vec![(names.embed.to_string(), self.embed.shallow_clone())];
+        let linear = |out: &mut Vec<(String, Tensor)>, name: String, l: &Linear| {
+            out.push((format!("{name}.weight"), l.weight.shallow_clone()));
+            if let Some(b) = &l.bias {
+                out.push((format!("{name}.bias"), b.shallow_clone()));
+            }
+        };
+        let norm = |out: &mut Vec<(String, Tensor)>, name: String, n: &Norm| {
+            out.push((format!("{name}.weight"), n.weight.shallow_clone()));
+            if let Some(b) = &n.bias {
+                out.push((format!("{name}.bias"), b.shallow_clone()));
+            }
+        };
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("{}.{i}", names.layers);
+            norm(&mut out, format!("{p}.{}", names.norm1), &b.norm1);
+            if let (Some(n), Some(name)) = (&b.norm2, s.second_norm(&names)) {
+                norm(&mut out, format!("{p}.{name}"), n);
+            }
+            match names.qkv {
+                Qkv::Split(qn, kn, vn) => {
+                    linear(&mut out, format!("{p}.{qn}"), &b.q);
+                    linear(&mut out, format!("{p}.{kn}"), &b.k);
+                    linear(&mut out, format!("{p}.{vn}"), &b.v);
+                }
+                Qkv::Fused(n) => linear(&mut out, format!("{p}.{n}"), &fuse(s, &b.q, &b.k, &b.v)),
+            }
+            linear(&mut out, format!("{p}.{}", names.attn_out), &b.o);
+            for (m, l) in names.mlp.iter().zip(&b.mlp) {
+                linear(&mut out, format!("{p}.{m}"), l);
+            }
+        }
+        norm(&mut out, names.final_norm.into(), &self.final_norm);
+        if !s.tie_embeddings {
+            out.push((names.head.to_string(), self.head.weight.shallow_clone()));
+        }
+        out
+    }
+
     /// Points a tied head at the (possibly replaced) embedding again.
     pub fn retie(&mut self) {
         if self.spec.tie_embeddings {
@@ -414,6 +458,24 @@ fn split_fused(spec: &ModelSpec, fused: Linear) -> (Linear, Linear, Linear) {
         None => (None, None, None),
     };
     (Linear::new(wq, bq), Linear::new(wk, bk), Linear::new(wv, bv))
+}
+
+/// The inverse of [`split_fused`]: per key/value group, its query heads, its key, its value.
+fn fuse(spec: &ModelSpec, q: &Linear, k: &Linear, v: &Linear) -> Linear {
+    let (groups, hs) = (spec.n_query_groups, spec.head_size);
+    let per_group = spec.n_head / groups;
+    let join = |q: &Tensor, k: &Tensor, v: &Tensor| {
+        let trailing: Vec<i64> = q.size()[1..].to_vec();
+        let shape = |n: i64| [&[groups, n, hs][..], &trailing].concat();
+        let rows = groups * (per_group + 2) * hs;
+        Tensor::cat(&[q.view(&*shape(per_group)), k.view(&*shape(1)), v.view(&*shape(1))], 1)
+            .reshape(&*[&[rows][..], &trailing].concat())
+    };
+    let bias = match (&q.bias, &k.bias, &v.bias) {
+        (Some(a), Some(b), Some(c)) => Some(join(a, b, c)),
+        _ => None,
+    };
+    Linear::new(join(&q.weight, &k.weight, &v.weight), bias)
 }
 
 /// 1 / theta^(2i/d) in fp32, with Llama 3 frequency scaling when the checkpoint asks for it.

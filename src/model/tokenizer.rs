@@ -78,3 +78,52 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 }
+
+/// The end-of-text token of tokenizers ftexp trains; id 0.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// Trains a byte-level BPE tokenizer of `vocab_size` tokens on the text files `corpus` and writes
+/// `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` into `out`.
+pub fn train(corpus: &[std::path::PathBuf], vocab_size: usize, out: &Path) -> Result<Tokenizer, Problems> {
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+    for file in corpus {
+        if !file.is_file() {
+            return Err(Problems::one(format!("{}: corpus file not found", file.display())));
+        }
+    }
+    let fail = |e: String| Problems::one(format!("{}: cannot train the tokenizer: {e}", out.display()));
+    let byte_level = ByteLevel::new(false, true, true);
+    let mut tokenizer: tokenizers::TokenizerImpl<
+        BPE,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    > = tokenizers::TokenizerBuilder::new()
+        .with_model(BPE::default())
+        .with_pre_tokenizer(Some(byte_level.into()))
+        .with_decoder(Some(byte_level.into()))
+        .with_post_processor(Some(byte_level.into()))
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let files: Vec<String> = corpus.iter().map(|p| p.display().to_string()).collect();
+    tokenizer.train_from_files(&mut trainer, files).map_err(|e| fail(e.to_string()))?;
+    std::fs::create_dir_all(out).map_err(|e| fail(e.to_string()))?;
+    tokenizer.save(out.join("tokenizer.json"), false).map_err(|e| fail(e.to_string()))?;
+    let write = |name: &str, json: serde_json::Value| {
+        std::fs::write(out.join(name), serde_json::to_string_pretty(&json).expect("json"))
+            .map_err(|e| fail(e.to_string()))
+    };
+    write("tokenizer_config.json", serde_json::json!({"eos_token": END_OF_TEXT, "bos_token": END_OF_TEXT}))?;
+    write("generation_config.json", serde_json::json!({"eos_token_id": 0, "bos_token_id": 0}))?;
+    Tokenizer::from_dir(out)
+}

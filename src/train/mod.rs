@@ -41,7 +41,11 @@ fn catch_interrupts() {
 pub struct Prepared {
     pub model: Gpt,
     pub trainable: Vec<(String, Tensor)>,
+    /// Where the base came from (the tokenizer's directory for a model trained from scratch).
     pub base_dir: PathBuf,
+    pub tokenizer_dir: PathBuf,
+    /// The base's `config.json`, written again with an exported model.
+    pub config_json: serde_json::Value,
     pub precision: String,
 }
 
@@ -54,9 +58,21 @@ pub fn build_model(c: &Config) -> Result<Prepared, Problems> {
             c.model.device
         )));
     }
-    let base_dir = crate::hub::ensure_local(&c.model.checkpoint, c.model.revision.as_deref())?;
     let compute = crate::model::weight_kind(&precision);
-    let mut model = crate::model::load(&base_dir, compute, device)?;
+    let tokenizer_dir = crate::model::tokenizer_dir(&c.model)?;
+    let (mut model, base_dir, config_json) = if c.model.init == "random" {
+        let tokenizer = crate::model::Tokenizer::from_dir(&tokenizer_dir)?;
+        let json = crate::model::architecture_json(&c.model, &tokenizer);
+        let spec = crate::model::spec::ModelSpec::from_json(&json)
+            .map_err(|e| Problems::one(format!("[model.architecture]: {e}")))?;
+        let weights = crate::model::random_weights(&spec, c.seed, compute, device);
+        (tch::no_grad(|| Gpt::from_weights(spec, weights)), tokenizer_dir.clone(), json)
+    } else {
+        let dir = crate::model::base_dir(&c.model)?;
+        let model = crate::model::load(&dir, compute, device)?;
+        let json = std::fs::read_to_string(dir.join("config.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        (model, dir, json.unwrap_or_default())
+    };
     let m = &c.method;
     if m.kind.starts_with("adapter") && m.adapter_start_layer as i64 >= model.spec.n_layer {
         return Err(Problems::one(format!(
@@ -75,7 +91,7 @@ pub fn build_model(c: &Config) -> Result<Prepared, Problems> {
     let trainable_kind = if precision == "bf16-mixed" { Kind::Float } else { compute };
     methods::apply(&mut model, &c.method, c.seed, trainable_kind);
     let trainable = methods::trainable(&mut model, &c.method.kind, trainable_kind);
-    Ok(Prepared { model, trainable, base_dir, precision })
+    Ok(Prepared { model, trainable, base_dir, tokenizer_dir, config_json, precision })
 }
 
 /// Copies the tensors of a checkpoint's `trained.safetensors` into `trainable`.
@@ -139,7 +155,7 @@ pub fn load_run(dir: &Path, step: Option<u64>, base: bool, device: Option<&str>)
         Some(ckpt)
     };
     built.model.training = false;
-    let tokenizer = crate::model::Tokenizer::from_dir(&built.base_dir)?;
+    let tokenizer = crate::model::Tokenizer::from_dir(&built.tokenizer_dir)?;
     Ok(LoadedRun { config, model: built.model, tokenizer, checkpoint })
 }
 
@@ -405,7 +421,10 @@ fn train_loop(
         metrics.push(row)?;
     }
     experiment::plot::loss_png(&exp.dir.join("loss.png"), &title, &metrics.rows)?;
-    save(exp, "final", &built.trainable, opt, &state)?;
+    let final_dir = save(exp, "final", &built.trainable, opt, &state)?;
+    if c.method.kind == "full" {
+        export_model(built, &final_dir.join("model"))?;
+    }
     let tokens_per_s = (state.tokens - tokens_before) as f64 / clock.elapsed().as_secs_f64().max(1e-9);
     let results = serde_json::json!({
         "steps": state.step,
@@ -430,6 +449,27 @@ fn train_loop(
         tokens_per_s
     );
     Ok("completed")
+}
+
+/// Writes the trained model as a hub-layout checkpoint (config.json, model.safetensors, tokenizer
+/// files), usable as `--checkpoint` and as `model.checkpoint = "experiment:<name>"`.
+fn export_model(built: &Prepared, dir: &Path) -> Result<(), Problems> {
+    let fail = |e: String| Problems::one(format!("{}: cannot export the model: {e}", dir.display()));
+    let tmp = dir.with_file_name(".model.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| fail(e.to_string()))?;
+    let weights: Vec<(String, Tensor)> =
+        built.model.hf_weights().into_iter().map(|(n, t)| (n, t.detach().contiguous())).collect();
+    Tensor::write_safetensors(&weights, tmp.join("model.safetensors")).map_err(|e| fail(e.to_string()))?;
+    let config = serde_json::to_string_pretty(&built.config_json).expect("json");
+    std::fs::write(tmp.join("config.json"), config).map_err(|e| fail(e.to_string()))?;
+    for name in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
+        let src = built.tokenizer_dir.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, tmp.join(name)).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| fail(e.to_string()))
 }
 
 fn save(
