@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup build test lint demo clean-venv bench-generate bench-data
+.PHONY: setup build test lint demo sweep clean-venv bench-generate bench-data
 
 setup: $(TORCH_STAMP)
 
@@ -34,6 +34,14 @@ lint: setup
 
 demo: build
 	bash scripts/demo.sh
+
+# make sweep CONFIG=configs/x.toml GRID='train.learning_rate=3e-3,9e-3 method.lora_r=8,16' [SEEDS='1 2 3'] [-j N]
+CONFIG ?= configs/demo.toml
+GRID ?=
+SEEDS ?=
+sweep: build
+	$(BIN) sweep $(CONFIG) --grid '$(GRID)' --seeds '$(SEEDS)' --makefile > .sweep.mk
+	$(MAKE) -f .sweep.mk
 
 clean-venv:
 	rm -rf $(VENV)

@@ -43,6 +43,24 @@ enum Command {
         /// run of the config's name.
         #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "RUN_DIR")]
         resume: Option<String>,
+        /// A label recorded in run.json (sweeps tag each run with its grid point).
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Expand a grid of values into one run per point (and seed): `--print-points` lists the `ftexp run`
+    /// arguments, `--makefile` writes a Makefile so `make -j N` runs them in parallel.
+    Sweep {
+        config: PathBuf,
+        /// Space-separated KEY=V1,V2,… entries, e.g. 'train.learning_rate=3e-3,9e-3 method.lora_r=8,16'.
+        #[arg(long, default_value = "")]
+        grid: String,
+        /// Seeds to run every point with, e.g. '1 2 3'.
+        #[arg(long, default_value = "")]
+        seeds: String,
+        #[arg(long, conflicts_with = "makefile")]
+        print_points: bool,
+        #[arg(long)]
+        makefile: bool,
     },
     /// Run a finished experiment again from its saved config.toml, into a new version: on the CPU the
     /// same seed gives the same metrics.csv (but the timing columns).
@@ -254,7 +272,18 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", plan::render(&resolved, &plan));
             }
         }
-        Command::Run { config, mut sets, seed, resume } => {
+        Command::Sweep { config, grid, seeds, print_points: _, makefile } => {
+            let points = crate::sweep::points(&config, &grid, &seeds)?;
+            if makefile {
+                let bin = std::env::current_exe()?;
+                print!("{}", crate::sweep::makefile(&bin, &config, &points));
+            } else {
+                for p in &points {
+                    println!("{}", crate::sweep::run_args(p));
+                }
+            }
+        }
+        Command::Run { config, mut sets, seed, resume, tag } => {
             if let Some(seed) = seed {
                 sets.push(format!("seed={seed}"));
             }
@@ -277,7 +306,12 @@ fn run(cli: Cli) -> Result<()> {
                     (saved, crate::train::Start::Resume { run_dir })
                 }
             };
-            crate::train::run(&config, start)?;
+            let dir = crate::train::run(&config, start)?;
+            if let Some(tag) = tag {
+                crate::experiment::Experiment::open(&dir)?.update(|i| {
+                    i.extra.insert("tag".into(), tag.into());
+                })?;
+            }
         }
         Command::Rerun { run_dir, seed } => {
             let saved = run_dir.join("config.toml");

@@ -10,4 +10,5 @@ pub mod hub;
 pub mod methods;
 pub mod model;
 pub mod plan;
+pub mod sweep;
 pub mod train;

@@ -357,3 +357,61 @@ fn a_model_pretrained_from_scratch_is_the_base_of_a_fine_tune() {
     assert!(run["base"]["dir"].as_str().unwrap().ends_with("experiments/pre/v1/checkpoints/final/model"));
     assert_eq!(run["base"]["checkpoint"], "experiment:pre");
 }
+
+#[test]
+fn sweep_points_run_in_parallel_with_their_tags() {
+    let p = project("llama", "lora", "");
+    let points = ftexp(
+        p.path(),
+        &[
+            "sweep",
+            "exp.toml",
+            "--grid",
+            "train.learning_rate=1e-2,3e-3 method.lora_r=2,4",
+            "--seeds",
+            "1 2",
+            "--print-points",
+        ],
+        &[],
+    );
+    assert!(points.status.success(), "{}", stderr(&points));
+    let lines: Vec<String> = stdout(&points).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 8);
+    assert_eq!(
+        lines[0],
+        "--set 'train.learning_rate=1e-2' --set 'method.lora_r=2' --seed 1 --tag 'learning_rate=1e-2,lora_r=2'"
+    );
+    let bad = ftexp(p.path(), &["sweep", "exp.toml", "--grid", "method.lora_rank=2,4", "--print-points"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("did you mean `method.lora_r`?"), "{}", stderr(&bad));
+
+    let mk = ftexp(
+        p.path(),
+        &[
+            "sweep",
+            "exp.toml",
+            "--grid",
+            "train.learning_rate=1e-2,3e-3 train.max_steps=3",
+            "--seeds",
+            "7",
+            "--makefile",
+        ],
+        &[],
+    );
+    assert!(mk.status.success(), "{}", stderr(&mk));
+    std::fs::write(p.path().join("sweep.mk"), stdout(&mk)).unwrap();
+    let make =
+        std::process::Command::new("make").current_dir(p.path()).args(["-j", "2", "-f", "sweep.mk"]).output().unwrap();
+    assert!(make.status.success(), "{}", String::from_utf8_lossy(&make.stderr));
+    let mut tags: Vec<String> = (1..=2)
+        .map(|v| {
+            let run: Value =
+                serde_json::from_str(&std::fs::read_to_string(run_dir(p.path(), v).join("run.json")).unwrap()).unwrap();
+            assert_eq!(run["status"], "completed");
+            run["tag"].as_str().unwrap().to_string()
+        })
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["learning_rate=1e-2,max_steps=3", "learning_rate=3e-3,max_steps=3"]);
+    assert!(!run_dir(p.path(), 3).exists());
+}
