@@ -160,6 +160,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare runs: one row per run with the values that differ between them, losses, exact match and
+    /// speed, sorted by val loss; same-point runs with different seeds summarised as mean ± std.
+    /// Writes report.png (the val-loss curves overlaid) into the current directory.
+    Report {
+        /// Experiment directories (experiments/<name>) or run directories (experiments/<name>/v<N>).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::report::Format,
+        /// Where to write the plot.
+        #[arg(long, default_value = "report.png")]
+        png: PathBuf,
+    },
     /// Train a byte-level BPE tokenizer on text files (for a model trained from scratch).
     Tokenizer {
         /// UTF-8 text files.
@@ -429,6 +442,18 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 run.checkpoint.as_ref().map_or(String::new(), |c| c.display().to_string())
             };
+            // Recorded in run.json, so `ftexp report` can show it.
+            let key = if base { format!("{split}_base") } else { split.clone() };
+            let record = serde_json::json!({
+                "model": which, "samples": samples.len(), "loss": loss, "perplexity": loss.map(f64::exp),
+                "exact_match": em.as_ref().map(|e| e.rate), "time": crate::experiment::utc_now(),
+            });
+            crate::experiment::Experiment::open(&dir)?.update(|i| {
+                let evals = i.extra.entry("evaluations").or_insert_with(|| serde_json::json!({}));
+                if let Some(map) = evals.as_object_mut() {
+                    map.insert(key.clone(), record.clone());
+                }
+            })?;
             if json {
                 let out = serde_json::json!({
                     "run": dir, "model": which, "split": split, "samples": samples.len(),
@@ -467,6 +492,9 @@ fn run(cli: Cli) -> Result<()> {
                 println!("mean NLL:    {:.6}", p.mean_nll);
                 println!("perplexity:  {:.4}", p.perplexity);
             }
+        }
+        Command::Report { paths, format, png } => {
+            print!("{}", crate::report::report(&paths, format, Some(&png))?);
         }
         Command::Tokenizer { corpus, vocab_size, out } => {
             let t = crate::model::tokenizer::train(&corpus, vocab_size, &out)?;

@@ -10,5 +10,6 @@ pub mod hub;
 pub mod methods;
 pub mod model;
 pub mod plan;
+pub mod report;
 pub mod sweep;
 pub mod train;

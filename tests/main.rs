@@ -6,4 +6,5 @@ mod experiment;
 mod hub;
 mod model;
 mod plan;
+mod report;
 mod train;

@@ -271,6 +271,12 @@ fn a_run_answers_with_its_template_and_evaluates_its_splits() {
     assert_eq!(json["samples"], 4);
     assert!(json["loss"].as_f64().unwrap() > 0.0);
     assert_eq!(json["exact_match"]["samples"], 4);
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir(p.path(), 1).join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        run["evaluations"]["test"]["exact_match"], json["exact_match"]["rate"],
+        "eval results are kept for `report`"
+    );
     let base = ftexp(p.path(), &["eval", &dir, "--base", "--json"], &[]);
     let base: Value = serde_json::from_str(&stdout(&base)).unwrap();
     assert!(base["loss"].as_f64().unwrap() > json["loss"].as_f64().unwrap(), "fine-tuning lowered the test loss");
