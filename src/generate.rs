@@ -46,11 +46,12 @@ pub fn generate(
         let mut out: Vec<u32> = Vec::new();
         let mut next_input = ids_tensor(prompt, device);
         while out.len() < sampling.max_new_tokens {
-            let logits = match cache.as_mut() {
-                Some(c) => model.forward(&next_input, Some(c)),
-                None => model.forward(&ids_tensor(&[prompt, &out[..]].concat(), device), None),
+            let hidden = match cache.as_mut() {
+                Some(c) => model.hidden(&next_input, Some(c)),
+                None => model.hidden(&ids_tensor(&[prompt, &out[..]].concat(), device), None),
             };
-            let last = logits.select(1, -1).squeeze_dim(0);
+            // Only the last position picks the next token: the output head runs there alone.
+            let last = model.logits(&hidden.select(1, -1)).squeeze_dim(0);
             let id = pick(&last, sampling, &mut rng);
             out.push(id);
             on_token(id);
