@@ -30,7 +30,13 @@ pub fn points(config: &Path, grid: &str, seeds: &str) -> Result<Vec<Point>, Prob
             problems.push(format!("--grid {entry}: unknown key `{key}`; {hint}"));
             continue;
         }
-        axes.push((key.to_string(), values.split(',').map(str::to_string).collect()));
+        let values: Vec<String> =
+            values.split(',').map(str::trim).filter(|v| !v.is_empty()).map(String::from).collect();
+        if values.is_empty() {
+            problems.push(format!("--grid {entry}: no values; list them after `=`, separated by commas"));
+            continue;
+        }
+        axes.push((key.to_string(), values));
     }
     let seeds: Vec<Option<u64>> = if seeds.trim().is_empty() {
         vec![None]

@@ -312,6 +312,10 @@ fn rerun_reproduces_the_metrics_and_another_seed_changes_them() {
     assert!(run["rerun_of"].as_str().unwrap().ends_with("experiments/t/v1"));
     let seed3 = std::fs::read_to_string(run_dir(p.path(), 3).join("config.toml")).unwrap();
     assert!(seed3.contains("seed = 99"));
+    let bad = ftexp(p.path(), &["rerun", "experiments/t"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("experiments/t: not a run directory (no config.toml)"), "{}", stderr(&bad));
+    assert!(!run_dir(p.path(), 4).exists(), "nothing started");
 }
 
 #[test]
@@ -391,13 +395,16 @@ fn sweep_points_run_in_parallel_with_their_tags() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("did you mean `method.lora_r`?"), "{}", stderr(&bad));
 
+    let empty = ftexp(p.path(), &["sweep", "exp.toml", "--grid", "method.lora_r=", "--print-points"], &[]);
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(stderr(&empty).contains("method.lora_r=: no values"), "{}", stderr(&empty));
     let mk = ftexp(
         p.path(),
         &[
             "sweep",
             "exp.toml",
             "--grid",
-            "train.learning_rate=1e-2,3e-3 train.max_steps=3",
+            "train.learning_rate=1e-2,3e-3 method.lora_r=2,4",
             "--seeds",
             "7",
             "--makefile",
@@ -406,10 +413,14 @@ fn sweep_points_run_in_parallel_with_their_tags() {
     );
     assert!(mk.status.success(), "{}", stderr(&mk));
     std::fs::write(p.path().join("sweep.mk"), stdout(&mk)).unwrap();
-    let make =
-        std::process::Command::new("make").current_dir(p.path()).args(["-j", "2", "-f", "sweep.mk"]).output().unwrap();
+    let make = std::process::Command::new("make")
+        .current_dir(p.path())
+        .args(["-j", "2", "-f", "sweep.mk"])
+        .env("FTEXP_TRAIN__MAX_STEPS", "3")
+        .output()
+        .unwrap();
     assert!(make.status.success(), "{}", String::from_utf8_lossy(&make.stderr));
-    let mut tags: Vec<String> = (1..=2)
+    let mut tags: Vec<String> = (1..=4)
         .map(|v| {
             let run: Value =
                 serde_json::from_str(&std::fs::read_to_string(run_dir(p.path(), v).join("run.json")).unwrap()).unwrap();
@@ -418,6 +429,12 @@ fn sweep_points_run_in_parallel_with_their_tags() {
         })
         .collect();
     tags.sort();
-    assert_eq!(tags, ["learning_rate=1e-2,max_steps=3", "learning_rate=3e-3,max_steps=3"]);
-    assert!(!run_dir(p.path(), 3).exists());
+    let want = [
+        "learning_rate=1e-2,lora_r=2",
+        "learning_rate=1e-2,lora_r=4",
+        "learning_rate=3e-3,lora_r=2",
+        "learning_rate=3e-3,lora_r=4",
+    ];
+    assert_eq!(tags, want);
+    assert!(!run_dir(p.path(), 5).exists(), "four points, four distinct versions");
 }
