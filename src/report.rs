@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 
 use plotters::prelude::*;
 use serde_json::{json, Value};
@@ -429,15 +428,6 @@ fn render_text(header: &[String], body: &[Vec<Cell>], groups: &[Group]) -> Strin
     out
 }
 
-static FONT: Once = Once::new();
-const FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-
-fn register_font() {
-    FONT.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT_BYTES);
-    });
-}
-
 /// The short name of a config key in a legend: its last part, `lr` for the learning rate.
 fn short_key(key: &str, keys: &[String]) -> String {
     let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
@@ -493,43 +483,14 @@ fn color(i: usize) -> RGBAColor {
 
 /// Draws the val-loss curves of `rows` into the PNG `path` (through a temporary file).
 pub fn plot(rows: &[RunRow], path: &Path) -> Result<(), Problems> {
-    register_font();
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}.png",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("report.png"),
-        std::process::id()
-    ));
-    if let Err(e) = draw(&tmp, rows) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Problems::one(format!("{}: cannot draw: {e}", path.display())));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Problems::one(format!("{}: cannot write: {e}", path.display()))
-    })
+    crate::experiment::plot::write_png(path, |tmp| draw(tmp, rows))
 }
 
 fn draw(path: &Path, rows: &[RunRow]) -> Result<(), Box<dyn std::error::Error>> {
     let labels = legend_labels(rows);
-    let points = rows.iter().flat_map(|r| &r.val_curve);
-    let max_step = points.clone().map(|p| p.0 as f64).fold(1.0, f64::max);
-    let (lo, hi) = points.map(|p| p.1).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
-    let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo, hi) };
-    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let points: Vec<(f64, f64)> = rows.iter().flat_map(|r| &r.val_curve).map(|&(x, y)| (x as f64, y)).collect();
     let root = BitMapBackend::new(path, (1000, 620)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("ftexp report", ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..max_step, (lo - pad).max(0.0)..hi + pad)?;
-    chart
-        .configure_mesh()
-        .x_desc("optimizer step")
-        .y_desc("val loss (cross entropy)")
-        .label_style(("sans-serif", 15))
-        .draw()?;
+    let mut chart = crate::experiment::plot::loss_axes(&root, "ftexp report", "val loss (cross entropy)", &points)?;
     let mut drawn = 0;
     for (i, (row, label)) in rows.iter().zip(&labels).enumerate() {
         if row.val_curve.is_empty() {

@@ -1,7 +1,9 @@
-//! `loss.png`: train and val loss against the optimizer step.
+//! Loss plots: `loss.png` of a run (train and val loss against the optimizer step), and the shared
+//! drawing set-up `ftexp report` uses too.
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::metrics::Row;
@@ -10,43 +12,59 @@ use crate::error::Problems;
 static FONT: Once = Once::new();
 const FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
-fn register_font() {
+pub type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+pub type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Draws into `path` through a temporary file, with the bundled font registered.
+pub fn write_png(path: &Path, draw: impl FnOnce(&Path) -> DrawResult) -> Result<(), Problems> {
     FONT.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT_BYTES);
     });
-}
-
-/// Draws the loss curves of `rows` into `path` (through a temporary file).
-pub fn loss_png(path: &Path, title: &str, rows: &[Row]) -> Result<(), Problems> {
-    register_font();
-    let tmp = path.with_extension("tmp.png");
-    draw(&tmp, title, rows).map_err(|e| Problems::one(format!("{}: cannot draw: {e}", path.display())))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("plot.png");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}.png", std::process::id()));
+    if let Err(e) = draw(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Problems::one(format!("{}: cannot draw: {e}", path.display())));
+    }
     std::fs::rename(&tmp, path).map_err(|e| Problems::one(format!("{}: cannot write: {e}", path.display())))
 }
 
-fn draw(path: &Path, title: &str, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
-    let train: Vec<(f64, f64)> = rows.iter().filter_map(|r| Some((r.step as f64, r.train_loss?))).collect();
-    let val: Vec<(f64, f64)> = rows.iter().filter_map(|r| Some((r.step as f64, r.val_loss?))).collect();
-    let all = train.iter().chain(&val);
-    let max_step = all.clone().map(|p| p.0).fold(1.0, f64::max);
-    let (lo, hi) =
-        all.map(|p| p.1).filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+/// Axes for loss against the optimizer step, fitted to `points`.
+pub fn loss_axes<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    y_desc: &str,
+    points: &[(f64, f64)],
+) -> Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+    let max_step = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let (lo, hi) = points
+        .iter()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
     let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo, hi) };
     let pad = ((hi - lo) * 0.05).max(1e-3);
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(64)
         .build_cartesian_2d(0.0..max_step, (lo - pad).max(0.0)..hi + pad)?;
-    chart
-        .configure_mesh()
-        .x_desc("optimizer step")
-        .y_desc("loss (cross entropy)")
-        .label_style(("sans-serif", 15))
-        .draw()?;
+    chart.configure_mesh().x_desc("optimizer step").y_desc(y_desc).label_style(("sans-serif", 15)).draw()?;
+    Ok(chart)
+}
+
+/// Draws the loss curves of `rows` into `path`.
+pub fn loss_png(path: &Path, title: &str, rows: &[Row]) -> Result<(), Problems> {
+    write_png(path, |tmp| draw(tmp, title, rows))
+}
+
+fn draw(path: &Path, title: &str, rows: &[Row]) -> DrawResult {
+    let train: Vec<(f64, f64)> = rows.iter().filter_map(|r| Some((r.step as f64, r.train_loss?))).collect();
+    let val: Vec<(f64, f64)> = rows.iter().filter_map(|r| Some((r.step as f64, r.val_loss?))).collect();
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    let mut chart = loss_axes(&root, title, "loss (cross entropy)", &[&train[..], &val[..]].concat())?;
     chart
         .draw_series(LineSeries::new(train, &BLUE))?
         .label("train loss")
