@@ -126,6 +126,30 @@ impl ModelSpec {
         let mut rope_theta = rope_get(&["rope_theta", "rotary_emb_base"]).unwrap_or(10000.0);
         let mut rope_llama3 = None;
 
+        // What every family shares; each arm below overrides what its config.json decides.
+        let base = ModelSpec {
+            family,
+            model_type,
+            vocab_size,
+            hidden_size,
+            n_layer,
+            n_head,
+            n_query_groups: n_head,
+            head_size,
+            intermediate_size: opt_int(&["intermediate_size"]).unwrap_or(4 * hidden_size),
+            norm: Norm::LayerNorm,
+            norm_eps: 1e-5,
+            mlp: Mlp::Gelu,
+            qkv_bias: false,
+            proj_bias: false,
+            parallel_residual: false,
+            shared_attention_norm: false,
+            rope_dims: head_size,
+            rope_theta,
+            rope_llama3: None,
+            tie_embeddings: flag(&["tie_word_embeddings"]).unwrap_or(false),
+            max_position_embeddings,
+        };
         let spec = match family {
             Family::Falcon => {
                 if flag(&["alibi"]) == Some(true) {
@@ -148,27 +172,15 @@ impl ModelSpec {
                 let two_norms = new_arch && opt_int(&["num_ln_in_parallel_attn"]).unwrap_or(2) == 2;
                 let bias = flag(&["bias"]).unwrap_or(false);
                 ModelSpec {
-                    family,
-                    model_type,
-                    vocab_size,
-                    hidden_size,
-                    n_layer,
-                    n_head,
                     n_query_groups: groups,
-                    head_size,
                     intermediate_size: opt_int(&["ffn_hidden_size"]).unwrap_or(4 * hidden_size),
-                    norm: Norm::LayerNorm,
                     norm_eps: float(&["layer_norm_epsilon"]).unwrap_or(1e-5),
-                    mlp: Mlp::Gelu,
                     qkv_bias: bias,
                     proj_bias: bias,
                     parallel_residual: parallel,
                     shared_attention_norm: parallel && !two_norms,
-                    rope_dims: head_size,
-                    rope_theta,
-                    rope_llama3: None,
                     tie_embeddings: flag(&["tie_word_embeddings"]).unwrap_or(true),
-                    max_position_embeddings,
+                    ..base
                 }
             }
             Family::Llama | Family::Qwen2 => {
@@ -202,27 +214,16 @@ impl ModelSpec {
                 }
                 let qwen = family == Family::Qwen2;
                 ModelSpec {
-                    family,
-                    model_type,
-                    vocab_size,
-                    hidden_size,
-                    n_layer,
-                    n_head,
                     n_query_groups: opt_int(&["num_key_value_heads"]).unwrap_or(n_head),
-                    head_size,
                     intermediate_size: int(&["intermediate_size"])?,
                     norm: Norm::RmsNorm,
                     norm_eps: float(&["rms_norm_eps"]).unwrap_or(1e-6),
                     mlp: Mlp::SwiGlu,
                     qkv_bias: qwen || flag(&["attention_bias"]).unwrap_or(false),
                     proj_bias: !qwen && flag(&["attention_bias"]).unwrap_or(false),
-                    parallel_residual: false,
-                    shared_attention_norm: false,
-                    rope_dims: head_size,
                     rope_theta,
                     rope_llama3,
-                    tie_embeddings: flag(&["tie_word_embeddings"]).unwrap_or(false),
-                    max_position_embeddings,
+                    ..base
                 }
             }
             Family::GptNeox => {
@@ -238,27 +239,13 @@ impl ModelSpec {
                     }
                 };
                 ModelSpec {
-                    family,
-                    model_type,
-                    vocab_size,
-                    hidden_size,
-                    n_layer,
-                    n_head,
-                    n_query_groups: n_head,
-                    head_size,
-                    intermediate_size: opt_int(&["intermediate_size"]).unwrap_or(4 * hidden_size),
-                    norm: Norm::LayerNorm,
                     norm_eps: float(&["layer_norm_eps"]).unwrap_or(1e-5),
                     mlp,
                     qkv_bias: flag(&["attention_bias"]).unwrap_or(true),
                     proj_bias: true,
                     parallel_residual: flag(&["use_parallel_residual"]).unwrap_or(true),
-                    shared_attention_norm: false,
                     rope_dims: (head_size as f64 * pct) as i64,
-                    rope_theta,
-                    rope_llama3: None,
-                    tie_embeddings: flag(&["tie_word_embeddings"]).unwrap_or(false),
-                    max_position_embeddings,
+                    ..base
                 }
             }
         };
