@@ -77,6 +77,9 @@ fn tokens_labels_and_masks_are_exactly_the_template() {
         let tf = tokenizer_dir().join("tokenizer.json");
         let inputs = Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf };
         let p = prepare(&inputs, &dir.path().join("cache")).unwrap();
+        let again = prepare(&inputs, &dir.path().join("cache")).unwrap();
+        assert!(!p.reused && again.reused);
+        assert_eq!(again.splits, p.splits, "the cache gives back exactly the prepared samples");
         let train = p.split("train");
         assert_eq!(train.len(), 4);
         for s in train {
