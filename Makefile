@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup build test lint demo sweep clean-venv bench-generate bench-data
+.PHONY: setup build test lint demo sweep clean-venv bench bench-train bench-generate bench-data
 
 setup: $(TORCH_STAMP)
 
@@ -46,7 +46,16 @@ sweep: build
 clean-venv:
 	rm -rf $(VENV)
 
-# Benchmarks (print numbers; not tests). See bench/generate.sh and bench/data.sh for settings.
+# Benchmarks (print numbers; not tests). See bench/*.sh for settings.
+# make bench: fine-tuning speed side by side with litgpt (when its venv exists) and its growth with
+# max_seq_length, then data preparation speed and its growth with the data set's size.
+bench: build
+	bash bench/train.sh
+	bash bench/data.sh
+
+bench-train: build
+	bash bench/train.sh
+
 bench-generate: build
 	bash bench/generate.sh
 

@@ -47,6 +47,22 @@ enum Command {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// Measure training speed: N optimizer steps of a config, timed, without writing an experiment.
+    /// Prints real (non-padding) tokens/s, peak memory, model FLOP/s and, on known GPUs, MFU.
+    Bench {
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Optimizer steps to time.
+        #[arg(long, default_value_t = 20)]
+        steps: u64,
+        /// Train on random token samples of data.max_seq_length tokens instead of the data set (with
+        /// --set model.init=random, no weights, tokenizer or data are needed: only config.json).
+        #[arg(long)]
+        synthetic: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Expand a grid of values into one run per point (and seed): `--print-points` lists the `ftexp run`
     /// arguments, `--makefile` writes a Makefile so `make -j N` runs them in parallel.
     Sweep {
@@ -285,6 +301,18 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", plan::render(&resolved, &plan));
             }
         }
+        Command::Bench { config, sets, steps, synthetic, json } => {
+            let resolved = config::resolve(&config, &sets)?;
+            if steps == 0 {
+                crate::bail_user!("--steps 0: give at least 1 optimizer step to time");
+            }
+            let r = crate::train::bench::run(&resolved.config, steps, synthetic)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", render_bench(&config, &r));
+            }
+        }
         Command::Sweep { config, grid, seeds, print_points: _, makefile } => {
             let points = crate::sweep::points(&config, &grid, &seeds)?;
             if makefile {
@@ -503,6 +531,44 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keys { markdown } => print!("{}", keys_reference(markdown)),
     }
     Ok(())
+}
+
+fn render_bench(config: &std::path::Path, r: &crate::train::bench::Report) -> String {
+    let per_step = r.micro_batches / r.steps.max(1);
+    let first = r.losses.first().copied().unwrap_or(f64::NAN);
+    let last = r.losses.last().copied().unwrap_or(f64::NAN);
+    let memory = r.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0} MiB (peak RSS of the process)"));
+    let mfu = match r.mfu {
+        Some(m) => format!("MFU {:.1}%", 100.0 * m),
+        None => format!("MFU n/a: no known peak for {} at {}", r.device, r.precision),
+    };
+    format!(
+        "bench {}: {} on {} ({}), {} steps of {per_step} micro-batches, {} samples\n\
+         data:          {}\n\
+         real tokens:   {} of {} in the micro-batches ({:.0}% not padding)\n\
+         time:          {:.2} s\n\
+         tokens/s:      {:.0}\n\
+         loss:          step 1 {first:.4} → step {} {last:.4}\n\
+         peak memory:   {memory}\n\
+         model FLOP/s:  {:.3} TFLOP/s ({mfu})\n\
+         parameters:    {} trainable of {}\n",
+        config.display(),
+        r.method,
+        r.device,
+        r.precision,
+        r.steps,
+        r.samples,
+        r.data,
+        r.real_tokens,
+        r.padded_tokens,
+        100.0 * r.real_tokens as f64 / r.padded_tokens.max(1) as f64,
+        r.seconds,
+        r.tokens_per_s,
+        r.steps,
+        r.model_tflops_per_s,
+        r.parameters.trainable,
+        r.parameters.total,
+    )
 }
 
 /// The config reference, from the schema itself.

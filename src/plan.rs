@@ -116,18 +116,16 @@ pub fn make(r: &Resolved) -> Plan {
     let (device, precision) = resolve_device(&c.model.device, &c.model.precision);
     // Never downloads: a hub checkpoint that is not on disk yet only gets a hint.
     let checkpoint_dir = if c.model.init == "random" {
-        c.model.tokenizer.as_ref().map(PathBuf::from).unwrap_or_default()
+        c.model.tokenizer.as_ref().map_or_else(|| crate::hub::local_dir(&c.model.checkpoint), PathBuf::from)
     } else if c.model.checkpoint.starts_with("experiment:") {
         crate::model::base_dir(&c.model).unwrap_or_default()
     } else {
         crate::hub::local_dir(&c.model.checkpoint)
     };
     let spec = if c.model.init == "random" {
-        crate::model::Tokenizer::from_dir(&checkpoint_dir)
-            .map(|t| crate::model::architecture_json(&c.model, &t))
-            .and_then(|json| {
-                ModelSpec::from_json(&json).map_err(|e| Problems::one(format!("[model.architecture]: {e}")))
-            })
+        crate::model::random_architecture(&c.model).and_then(|(json, _)| {
+            ModelSpec::from_json(&json).map_err(|e| Problems::one(format!("[model.architecture]: {e}")))
+        })
     } else if checkpoint_dir.join("config.json").is_file() {
         ModelSpec::from_file(&checkpoint_dir.join("config.json"))
     } else if c.model.checkpoint.starts_with("experiment:") {

@@ -438,3 +438,57 @@ fn sweep_points_run_in_parallel_with_their_tags() {
     assert_eq!(tags, want);
     assert!(!run_dir(p.path(), 5).exists(), "four points, four distinct versions");
 }
+
+#[test]
+fn bench_times_the_steps_a_run_takes_and_writes_no_experiment() {
+    let p = project("llama", "lora", "");
+    let out = ftexp(p.path(), &["bench", "exp.toml", "--set", "train.max_steps=3", "--steps", "3", "--json"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!p.path().join("experiments").exists(), "bench writes no experiment");
+    let bench: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        (bench["steps"].as_u64(), bench["micro_batches"].as_u64(), bench["samples"].as_u64()),
+        (Some(3), Some(6), Some(12))
+    );
+    assert!(bench["tokens_per_s"].as_f64().unwrap() > 0.0 && bench["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    // the same steps as `ftexp run`: same samples, same tokens, same losses
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "train.max_steps=3"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = metrics(&run_dir(p.path(), 1));
+    let col = |name: &str| rows[0].iter().position(|c| c == name).unwrap();
+    let step3 = rows.iter().find(|r| r[0] == "3").unwrap();
+    assert_eq!(step3[col("tokens")].parse::<u64>().unwrap(), bench["real_tokens"].as_u64().unwrap());
+    for (step, loss) in bench["losses"].as_array().unwrap().iter().enumerate() {
+        let row = rows.iter().find(|r| r[0] == (step + 1).to_string()).unwrap();
+        let logged: f64 = row[col("train_loss")].parse().unwrap();
+        assert!((logged - loss.as_f64().unwrap()).abs() < 1e-5, "step {}: {logged} vs {loss}", step + 1);
+    }
+}
+
+#[test]
+fn bench_on_random_weights_needs_only_the_checkpoint_config_json() {
+    let config = std::fs::read_to_string(fixtures().join("hub-configs/pythia-14m.json")).unwrap();
+    let exp = "[model]\ncheckpoint = \"ck\"\ninit = \"random\"\ndevice = \"cpu\"\n[data]\npath = \"absent.json\"\nmax_seq_length = 32\n[method]\nkind = \"adapter_v2\"\n[train]\nbatch_size = 2\nmicro_batch_size = 2\n";
+    let p = tree(&[("ck/config.json", &config), ("exp.toml", exp)]);
+    let out = ftexp(p.path(), &["bench", "exp.toml", "--synthetic", "--steps", "2", "--json"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bench: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(bench["real_tokens"].as_u64(), Some(2 * 2 * 32));
+    assert!(bench["data"].as_str().unwrap().starts_with("synthetic"));
+    // N(0, 0.02) weights score every token about the same: the loss is close to ln(vocabulary)
+    let first = bench["losses"][0].as_f64().unwrap();
+    assert!((first - (50304f64).ln()).abs() < 0.5, "{first}");
+    let spec = ModelSpec::from_json(&serde_json::from_str(&config).unwrap()).unwrap();
+    let want = count(&spec, &method("adapter_v2", &[]));
+    assert_eq!(bench["parameters"]["trainable"].as_i64(), Some(want.trainable));
+    assert_eq!(bench["parameters"]["total"].as_i64(), Some(want.total));
+    // training an adapter on random weights is refused, naming the key to change
+    let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("use method.kind = \"full\""), "{}", stderr(&out));
+    // without a config.json the error says where to put one
+    std::fs::remove_file(p.path().join("ck/config.json")).unwrap();
+    let out = ftexp(p.path(), &["bench", "exp.toml", "--synthetic", "--steps", "1"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("config.json: not found"), "{}", stderr(&out));
+}

@@ -71,7 +71,7 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
     if let Err(msg) = crate::experiment::check_name(&c.name) {
         bad("name", msg);
     }
-    if c.model.init == "random" {
+    if c.model.init == "random" && (c.model.architecture.model_type.is_some() || c.model.checkpoint.trim().is_empty()) {
         let a = &c.model.architecture;
         let required = [
             ("model.architecture.model_type", a.model_type.is_none()),
@@ -82,13 +82,12 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
         ];
         for (key, missing) in required {
             if missing {
-                bad(key, "is not set; `model.init = \"random\"` builds the model from it".into());
+                bad(
+                    key,
+                    "is not set; `model.init = \"random\"` builds the model from it (or from `model.checkpoint`'s config.json)"
+                        .into(),
+                );
             }
-        }
-        if c.method.kind != "full" {
-            let msg =
-                format!("is \"{}\"; a randomly initialised model must train every weight: use \"full\"", c.method.kind);
-            bad("method.kind", msg);
         }
     } else if c.model.checkpoint.trim().is_empty() {
         bad(

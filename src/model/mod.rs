@@ -100,6 +100,27 @@ pub fn architecture_json(m: &ModelConfig, tokenizer: &Tokenizer) -> serde_json::
     json
 }
 
+/// The `config.json` of a model built with random weights (`init = "random"`), and the directory of its
+/// tokenizer: from `[model.architecture]` and the tokenizer's vocabulary when `model_type` is set, else the
+/// checkpoint's own `config.json` (no weights needed: enough to measure a 7B model's speed offline).
+pub fn random_architecture(m: &ModelConfig) -> Result<(serde_json::Value, PathBuf), Problems> {
+    if m.architecture.model_type.is_some() {
+        let dir = tokenizer_dir(m)?;
+        return Ok((architecture_json(m, &Tokenizer::from_dir(&dir)?), dir));
+    }
+    let dir = crate::hub::local_dir(&m.checkpoint);
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).map_err(|_| {
+        Problems::one(format!(
+            "{}: not found; `model.init = \"random\"` takes the shapes from it (run `ftexp download {}` or copy the hub's config.json there) or from [model.architecture]",
+            config.display(),
+            m.checkpoint
+        ))
+    })?;
+    let json = serde_json::from_str(&text).map_err(|e| Problems::one(format!("{}: {e}", config.display())))?;
+    Ok((json, m.tokenizer.as_ref().map_or(dir, PathBuf::from)))
+}
+
 /// Random weights for `spec`: N(0, 0.02) matrices and embeddings, norms one, biases zero. Seeded.
 pub fn random_weights(
     spec: &spec::ModelSpec,

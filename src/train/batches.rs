@@ -47,6 +47,28 @@ pub fn make(samples: &[&Sample], device: Device) -> Batch {
     }
 }
 
+/// The micro-batches of one optimizer step: the next `accum × micro` samples of the run, sorted by
+/// length before they are cut into micro-batches, so each pads as little as possible. Grouping does
+/// not change the step: every supervised token of it weighs the same in the loss and the gradient.
+pub fn for_step(
+    train: &[Sample],
+    order: &mut Order,
+    seen: &mut u64,
+    micro: usize,
+    accum: usize,
+    device: Device,
+) -> Vec<Batch> {
+    let mut picked: Vec<&Sample> = (0..micro * accum)
+        .map(|_| {
+            let s = &train[order.get(*seen)];
+            *seen += 1;
+            s
+        })
+        .collect();
+    picked.sort_by_key(|s| s.input_ids.len());
+    picked.chunks(micro.max(1)).map(|b| make(b, device)).collect()
+}
+
 /// The training order: pass `p` over the train split is a shuffle seeded by the run seed and `p`, so
 /// sample number `n` of a run is the same on every machine and after a resume.
 pub struct Order {

@@ -1,6 +1,7 @@
 //! The training loop: micro-batches with gradient accumulation, AdamW with warm-up and a schedule,
 //! evaluation and checkpoints at the configured steps, and a run directory that can be resumed.
 pub mod batches;
+pub mod bench;
 pub mod optimizer;
 
 use std::io::IsTerminal;
@@ -59,19 +60,17 @@ pub fn build_model(c: &Config) -> Result<Prepared, Problems> {
         )));
     }
     let compute = crate::model::weight_kind(&precision);
-    let tokenizer_dir = crate::model::tokenizer_dir(&c.model)?;
-    let (mut model, base_dir, config_json) = if c.model.init == "random" {
-        let tokenizer = crate::model::Tokenizer::from_dir(&tokenizer_dir)?;
-        let json = crate::model::architecture_json(&c.model, &tokenizer);
+    let (mut model, base_dir, config_json, tokenizer_dir) = if c.model.init == "random" {
+        let (json, tokenizer_dir) = crate::model::random_architecture(&c.model)?;
         let spec = crate::model::spec::ModelSpec::from_json(&json)
             .map_err(|e| Problems::one(format!("[model.architecture]: {e}")))?;
         let weights = crate::model::random_weights(&spec, c.seed, compute, device);
-        (tch::no_grad(|| Gpt::from_weights(spec, weights)), tokenizer_dir.clone(), json)
+        (tch::no_grad(|| Gpt::from_weights(spec, weights)), tokenizer_dir.clone(), json, tokenizer_dir)
     } else {
         let dir = crate::model::base_dir(&c.model)?;
         let model = crate::model::load(&dir, compute, device)?;
         let json = std::fs::read_to_string(dir.join("config.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
-        (model, dir, json.unwrap_or_default())
+        (model, dir, json.unwrap_or_default(), crate::model::tokenizer_dir(&c.model)?)
     };
     let m = &c.method;
     if m.kind.starts_with("adapter") && m.adapter_start_layer as i64 >= model.spec.n_layer {
@@ -178,6 +177,26 @@ pub fn mean_loss(model: &mut Gpt, samples: &[Sample], micro: usize, max_batches:
     (count > 0).then(|| sum.double_value(&[]) / count as f64)
 }
 
+/// Dropout masks depend on the run's seed and the step alone, so a resumed run (and `ftexp bench`)
+/// draws the same ones.
+pub fn seed_step(seed: u64, step: u64) {
+    tch::manual_seed((seed as i64).wrapping_mul(1_000_003).wrapping_add(step as i64));
+}
+
+/// Forward and backward passes over the micro-batches of one optimizer step, their gradients added up;
+/// returns the step's mean loss per supervised token, left on the device (reading it is a host sync).
+pub fn accumulate_gradients(model: &mut Gpt, step_batches: &[batches::Batch]) -> Tensor {
+    model.training = true;
+    let supervised: i64 = step_batches.iter().map(|b| b.supervised).sum::<i64>().max(1);
+    let mut step_loss = Tensor::zeros([], (Kind::Float, model.device()));
+    for batch in step_batches {
+        let loss = supervised_loss(model, batch, tch::Reduction::Sum) / supervised as f64;
+        loss.backward();
+        step_loss += loss.detach();
+    }
+    step_loss
+}
+
 /// Cross entropy of the supervised positions only: the LM head never sees prompt or padding positions.
 fn supervised_loss(model: &Gpt, batch: &batches::Batch, reduction: tch::Reduction) -> Tensor {
     let hidden = model.hidden(&batch.inputs, None);
@@ -234,6 +253,12 @@ pub fn run(config: &Config, start: Start) -> anyhow::Result<PathBuf> {
         crate::bail_user!(
             "train.devices = {}: training on several devices is not supported yet; set train.devices = 1",
             c.train.devices
+        );
+    }
+    if c.model.init == "random" && c.method.kind != "full" {
+        crate::bail_user!(
+            "method.kind is \"{}\" but model.init = \"random\": a randomly initialised model must train every weight; use method.kind = \"full\" (`ftexp bench` measures other methods on random weights)",
+            c.method.kind
         );
     }
     let data = crate::data::prepare_for(c)?;
@@ -312,8 +337,7 @@ fn train_loop(
     let t = &c.train;
     let train = data.split("train");
     let val = data.split("val");
-    let micro = t.micro_batch_size as usize;
-    let accum = (t.batch_size / t.micro_batch_size) as usize;
+    let (micro, accum) = (t.micro_batch_size as usize, (t.batch_size / t.micro_batch_size) as usize);
     let (_, _, total) = plan::step_counts(t, train.len());
     let warmup = t.warmup_iters.min(total);
     let mut metrics = Metrics::open(&exp.dir, (state.step > 0).then_some(state.step))?;
@@ -335,34 +359,13 @@ fn train_loop(
             return Ok("interrupted");
         }
         let step = state.step + 1;
-        // Dropout masks depend on the step alone, so a resumed run draws the same ones.
-        tch::manual_seed((c.seed as i64).wrapping_mul(1_000_003).wrapping_add(step as i64));
-        model.training = true;
-        let mut picked: Vec<Vec<&Sample>> = Vec::with_capacity(accum);
-        for _ in 0..accum {
-            picked.push(
-                (0..micro)
-                    .map(|_| {
-                        let s = &train[order.get(state.samples_seen)];
-                        state.samples_seen += 1;
-                        s
-                    })
-                    .collect(),
-            );
-        }
-        let step_batches: Vec<batches::Batch> = picked.iter().map(|b| batches::make(b, device)).collect();
-        let supervised: i64 = step_batches.iter().map(|b| b.supervised).sum::<i64>().max(1);
-        let mut step_loss = Tensor::zeros([], (Kind::Float, device));
-        for batch in &step_batches {
-            let loss = supervised_loss(model, batch, tch::Reduction::Sum) / supervised as f64;
-            loss.backward();
-            step_loss += loss.detach();
-            state.iter += 1;
-            state.tokens += batch.real_tokens as u64;
-        }
-        opt.clip_grad_norm(t.max_grad_norm);
+        seed_step(c.seed, step);
+        let step_batches = batches::for_step(train, &mut order, &mut state.samples_seen, micro, accum, device);
+        let step_loss = accumulate_gradients(model, &step_batches);
+        state.iter += step_batches.len() as u64;
+        state.tokens += step_batches.iter().map(|b| b.real_tokens as u64).sum::<u64>();
         let lr = learning_rate(step, t.learning_rate, t.min_lr, warmup, total, &t.lr_schedule);
-        opt.step(lr, t.weight_decay);
+        opt.update(lr, t);
         state.step = step;
         state.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
 

@@ -54,6 +54,12 @@ impl AdamW {
         });
     }
 
+    /// Clips the gradients to `train.max_grad_norm`, then one update with `lr` and `train.weight_decay`.
+    pub fn update(&mut self, lr: f64, t: &crate::config::schema::TrainConfig) {
+        self.clip_grad_norm(t.max_grad_norm);
+        self.step(lr, t.weight_decay);
+    }
+
     /// One update with learning rate `lr`, then zeroes the gradients.
     pub fn step(&mut self, lr: f64, weight_decay: f64) {
         self.step += 1;

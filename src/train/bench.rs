@@ -1,0 +1,166 @@
+//! `ftexp bench`: N optimizer steps of a config, timed, with no experiment written — tokens/s, peak
+//! memory, model FLOP/s and (on a GPU whose peak is known) MFU.
+use std::time::Instant;
+
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+use tch::Kind;
+
+use super::batches::{self, Order};
+use super::optimizer::{learning_rate, AdamW};
+use super::{accumulate_gradients, build_model, peak_rss_mib};
+use crate::config::Config;
+use crate::data::prepare::IGNORE;
+use crate::data::Sample;
+use crate::model::spec::ModelSpec;
+use crate::{methods, plan};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub method: String,
+    pub device: String,
+    pub precision: String,
+    /// Where the samples came from: the config's train split, or synthetic full-length samples.
+    pub data: String,
+    pub steps: u64,
+    pub micro_batches: u64,
+    pub samples: u64,
+    /// Non-padding tokens of the samples trained on.
+    pub real_tokens: u64,
+    /// Tokens the micro-batches held, padding included.
+    pub padded_tokens: u64,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    /// The mean loss per supervised token of each step, before its update.
+    pub losses: Vec<f64>,
+    pub peak_rss_mib: Option<f64>,
+    /// The model FLOPs of the steps (forward and backward of the trunk on real tokens, the head on
+    /// supervised ones, weight gradients only for trainable weights), per second.
+    pub model_tflops_per_s: f64,
+    /// `model_tflops_per_s` over the device's peak, when it is known (CUDA cards by name).
+    pub mfu: Option<f64>,
+    pub parameters: methods::ParamCount,
+}
+
+/// Samples of exactly `len` tokens (random ids), the first half a masked prompt.
+fn synthetic(n: usize, len: usize, vocab: i64, seed: u64) -> Vec<Sample> {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let ids: Vec<u32> = (0..len).map(|_| rng.random_range(0..vocab as u32)).collect();
+            let prompt = len / 2;
+            Sample {
+                instruction: String::new(),
+                input: String::new(),
+                output: String::new(),
+                labels: ids.iter().enumerate().map(|(i, &id)| if i < prompt { IGNORE } else { id as i64 }).collect(),
+                input_ids_no_response: ids[..prompt].to_vec(),
+                input_ids: ids,
+            }
+        })
+        .collect()
+}
+
+/// Matmul FLOPs of one forward pass per token: the trunk's weights (2 per multiply-add), and
+/// attention's scores and weighted sum over `context` earlier positions on average.
+fn trunk_flops_per_token(spec: &ModelSpec, context: f64) -> f64 {
+    let (d, hs) = (spec.hidden_size as f64, spec.head_size as f64);
+    let (q, kv) = (spec.n_head as f64 * hs, spec.n_query_groups as f64 * hs);
+    let mlp_matrices = if matches!(spec.mlp, crate::model::spec::Mlp::SwiGlu) { 3.0 } else { 2.0 };
+    let weights = d * q + 2.0 * d * kv + q * d + mlp_matrices * spec.intermediate_size as f64 * d;
+    spec.n_layer as f64 * (2.0 * weights + 4.0 * q * context)
+}
+
+/// Model FLOPs of one micro-batch's forward and backward pass: backward through the activations costs
+/// as much as the forward pass, and weight gradients cost as much again for the weights that train —
+/// all of them for `full`; for the other methods their small matrices (2 FLOPs per weight per token).
+fn step_flops(spec: &ModelSpec, b: &batches::Batch, full: bool, trainable: f64) -> f64 {
+    let (real, supervised) = (b.real_tokens as f64, b.supervised as f64);
+    let context = b.inputs.size()[1] as f64 / 2.0;
+    let head = 2.0 * spec.hidden_size as f64 * spec.vocab_size as f64 * supervised;
+    let forward = real * trunk_flops_per_token(spec, context) + head;
+    let weight_grads = if full { forward } else { 2.0 * trainable * real };
+    2.0 * forward + weight_grads
+}
+
+/// Peak dense bf16/fp16 tensor FLOP/s of known CUDA cards, by the name nvidia-smi reports.
+fn peak_flops(device: tch::Device, kind: Kind) -> Option<f64> {
+    let tch::Device::Cuda(index) = device else { return None };
+    if !matches!(kind, Kind::BFloat16 | Kind::Half) {
+        return None;
+    }
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader", &format!("--id={index}")])
+        .output()
+        .ok()?;
+    let name = String::from_utf8_lossy(&out.stdout).to_uppercase();
+    let table = [("H200", 989e12), ("H100 PCIE", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12)];
+    table.iter().find(|(n, _)| name.contains(n)).map(|(_, f)| *f)
+}
+
+/// Runs `steps` optimizer steps of `c` (its model, method, precision, batch sizes and learning-rate
+/// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
+pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
+    let t = &c.train;
+    let (micro, accum) = (t.micro_batch_size as usize, (t.batch_size / t.micro_batch_size) as usize);
+    let mut built = build_model(c)?;
+    let spec = built.model.spec.clone();
+    let (train, data) = if synthetic_data {
+        let len = c.data.max_seq_length as usize;
+        let samples = synthetic(micro * accum * 4, len, spec.vocab_size, c.seed);
+        (samples, format!("synthetic: {len} random tokens per sample, the first half a masked prompt"))
+    } else {
+        let prepared = crate::data::prepare_for(c)?;
+        let train = prepared.split("train").to_vec();
+        if train.is_empty() {
+            crate::bail_user!("{}: no training samples; see `ftexp prepare`", c.data.path);
+        }
+        let n = train.len();
+        (train, format!("{}: train split, {n} samples", c.data.path))
+    };
+    let mut opt = AdamW::new(&built.trainable, methods::decays);
+    let trainable: f64 = built.trainable.iter().map(|(_, t)| t.numel() as f64).sum();
+    let device = built.model.device();
+    let mut order = Order::new(c.seed, train.len());
+    let (mut seen, mut micro_batches, mut real, mut padded, mut flops) = (0u64, 0u64, 0u64, 0u64, 0f64);
+    let mut losses = Vec::new();
+    let clock = Instant::now();
+    for step in 1..=steps {
+        super::seed_step(c.seed, step);
+        let step_batches = batches::for_step(&train, &mut order, &mut seen, micro, accum, device);
+        let loss = accumulate_gradients(&mut built.model, &step_batches);
+        let lr = learning_rate(step, t.learning_rate, t.min_lr, t.warmup_iters.min(steps), steps, &t.lr_schedule);
+        opt.update(lr, t);
+        losses.push(loss.double_value(&[]));
+        for b in &step_batches {
+            let size = b.inputs.size();
+            micro_batches += 1;
+            real += b.real_tokens as u64;
+            padded += (size[0] * (size[1] + 1)) as u64;
+            flops += step_flops(&spec, b, c.method.kind == "full", trainable);
+        }
+    }
+    if let tch::Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
+    let seconds = clock.elapsed().as_secs_f64();
+    let tflops = flops / seconds / 1e12;
+    Ok(Report {
+        method: c.method.kind.clone(),
+        device: plan::device_name(device),
+        precision: built.precision.clone(),
+        data,
+        steps,
+        micro_batches,
+        samples: seen,
+        real_tokens: real,
+        padded_tokens: padded,
+        seconds,
+        tokens_per_s: real as f64 / seconds,
+        losses,
+        peak_rss_mib: peak_rss_mib(),
+        model_tflops_per_s: tflops,
+        mfu: peak_flops(device, built.model.kind()).map(|p| tflops * 1e12 / p),
+        parameters: methods::count(&spec, &c.method),
+    })
+}
