@@ -10,7 +10,7 @@
 # Settings (environment): BENCH_WORK (/tmp/ftexp-bench-data), BENCH_REPS (3, median),
 # BENCH_ROWS ("10000 100000"), BENCH_PYTHON (for the reference: a Python with `tokenizers`),
 # BENCH_PROFILE=1 (also `perf record` one run of the largest size and print the hottest symbols),
-# FTEXP_BIN.
+# BENCH_FTEXP.
 #
 # `seconds` and `records_per_s` are what `ftexp prepare --json` reports (tokenizer load, hashing,
 # reading, templating, tokenizing, writing the cache); `wall` is the whole process.
@@ -22,7 +22,7 @@ root=$(cd "$here/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
 
-bin=${FTEXP_BIN:-$root/target/release/ftexp}
+bin=${BENCH_FTEXP:-$root/target/release/ftexp}
 work=${BENCH_WORK:-/tmp/ftexp-bench-data}
 reps=${BENCH_REPS:-3}
 read -r -a sizes <<<"${BENCH_ROWS:-10000 100000}"

@@ -8,7 +8,7 @@
 # /work/shared/bench/make_bench_model.py, made once in the work dir (or reused from the litgpt
 # baseline's /tmp/ftexp-bench).
 # Settings (environment): BENCH_WORK (/tmp/ftexp-bench-gen), BENCH_NEW_TOKENS (128), BENCH_REPS (5),
-# BENCH_PROMPT, BENCH_PYTHON (a Python with torch, transformers, tokenizers), FTEXP_BIN.
+# BENCH_PROMPT, BENCH_PYTHON (a Python with torch, transformers, tokenizers), BENCH_FTEXP.
 #
 # Method: one untimed warm-up run of each tool per model, then BENCH_REPS timed runs, alternating
 # which tool goes first; the table shows medians. ftexp's numbers are the ones its --json reports
@@ -22,7 +22,7 @@ root=$(cd "$here/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
 
-bin=${FTEXP_BIN:-$root/target/release/ftexp}
+bin=${BENCH_FTEXP:-$root/target/release/ftexp}
 work=${BENCH_WORK:-/tmp/ftexp-bench-gen}
 N=${BENCH_NEW_TOKENS:-128}
 reps=${BENCH_REPS:-5}

@@ -19,7 +19,7 @@
 #
 # Settings (environment): BENCH_WORK (/tmp/ftexp-bench, the litgpt baseline's own work dir: its venv,
 # model and data are reused), BENCH_REPS (2), BENCH_METHODS ("adapter_v2 lora full"),
-# BENCH_SHARED (../shared/bench), BENCH_LENGTHS ("128 256 512"), FTEXP_BIN.
+# BENCH_SHARED (../shared/bench), BENCH_LENGTHS ("128 256 512"), BENCH_FTEXP.
 # Without the litgpt venv (make it with ../shared/bench/litgpt_baseline.sh WORK none) only ftexp runs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,7 +27,7 @@ root=$(cd "$here/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
 
-bin=${FTEXP_BIN:-$root/target/release/ftexp}
+bin=${BENCH_FTEXP:-$root/target/release/ftexp}
 work=${BENCH_WORK:-/tmp/ftexp-bench}
 reps=${BENCH_REPS:-2}
 read -r -a methods <<<"${BENCH_METHODS:-adapter_v2 lora full}"

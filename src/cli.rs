@@ -537,7 +537,10 @@ fn render_bench(config: &std::path::Path, r: &crate::train::bench::Report) -> St
     let per_step = r.micro_batches / r.steps.max(1);
     let first = r.losses.first().copied().unwrap_or(f64::NAN);
     let last = r.losses.last().copied().unwrap_or(f64::NAN);
-    let memory = r.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0} MiB (peak RSS of the process)"));
+    let mut memory = r.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0} MiB (peak RSS of the process)"));
+    if let Some(gpu) = r.peak_gpu_mib {
+        memory = format!("{gpu:.0} MiB on the GPU (nvidia-smi, CUDA context included); {memory}");
+    }
     let mfu = match r.mfu {
         Some(m) => format!("MFU {:.1}%", 100.0 * m),
         None => format!("MFU n/a: no known peak for {} at {}", r.device, r.precision),

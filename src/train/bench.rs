@@ -34,6 +34,10 @@ pub struct Report {
     /// The mean loss per supervised token of each step, before its update.
     pub losses: Vec<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// On CUDA: the most memory in use on the GPU during the steps, sampled with nvidia-smi every
+    /// 100 ms (the CUDA context and the caching allocator's reserve included, so above torch's
+    /// `max_memory_allocated`); none when nvidia-smi cannot be run.
+    pub peak_gpu_mib: Option<f64>,
     /// The model FLOPs of the steps (forward and backward of the trunk on real tokens, the head on
     /// supervised ones, weight gradients only for trainable weights), per second.
     pub model_tflops_per_s: f64,
@@ -98,6 +102,41 @@ fn peak_flops(device: tch::Device, kind: Kind) -> Option<f64> {
     table.iter().find(|(n, _)| name.contains(n)).map(|(_, f)| *f)
 }
 
+/// Samples the memory in use on GPU `index` with nvidia-smi in a background thread until stopped.
+struct GpuMemoryWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Option<f64>>,
+}
+
+impl GpuMemoryWatch {
+    fn start(index: usize) -> GpuMemoryWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak: Option<f64> = None;
+            loop {
+                let out = std::process::Command::new("nvidia-smi")
+                    .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", &format!("--id={index}")])
+                    .output()
+                    .ok()?;
+                if let Ok(mib) = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>() {
+                    peak = Some(peak.map_or(mib, |p| p.max(mib)));
+                }
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return peak;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        GpuMemoryWatch { stop, thread }
+    }
+
+    fn finish(self) -> Option<f64> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().ok().flatten()
+    }
+}
+
 /// Runs `steps` optimizer steps of `c` (its model, method, precision, batch sizes and learning-rate
 /// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
 pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
@@ -124,6 +163,10 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
     let mut order = Order::new(c.seed, train.len());
     let (mut seen, mut micro_batches, mut real, mut padded, mut flops) = (0u64, 0u64, 0u64, 0u64, 0f64);
     let mut losses = Vec::new();
+    let watch = match device {
+        tch::Device::Cuda(index) => Some(GpuMemoryWatch::start(index)),
+        _ => None,
+    };
     let clock = Instant::now();
     for step in 1..=steps {
         super::seed_step(c.seed, step);
@@ -144,6 +187,7 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
         tch::Cuda::synchronize(index as i64);
     }
     let seconds = clock.elapsed().as_secs_f64();
+    let peak_gpu_mib = watch.and_then(GpuMemoryWatch::finish);
     let tflops = flops / seconds / 1e12;
     Ok(Report {
         method: c.method.kind.clone(),
@@ -159,6 +203,7 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
         tokens_per_s: real as f64 / seconds,
         losses,
         peak_rss_mib: peak_rss_mib(),
+        peak_gpu_mib,
         model_tflops_per_s: tflops,
         mfu: peak_flops(device, built.model.kind()).map(|p| tflops * 1e12 / p),
         parameters: methods::count(&spec, &c.method),
