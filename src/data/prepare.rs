@@ -292,7 +292,7 @@ fn tokenize(
 }
 
 /// The labels of `input_ids` whose first `masked` positions are left out of the loss.
-fn labels(input_ids: &[u32], masked: usize) -> Vec<i64> {
+pub fn labels(input_ids: &[u32], masked: usize) -> Vec<i64> {
     input_ids.iter().enumerate().map(|(i, &id)| if i < masked { IGNORE } else { id as i64 }).collect()
 }
 

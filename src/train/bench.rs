@@ -10,7 +10,7 @@ use super::batches::{self, Order};
 use super::optimizer::{learning_rate, AdamW};
 use super::{accumulate_gradients, build_model, peak_rss_mib};
 use crate::config::Config;
-use crate::data::prepare::IGNORE;
+use crate::data::prepare::labels;
 use crate::data::Sample;
 use crate::model::spec::ModelSpec;
 use crate::{methods, plan};
@@ -57,7 +57,7 @@ fn synthetic(n: usize, len: usize, vocab: i64, seed: u64) -> Vec<Sample> {
                 instruction: String::new(),
                 input: String::new(),
                 output: String::new(),
-                labels: ids.iter().enumerate().map(|(i, &id)| if i < prompt { IGNORE } else { id as i64 }).collect(),
+                labels: labels(&ids, prompt),
                 input_ids_no_response: ids[..prompt].to_vec(),
                 input_ids: ids,
             }
@@ -158,7 +158,7 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
         (train, format!("{}: train split, {n} samples", c.data.path))
     };
     let mut opt = AdamW::new(&built.trainable, methods::decays);
-    let trainable: f64 = built.trainable.iter().map(|(_, t)| t.numel() as f64).sum();
+    let parameters = methods::count(&spec, &c.method);
     let device = built.model.device();
     let mut order = Order::new(c.seed, train.len());
     let (mut seen, mut micro_batches, mut real, mut padded, mut flops) = (0u64, 0u64, 0u64, 0u64, 0f64);
@@ -180,7 +180,7 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
             micro_batches += 1;
             real += b.real_tokens as u64;
             padded += (size[0] * (size[1] + 1)) as u64;
-            flops += step_flops(&spec, b, c.method.kind == "full", trainable);
+            flops += step_flops(&spec, b, c.method.kind == "full", parameters.trainable as f64);
         }
     }
     if let tch::Device::Cuda(index) = device {
@@ -206,6 +206,6 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
         peak_gpu_mib,
         model_tflops_per_s: tflops,
         mfu: peak_flops(device, built.model.kind()).map(|p| tflops * 1e12 / p),
-        parameters: methods::count(&spec, &c.method),
+        parameters,
     })
 }
