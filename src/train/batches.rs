@@ -3,6 +3,7 @@
 use rand::{RngExt, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
+use crate::config::schema::TrainConfig;
 use crate::data::prepare::IGNORE;
 use crate::data::Sample;
 
@@ -47,18 +48,12 @@ pub fn make(samples: &[&Sample], device: Device) -> Batch {
     }
 }
 
-/// The micro-batches of one optimizer step: the next `accum × micro` samples of the run, sorted by
-/// length before they are cut into micro-batches, so each pads as little as possible. Grouping does
-/// not change the step: every supervised token of it weighs the same in the loss and the gradient.
-pub fn for_step(
-    train: &[Sample],
-    order: &mut Order,
-    seen: &mut u64,
-    micro: usize,
-    accum: usize,
-    device: Device,
-) -> Vec<Batch> {
-    let mut picked: Vec<&Sample> = (0..micro * accum)
+/// The micro-batches of one optimizer step: the next `batch_size` samples of the run, sorted by
+/// length before they are cut into micro-batches of `micro_batch_size`, so each pads as little as
+/// possible. Grouping does not change the step: every supervised token of it weighs the same in the
+/// loss and the gradient.
+pub fn for_step(train: &[Sample], order: &mut Order, seen: &mut u64, t: &TrainConfig, device: Device) -> Vec<Batch> {
+    let mut picked: Vec<&Sample> = (0..t.batch_size)
         .map(|_| {
             let s = &train[order.get(*seen)];
             *seen += 1;
@@ -66,7 +61,7 @@ pub fn for_step(
         })
         .collect();
     picked.sort_by_key(|s| s.input_ids.len());
-    picked.chunks(micro.max(1)).map(|b| make(b, device)).collect()
+    picked.chunks(t.micro_batch_size.max(1) as usize).map(|b| make(b, device)).collect()
 }
 
 /// The training order: pass `p` over the train split is a shuffle seeded by the run seed and `p`, so

@@ -141,12 +141,11 @@ impl GpuMemoryWatch {
 /// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
 pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
     let t = &c.train;
-    let (micro, accum) = (t.micro_batch_size as usize, (t.batch_size / t.micro_batch_size) as usize);
     let mut built = build_model(c)?;
     let spec = built.model.spec.clone();
     let (train, data) = if synthetic_data {
         let len = c.data.max_seq_length as usize;
-        let samples = synthetic(micro * accum * 4, len, spec.vocab_size, c.seed);
+        let samples = synthetic(t.batch_size as usize * 4, len, spec.vocab_size, c.seed);
         (samples, format!("synthetic: {len} random tokens per sample, the first half a masked prompt"))
     } else {
         let prepared = crate::data::prepare_for(c)?;
@@ -170,7 +169,7 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
     let clock = Instant::now();
     for step in 1..=steps {
         super::seed_step(c.seed, step);
-        let step_batches = batches::for_step(&train, &mut order, &mut seen, micro, accum, device);
+        let step_batches = batches::for_step(&train, &mut order, &mut seen, t, device);
         let loss = accumulate_gradients(&mut built.model, &step_batches);
         let lr = learning_rate(step, t.learning_rate, t.min_lr, t.warmup_iters.min(steps), steps, &t.lr_schedule);
         opt.update(lr, t);

@@ -337,7 +337,7 @@ fn train_loop(
     let t = &c.train;
     let train = data.split("train");
     let val = data.split("val");
-    let (micro, accum) = (t.micro_batch_size as usize, (t.batch_size / t.micro_batch_size) as usize);
+    let micro = t.micro_batch_size as usize;
     let (_, _, total) = plan::step_counts(t, train.len());
     let warmup = t.warmup_iters.min(total);
     let mut metrics = Metrics::open(&exp.dir, (state.step > 0).then_some(state.step))?;
@@ -360,7 +360,7 @@ fn train_loop(
         }
         let step = state.step + 1;
         seed_step(c.seed, step);
-        let step_batches = batches::for_step(train, &mut order, &mut state.samples_seen, micro, accum, device);
+        let step_batches = batches::for_step(train, &mut order, &mut state.samples_seen, t, device);
         let step_loss = accumulate_gradients(model, &step_batches);
         state.iter += step_batches.len() as u64;
         state.tokens += step_batches.iter().map(|b| b.real_tokens as u64).sum::<u64>();
