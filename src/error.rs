@@ -18,6 +18,11 @@ impl Problems {
         self.0.is_empty()
     }
 
+    /// Each problem with `prefix: ` in front, e.g. the flag that led to it.
+    pub fn prefixed(self, prefix: &str) -> Problems {
+        Problems(self.0.into_iter().map(|m| format!("{prefix}: {m}")).collect())
+    }
+
     /// `Err(self)` when any problem was found.
     pub fn into_result(&mut self) -> Result<(), Problems> {
         if self.0.is_empty() {

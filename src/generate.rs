@@ -2,7 +2,8 @@
 use rand::{RngExt, SeedableRng};
 use tch::{Kind, Tensor};
 
-use crate::model::{Gpt, KvCache, Tokenizer};
+use crate::model::{Gpt, KvCache};
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
 pub struct Sampling {
@@ -20,7 +21,8 @@ impl Default for Sampling {
     }
 }
 
-fn ids_tensor(ids: &[u32], device: tch::Device) -> Tensor {
+/// `(1, len)` int64 ids on `device`.
+pub fn ids_tensor(ids: &[u32], device: tch::Device) -> Tensor {
     let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     Tensor::from_slice(&ids).to_device(device).unsqueeze(0)
 }
@@ -125,60 +127,44 @@ impl<'a> Streamer<'a> {
     }
 }
 
+/// A generation with its timing: the prefill lasts until the first new token, decoding the rest.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Perplexity {
-    pub tokens: usize,
-    pub mean_nll: f64,
-    pub perplexity: f64,
+pub struct Timed {
+    pub ids: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub prefill_s: f64,
+    pub decode_s: f64,
 }
 
-/// Mean next-token negative log-likelihood of `ids` as one sequence.
-pub fn perplexity(model: &Gpt, ids: &[u32]) -> Perplexity {
-    tch::no_grad(|| {
-        let input = ids_tensor(ids, model.device());
-        let t = ids.len() as i64;
-        let logits = model.forward(&input.narrow(1, 0, t - 1), None).to_kind(Kind::Float);
-        let targets = input.narrow(1, 1, t - 1);
-        let nll = logits
-            .view([t - 1, -1])
-            .cross_entropy_loss::<Tensor>(&targets.view([t - 1]), None, tch::Reduction::Mean, -100, 0.0)
-            .double_value(&[]);
-        Perplexity { tokens: ids.len(), mean_nll: nll, perplexity: nll.exp() }
-    })
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ExactMatch {
-    pub samples: usize,
-    pub correct: usize,
-    pub rate: f64,
-    /// A few (prompt's instruction, expected, answered) triples to show.
-    pub examples: Vec<(String, String, String)>,
-}
-
-/// Greedy answers to each sample's prompt, compared with its expected output (surrounding white space
-/// ignored).
-pub fn exact_match(model: &Gpt, tokenizer: &Tokenizer, samples: &[crate::data::Sample], show: usize) -> ExactMatch {
-    let mut correct = 0;
-    let mut examples = Vec::new();
-    for s in samples {
-        let expected_len = s.input_ids.len() - s.input_ids_no_response.len();
-        let sampling = Sampling { max_new_tokens: expected_len + 8, ..Sampling::default() };
-        let mut ids = generate(model, &s.input_ids_no_response, &sampling, &tokenizer.eos_ids, true, |_| {});
-        if ids.last().is_some_and(|id| tokenizer.eos_ids.contains(id)) {
-            ids.pop();
-        }
-        let answer = tokenizer.decode(&ids);
-        if answer.trim() == s.output.trim() {
-            correct += 1;
-        }
-        if examples.len() < show {
-            examples.push((
-                s.instruction.clone() + if s.input.is_empty() { "" } else { " | " } + &s.input,
-                s.output.clone(),
-                answer,
-            ));
-        }
+impl Timed {
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_s.max(1e-9)
     }
-    ExactMatch { samples: samples.len(), correct, rate: correct as f64 / samples.len().max(1) as f64, examples }
+
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        self.ids.len().saturating_sub(1) as f64 / self.decode_s.max(1e-9)
+    }
+}
+
+/// [`generate`] with the KV cache, timed.
+pub fn timed(
+    model: &Gpt,
+    prompt: &[u32],
+    sampling: &Sampling,
+    eos: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Timed {
+    let start = std::time::Instant::now();
+    let mut first_token_at = None;
+    let ids = generate(model, prompt, sampling, eos, true, |id| {
+        first_token_at.get_or_insert_with(std::time::Instant::now);
+        on_token(id);
+    });
+    let first = first_token_at.unwrap_or(start);
+    Timed {
+        ids,
+        prompt_tokens: prompt.len(),
+        prefill_s: first.duration_since(start).as_secs_f64(),
+        decode_s: first.elapsed().as_secs_f64(),
+    }
 }

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
 use hf_hub::api::Progress;
 use hf_hub::{Cache, CacheRepo, Repo, RepoType};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
@@ -367,6 +367,49 @@ fn fetch(settings: &HubSettings, repo_id: &str, revision: Option<&str>, out_root
     check_repo_id(repo_id)?;
     let revision = revision.unwrap_or("main");
     check_revision(revision)?;
+    let (api, ctx) = connect(settings, repo_id, revision)?;
+    let (sha, sizes) = list_files(&api, &ctx)?;
+    // Pin every file to the commit the file list came from, so a push during the download cannot mix revisions.
+    let pinned = Repo::with_revision(repo_id.to_string(), RepoType::Model, sha.clone());
+    let dir = out_root.join(repo_id);
+    let old = fs::read(dir.join(MARKER)).ok().and_then(|b| serde_json::from_slice::<Marker>(&b).ok());
+    let mut fetcher = Fetcher {
+        ctx: &ctx,
+        settings,
+        api_repo: api.repo(pinned.clone()),
+        cache_repo: Cache::new(settings.cache_dir.clone()).repo(pinned),
+        dir: dir.clone(),
+        trust_existing: old.as_ref().is_none_or(|m| m.commit == sha),
+    };
+    let selected = select_files(&mut fetcher, &sizes)?;
+    fs::create_dir_all(&dir).map_err(|e| fail(format!("could not create {}: {e}", dir.display())))?;
+    let mut files = BTreeMap::new();
+    for name in &selected {
+        let src = fetcher.local(name, sizes[name.as_str()])?;
+        let dest = dir.join(name);
+        if src != dest {
+            place(&src, &dest, name.ends_with(".safetensors"))
+                .map_err(|e| fail(format!("could not write {}: {e}", dest.display())))?;
+        }
+        files.insert(name.clone(), file_len(&dest).unwrap_or(0));
+    }
+    // Files an earlier download (of another commit) left behind and this one does not have.
+    if let Some(old) = &old {
+        for name in old.files.keys().filter(|f| plain_name(f) && !files.contains_key(*f)) {
+            let _ = fs::remove_file(dir.join(name));
+        }
+    }
+    let marker = Marker { repo: repo_id.to_string(), revision: revision.to_string(), commit: sha, files };
+    let text = serde_json::to_vec_pretty(&marker).unwrap_or_default();
+    let tmp = dir.join(format!("{MARKER}.part"));
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, dir.join(MARKER)))
+        .map_err(|e| fail(format!("could not write {}: {e}", dir.join(MARKER).display())))?;
+    Ok(dir)
+}
+
+/// The hub client for `settings`, and what messages about `repo_id` at `revision` need to know.
+fn connect<'a>(settings: &HubSettings, repo_id: &'a str, revision: &'a str) -> Result<(Api, Ctx<'a>), Fail> {
     let endpoint = settings.endpoint.as_deref().map(|e| e.trim_end_matches('/').to_string());
     if let Some(e) = &endpoint {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -381,15 +424,18 @@ fn fetch(settings: &HubSettings, repo_id: &str, revision: Option<&str>, out_root
         builder = builder.with_endpoint(e.clone());
     }
     let api = builder.build().map_err(|e| fail(format!("could not set up the hub client: {e}")))?;
-
-    let asked = api.repo(Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string()));
     let endpoint = endpoint.unwrap_or_else(|| {
         // hf-hub's default: the part of a file URL before the repo id.
-        let url = asked.url("");
+        let url = api.repo(Repo::model(repo_id.to_string())).url("");
         url.find(&format!("/{repo_id}/resolve/")).map_or(url.clone(), |i| url[..i].to_string())
     });
-    let ctx = Ctx { repo_id, revision, endpoint, has_token: settings.token.is_some() };
+    Ok((api, Ctx { repo_id, revision, endpoint, has_token: settings.token.is_some() }))
+}
 
+/// The commit `ctx.revision` points at, and the repo's files with their sizes (when the hub says).
+fn list_files(api: &Api, ctx: &Ctx) -> Result<(String, BTreeMap<String, Option<u64>>), Fail> {
+    let (repo_id, revision) = (ctx.repo_id, ctx.revision);
+    let asked = api.repo(Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string()));
     let info: RepoFiles = match asked.info_request().query("blobs", "true").call() {
         Ok(response) => response.into_json().map_err(|e| {
             fail(format!("the hub at {} sent an unreadable file list for {repo_id}: {e}", ctx.endpoint))
@@ -399,29 +445,21 @@ fn fetch(settings: &HubSettings, repo_id: &str, revision: Option<&str>, out_root
     if info.sha.is_empty() || !info.sha.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(fail(format!("the hub at {} sent no valid commit for {repo_id}", ctx.endpoint)));
     }
-    let sizes: BTreeMap<&str, Option<u64>> =
-        info.siblings.iter().map(|s| (s.rfilename.as_str(), s.size.or(s.lfs.as_ref().and_then(|l| l.size)))).collect();
+    let sizes: BTreeMap<String, Option<u64>> =
+        info.siblings.iter().map(|s| (s.rfilename.clone(), s.size.or(s.lfs.as_ref().and_then(|l| l.size)))).collect();
     if !sizes.contains_key("config.json") {
         return Err(fail(format!(
             "hub repo {repo_id} (revision {revision}) has no config.json: it is not a transformers model checkpoint"
         )));
     }
+    Ok((info.sha, sizes))
+}
 
-    // Pin every file to the commit the file list came from, so a push during the download cannot mix revisions.
-    let pinned = Repo::with_revision(repo_id.to_string(), RepoType::Model, info.sha.clone());
-    let dir = out_root.join(repo_id);
-    let old = fs::read(dir.join(MARKER)).ok().and_then(|b| serde_json::from_slice::<Marker>(&b).ok());
-    let mut fetcher = Fetcher {
-        ctx: &ctx,
-        settings,
-        api_repo: api.repo(pinned.clone()),
-        cache_repo: Cache::new(settings.cache_dir.clone()).repo(pinned),
-        dir: dir.clone(),
-        trust_existing: old.as_ref().is_none_or(|m| m.commit == info.sha),
-    };
-
-    let mut selected: Vec<String> = WANTED.iter().filter(|f| sizes.contains_key(*f)).map(|f| f.to_string()).collect();
-    let mut shards: BTreeSet<String> = sizes.keys().filter(|f| is_shard_name(f)).map(|f| f.to_string()).collect();
+/// The files to download: the wanted root files and the weight shards (those the index names).
+fn select_files(fetcher: &mut Fetcher, sizes: &BTreeMap<String, Option<u64>>) -> Result<Vec<String>, Fail> {
+    let (repo_id, revision) = (fetcher.ctx.repo_id, fetcher.ctx.revision);
+    let mut selected: Vec<String> = WANTED.iter().filter(|f| sizes.contains_key(**f)).map(|f| f.to_string()).collect();
+    let mut shards: BTreeSet<String> = sizes.keys().filter(|f| is_shard_name(f)).cloned().collect();
     if sizes.contains_key(INDEX) {
         let index_path = fetcher.local(INDEX, sizes[INDEX])?;
         let index: ShardIndex = fs::read(&index_path)
@@ -443,7 +481,7 @@ fn fetch(settings: &HubSettings, repo_id: &str, revision: Option<&str>, out_root
     shards.retain(|s| !selected.contains(s));
     selected.extend(shards);
     if !selected.iter().any(|f| f.ends_with(".safetensors")) {
-        let pickles: Vec<&str> = sizes.keys().copied().filter(|f| is_pickle_weights(f)).collect();
+        let pickles: Vec<&str> = sizes.keys().map(String::as_str).filter(|f| is_pickle_weights(f)).collect();
         if pickles.is_empty() {
             return Err(fail(format!(
                 "hub repo {repo_id} (revision {revision}) has no *.safetensors weights at its root; pick a repo or --revision that has them"
@@ -454,32 +492,7 @@ fn fetch(settings: &HubSettings, repo_id: &str, revision: Option<&str>, out_root
             pickles.join(", ")
         )));
     }
-
-    fs::create_dir_all(&dir).map_err(|e| fail(format!("could not create {}: {e}", dir.display())))?;
-    let mut files = BTreeMap::new();
-    for name in &selected {
-        let size = sizes[name.as_str()];
-        let src = fetcher.local(name, size)?;
-        let dest = dir.join(name);
-        if src != dest {
-            place(&src, &dest, name.ends_with(".safetensors"))
-                .map_err(|e| fail(format!("could not write {}: {e}", dest.display())))?;
-        }
-        files.insert(name.clone(), file_len(&dest).unwrap_or(0));
-    }
-    // Files an earlier download (of another commit) left behind and this one does not have.
-    if let Some(old) = &old {
-        for name in old.files.keys().filter(|f| plain_name(f) && !files.contains_key(*f)) {
-            let _ = fs::remove_file(dir.join(name));
-        }
-    }
-    let marker = Marker { repo: repo_id.to_string(), revision: revision.to_string(), commit: info.sha, files };
-    let text = serde_json::to_vec_pretty(&marker).unwrap_or_default();
-    let tmp = dir.join(format!("{MARKER}.part"));
-    fs::write(&tmp, text)
-        .and_then(|()| fs::rename(&tmp, dir.join(MARKER)))
-        .map_err(|e| fail(format!("could not write {}: {e}", dir.join(MARKER).display())))?;
-    Ok(dir)
+    Ok(selected)
 }
 
 /// Finds complete copies of a repo's files: in the output directory, in hf-hub's cache, or fetched.

@@ -1,9 +1,15 @@
 //! ftexp: fine-tune large language models from declarative TOML experiment files.
-//! One module per pipeline stage; `main.rs` only calls [`cli::main`].
-pub mod cli;
+//!
+//! One module per pipeline stage, each importing only the stages listed before it (`tests/layers.rs`
+//! checks this):
+//! `error` → `config` → `device` → `experiment` → `hub` → `source` → `tokenizer` → `data` → `model` →
+//! `methods` → `generate` → `eval` → `train` → `plan`, `report`, `sweep`.
+//! The command line (`src/main.rs`, `src/cli/`) is the binary's, not the library's.
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
+pub mod eval;
 pub mod experiment;
 pub mod generate;
 pub mod hub;
@@ -11,7 +17,9 @@ pub mod methods;
 pub mod model;
 pub mod plan;
 pub mod report;
+pub mod source;
 pub mod sweep;
+pub mod tokenizer;
 pub mod train;
 
 // Tokenizing a data set makes millions of small allocations from several threads; in a profile of

@@ -4,71 +4,18 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::config::{schema::KEYS, Resolved};
+use crate::config::{DataFormat, Init, MethodConfig, Resolved, KEYS};
+use crate::data::SplitSizes;
+use crate::device::Placement;
 use crate::error::Problems;
-use crate::model::spec::ModelSpec;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
-    match s {
-        "auto" => Ok(DeviceChoice::Auto),
-        "cpu" => Ok(DeviceChoice::Cpu),
-        "cuda" => Ok(DeviceChoice::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(DeviceChoice::Cuda)
-            .ok_or_else(|| format!("is \"{s}\"; use \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")),
-    }
-}
-
-/// The device and precision a config resolves to on this machine.
-pub fn resolve_device(device: &str, precision: &str) -> (tch::Device, String) {
-    let device = match parse_device(device).unwrap_or(DeviceChoice::Auto) {
-        DeviceChoice::Auto => tch::Device::cuda_if_available(),
-        DeviceChoice::Cpu => tch::Device::Cpu,
-        DeviceChoice::Cuda(n) => tch::Device::Cuda(n),
-    };
-    let precision = match precision {
-        "auto" if device.is_cuda() => "bf16-true".to_string(),
-        "auto" => "32-true".to_string(),
-        p => p.to_string(),
-    };
-    (device, precision)
-}
-
-pub fn device_name(device: tch::Device) -> String {
-    match device {
-        tch::Device::Cuda(n) => format!("cuda:{n}"),
-        _ => "cpu".into(),
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SplitSizes {
-    pub records: usize,
-    pub train: usize,
-    pub val: usize,
-    pub test: usize,
-}
-
-/// Split sizes for `n` records: val and test are `n × ratio` rounded to the nearest whole record,
-/// train takes the rest.
-pub fn split_sizes(n: usize, split: crate::config::schema::Split) -> SplitSizes {
-    let val = (n as f64 * split.val).round() as usize;
-    let test = ((n as f64 * split.test).round() as usize).min(n - val);
-    SplitSizes { records: n, train: n - val - test, val, test }
-}
+use crate::methods::{self, random_architecture};
+use crate::model::spec::{Family, ModelSpec};
+use crate::source::BaseModel;
+use crate::train::schedule::step_counts;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Architecture {
-    pub family: crate::model::spec::Family,
+    pub family: Family,
     pub model_type: String,
     pub layers: i64,
     pub heads: i64,
@@ -111,77 +58,79 @@ fn every(interval: u64, total: Option<u64>) -> Vec<u64> {
     (1..).map(|i| i * interval).take_while(|s| *s <= total).take(STEPS_SHOWN).collect()
 }
 
-pub fn make(r: &Resolved) -> Plan {
+/// The plan of `r`. Errors are the config's run rules (`config::check_run`) and a method that does not
+/// fit the model; a model or data set that is not on disk yet is only noted in the plan.
+pub fn make(r: &Resolved) -> Result<Plan, Problems> {
+    crate::config::check_run(r)?;
     let c = &r.config;
-    let (device, precision) = resolve_device(&c.model.device, &c.model.precision);
-    // Never downloads: a hub checkpoint that is not on disk yet only gets a hint.
-    let checkpoint_dir = if c.model.init == "random" {
-        c.model.tokenizer.as_ref().map_or_else(|| crate::hub::local_dir(&c.model.checkpoint), PathBuf::from)
-    } else if c.model.checkpoint.starts_with("experiment:") {
-        crate::model::base_dir(&c.model).unwrap_or_default()
-    } else {
-        crate::hub::local_dir(&c.model.checkpoint)
+    let placement = Placement::resolve(c.model.device, c.model.precision);
+    let base = BaseModel::parse(&c.model);
+    let checkpoint_dir = match (&c.model.init, &c.model.tokenizer) {
+        (Init::Random, Some(tokenizer)) => PathBuf::from(tokenizer),
+        _ => base.expected_dir(),
     };
-    let spec = if c.model.init == "random" {
-        crate::model::random_architecture(&c.model).and_then(|(json, _)| {
+    let spec = if c.model.init == Init::Random {
+        random_architecture(&c.model, false).and_then(|(json, _)| {
             ModelSpec::from_json(&json).map_err(|e| Problems::one(format!("[model.architecture]: {e}")))
         })
-    } else if checkpoint_dir.join("config.json").is_file() {
-        ModelSpec::from_file(&checkpoint_dir.join("config.json"))
-    } else if c.model.checkpoint.starts_with("experiment:") {
-        Err(crate::model::base_dir(&c.model).err().unwrap_or_default())
     } else {
-        Err(Problems::one(crate::hub::not_downloaded_hint(&c.model.checkpoint, &checkpoint_dir)))
+        base.locate(false).and_then(|dir| match dir.join("config.json") {
+            config if config.is_file() => ModelSpec::from_file(&config),
+            _ => Err(Problems::one(crate::hub::not_downloaded_hint(&c.model.checkpoint, &dir))),
+        })
     };
+    if let Ok(spec) = &spec {
+        methods::check_fits(spec, &c.method).map_err(Problems::one)?;
+    }
     let (architecture, architecture_missing) = match spec {
         Ok(spec) => (Some(summarize(&spec, &c.method)), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    // A text corpus is counted in blocks of tokens, so it has to be prepared (or found in the cache).
-    let records = if c.data.format == "text" {
-        crate::data::prepare_for(c).map(|p| p.stats.values().map(|s| s.records).sum())
-    } else {
-        crate::data::count_records(std::path::Path::new(&c.data.path), &c.data.columns)
-    };
-    let (data, data_missing) = match records {
-        Ok(n) => (Some(split_sizes(n, c.data.split)), None),
+    let (data, data_missing) = match count_records(r) {
+        Ok(n) => (Some(crate::data::split_sizes(n, c.data.split)), None),
         Err(e) => (None, Some(e.to_string())),
     };
     let t = &c.train;
-    let grad_accum = t.batch_size / (t.micro_batch_size * t.devices).max(1);
     let counts = data.as_ref().map(|d| step_counts(t, d.train));
-    let epoch_size = t.epoch_size.or(counts.map(|c| c.0));
-    let steps_per_epoch = epoch_size.map(|e| (e / t.batch_size).max(1));
-    let total_steps = t.max_steps.or(counts.map(|c| c.2));
-    Plan {
-        device: device_name(device),
-        precision,
+    let total_steps = t.max_steps.or(counts.map(|c| c.total));
+    let epoch_size = t.epoch_size.or(counts.map(|c| c.epoch_size));
+    Ok(Plan {
+        device: placement.device_name(),
+        precision: placement.precision.to_string(),
         checkpoint_dir,
         architecture,
         architecture_missing,
         data,
         data_missing,
-        gradient_accumulation_iters: grad_accum,
+        gradient_accumulation_iters: t.batch_size / (t.micro_batch_size * t.devices).max(1),
         epoch_size,
-        steps_per_epoch,
+        steps_per_epoch: epoch_size.map(|e| (e / t.batch_size).max(1)),
         total_steps,
         warmup_steps: total_steps.map(|s| t.warmup_iters.min(s)),
         eval_steps: every(t.eval_interval, total_steps),
         save_steps: every(t.save_interval, total_steps),
         max_tokens_per_step: t.batch_size * c.data.max_seq_length,
+    })
+}
+
+/// The records (or, for a text corpus, the blocks of tokens in the prepared cache) of the data set.
+fn count_records(r: &Resolved) -> Result<usize, Problems> {
+    let c = &r.config;
+    if c.data.format != DataFormat::Text {
+        return crate::data::count_records(std::path::Path::new(&c.data.path), &c.data.columns);
+    }
+    match crate::data::cached_stats(c)? {
+        Some(stats) => Ok(stats.values().map(|s| s.records).sum()),
+        None => Err(Problems::one(format!(
+            "{}: a text corpus is counted in blocks of max_seq_length tokens, which needs it tokenized; run `ftexp prepare {}` first",
+            c.data.path,
+            r.files.last().map_or(String::new(), |f| f.display().to_string())
+        ))),
     }
 }
 
-/// (epoch size in samples, optimizer steps per epoch, optimizer steps in total) for a train split of
-/// `train_len` samples.
-pub fn step_counts(t: &crate::config::schema::TrainConfig, train_len: usize) -> (u64, u64, u64) {
-    let epoch_size = t.epoch_size.unwrap_or(train_len as u64);
-    let per_epoch = (epoch_size / t.batch_size).max(1);
-    (epoch_size, per_epoch, t.max_steps.unwrap_or(per_epoch * t.epochs))
-}
-
-fn summarize(spec: &ModelSpec, method: &crate::config::schema::MethodConfig) -> Architecture {
-    let counts = crate::methods::count(spec, method);
+fn summarize(spec: &ModelSpec, method: &MethodConfig) -> Architecture {
+    let counts = methods::count(spec, method);
     Architecture {
         family: spec.family,
         model_type: spec.model_type.clone(),
@@ -302,7 +251,7 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
                 r.config.method.kind,
                 thousands(a.trainable_parameters),
                 thousands(a.parameters_with_method),
-                width = 14usize.saturating_sub(r.config.method.kind.len()) + thousands(a.trainable_parameters).len()
+                width = 14usize.saturating_sub(r.config.method.kind.as_str().len()) + thousands(a.trainable_parameters).len()
             );
         }
         (None, Some(why)) => {

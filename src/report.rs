@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde_json::{json, Value};
 
 use crate::error::Problems;
-use crate::experiment::{metrics, versions};
+use crate::experiment::{metrics, versions, RunInfo};
 
 /// One run: where it is, how it went, its whole config and its results.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,21 +105,16 @@ fn read_run(dir: &Path) -> RunRow {
     let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let name = dir.parent().map(file_name).filter(|n| !n.is_empty()).unwrap_or_else(|| ".".into());
     let config = read_config(&dir.join("config.toml"));
-    let info: Option<Result<Value, ()>> = std::fs::read_to_string(dir.join("run.json")).ok().map(|text| {
-        serde_json::from_str::<Value>(&text).map_err(|_| ()).and_then(|v| v.is_object().then_some(v).ok_or(()))
-    });
+    let info: Option<Result<RunInfo, ()>> = std::fs::read_to_string(dir.join("run.json"))
+        .ok()
+        .map(|text| serde_json::from_str::<RunInfo>(&text).map_err(|_| ()));
     let status = match &info {
         None => "missing".to_string(),
         Some(Err(())) => "unreadable".to_string(),
-        Some(Ok(v)) => v["status"].as_str().unwrap_or("unknown").to_string(),
+        Some(Ok(i)) => i.status.as_str().to_string(),
     };
-    let info = info.and_then(Result::ok).unwrap_or(Value::Null);
-    let results = &info["results"];
-    let number = |v: &Value| v.as_f64();
-    let exact_match = match &info["evaluations"]["test"]["exact_match"] {
-        Value::Object(em) => em.get("rate").and_then(Value::as_f64),
-        v => v.as_f64(),
-    };
+    let info = info.and_then(Result::ok);
+    let results = info.as_ref().and_then(|i| i.results.as_ref());
     let val_curve: Vec<(u64, f64)> = metrics::read(&dir.join("metrics.csv"))
         .unwrap_or_default()
         .iter()
@@ -132,13 +127,13 @@ fn read_run(dir: &Path) -> RunRow {
         dir: dir.to_path_buf(),
         status,
         seed,
-        tag: info["tag"].as_str().map(String::from),
+        tag: info.as_ref().and_then(|i| i.tag.clone()),
         best_val_loss: val_curve.iter().map(|p| p.1).reduce(f64::min),
-        final_val_loss: number(&results["final_val_loss"]),
-        test_loss: number(&results["test_loss"]),
-        exact_match,
-        tokens_per_s: number(&results["tokens_per_s"]),
-        seconds: number(&results["train_seconds"]),
+        final_val_loss: results.and_then(|r| r.final_val_loss),
+        test_loss: results.and_then(|r| r.test_loss),
+        exact_match: info.as_ref().and_then(|i| i.evaluations.get("test")).and_then(|e| e.exact_match),
+        tokens_per_s: results.map(|r| r.tokens_per_s),
+        seconds: results.map(|r| r.train_seconds),
         config,
         val_curve,
     }

@@ -74,7 +74,7 @@ fn set_and_env_values_are_toml_literals_falling_back_to_strings() {
         &[("FTEXP_DATA__SPLIT__VAL", "0.15"), ("FTEXP_DATA__SPLIT__TEST", "0.05")],
     )
     .unwrap();
-    assert_eq!(r.config.model.device, "cuda:1");
+    assert_eq!(r.config.model.device.to_string(), "cuda:1");
     assert_eq!(r.config.train.learning_rate, 2e-4);
     assert!(!r.config.data.mask_inputs);
     assert_eq!(r.config.name, "quoted");
@@ -219,5 +219,5 @@ fn readme_config_reference_is_the_schema() {
     let start =
         readme.find("<!-- keys:start -->\n").expect("README has the keys table") + "<!-- keys:start -->\n".len();
     let end = readme.find("<!-- keys:end -->").unwrap();
-    assert_eq!(&readme[start..end], ftexp::cli::keys_reference(true), "regenerate with `ftexp keys --markdown`");
+    assert_eq!(&readme[start..end], ftexp::config::keys_reference(true), "regenerate with `ftexp keys --markdown`");
 }

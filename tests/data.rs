@@ -1,10 +1,10 @@
 //! Data preparation: templates, masks, length policy, seeded split, cache, and bad input.
 use std::path::Path;
 
-use ftexp::config::schema::{Columns, DataConfig, Split};
+use ftexp::config::{Columns, DataConfig, DataFormat, LongSamples, Split};
 use ftexp::data::prepare::{cache_key, prepare, split_indices, Inputs, IGNORE};
 use ftexp::data::{prompt, Record};
-use ftexp::model::Tokenizer;
+use ftexp::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
 use crate::common::{fixtures, ftexp, stderr, stdout, tree};
@@ -17,11 +17,11 @@ fn data_config(path: &Path) -> DataConfig {
     DataConfig {
         path: path.display().to_string(),
         columns: Columns { instruction: "instruction".into(), input: "input".into(), output: "output".into() },
-        format: "alpaca".into(),
+        format: DataFormat::Alpaca,
         prompt_style: "alpaca".into(),
         split: Split { train: 0.5, val: 0.25, test: 0.25 },
         max_seq_length: 512,
-        long_samples: "truncate".into(),
+        long_samples: LongSamples::Truncate,
         mask_inputs: true,
     }
 }
@@ -124,7 +124,7 @@ fn long_samples_are_truncated_with_eos_or_dropped_and_counted() {
     assert_eq!(*cut.labels.last().unwrap(), eos as i64);
     assert!(stats.max_tokens <= 80);
 
-    data.long_samples = "drop".into();
+    data.long_samples = LongSamples::Drop;
     let p =
         prepare(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf }, &dir.path().join("c"))
             .unwrap();

@@ -3,15 +3,16 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use ftexp::config::resolve_with_env;
-use ftexp::experiment::{allocate, versions};
+use ftexp::experiment::{allocate, versions, RunStatus};
 
 use crate::common::{tree, REQUIRED};
 
-/// When run as a child of `concurrent_processes_get_distinct_versions`, allocates versions and writes a
-/// marker into each; otherwise does nothing.
+/// The child process of `concurrent_processes_get_distinct_versions`, which runs it by name (it is
+/// ignored in a normal test run): allocates versions and writes a marker into each.
 #[test]
+#[ignore = "run only as a child process of concurrent_processes_get_distinct_versions"]
 fn allocation_child() {
-    let Ok(root) = std::env::var("ALLOCATION_CHILD_ROOT") else { return };
+    let root = std::env::var("ALLOCATION_CHILD_ROOT").expect("the parent test sets ALLOCATION_CHILD_ROOT");
     let me = std::process::id().to_string();
     for _ in 0..5 {
         let exp = allocate(std::path::Path::new(&root), "race").unwrap();
@@ -27,7 +28,7 @@ fn concurrent_processes_get_distinct_versions() {
     let children: Vec<_> = (0..6)
         .map(|_| {
             Command::new(&exe)
-                .args(["--exact", "experiment::allocation_child", "--test-threads=1"])
+                .args(["--exact", "experiment::allocation_child", "--ignored", "--test-threads=1"])
                 .env("ALLOCATION_CHILD_ROOT", root.path())
                 .stdout(std::process::Stdio::null())
                 .spawn()
@@ -68,7 +69,7 @@ fn start_writes_a_rerunnable_config_and_run_json() {
     assert_eq!((first.version, second.version), (1, 2));
     assert!(second.dir.ends_with("experiments/exp/v2"));
     let info = second.start(&resolved.config, "cpu").unwrap();
-    assert_eq!(info.status, "running");
+    assert_eq!(info.status, RunStatus::Running);
     assert_eq!(info.libtorch_version, env!("BUILT_LIBTORCH_VERSION"));
     assert!(info.start_time.ends_with('Z') && info.start_time.len() == 20, "{}", info.start_time);
 
@@ -84,9 +85,9 @@ fn start_writes_a_rerunnable_config_and_run_json() {
     {
         assert!(json.get(key).is_some(), "run.json lacks {key}");
     }
-    second.finish("completed").unwrap();
+    second.finish(RunStatus::Completed).unwrap();
     let done = second.read_run_info().unwrap();
-    assert_eq!(done.status, "completed");
+    assert_eq!(done.status, RunStatus::Completed);
     assert!(done.end_time.is_some());
     let leftovers: Vec<_> = std::fs::read_dir(&second.dir)
         .unwrap()

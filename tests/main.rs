@@ -4,6 +4,7 @@ mod config;
 mod data;
 mod experiment;
 mod hub;
+mod layers;
 mod model;
 mod plan;
 mod report;

@@ -2,9 +2,11 @@
 //! scripts/make_fixtures.py), generation with and without the KV cache, and loading errors.
 use std::path::{Path, PathBuf};
 
-use ftexp::generate::{generate, perplexity, Sampling};
+use ftexp::eval::perplexity;
+use ftexp::generate::{generate, Sampling};
 use ftexp::model::spec::ModelSpec;
-use ftexp::model::{load, Tokenizer};
+use ftexp::model::load;
+use ftexp::tokenizer::Tokenizer;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 

@@ -2,9 +2,9 @@
 use std::path::{Path, PathBuf};
 
 use ftexp::config::resolve_with_env;
-use ftexp::methods::{base_shapes, count, method_shapes};
+use ftexp::methods::{build, count};
+use ftexp::model::layout;
 use ftexp::model::spec::ModelSpec;
-use ftexp::train::build_model;
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
@@ -67,7 +67,7 @@ fn step_zero_equals_the_base_model_for_every_method() {
             .unwrap()
             .config;
             c.model.checkpoint = fixtures().join("models").join(family).display().to_string();
-            let mut built = build_model(&c).unwrap();
+            let mut built = build(&c).unwrap();
             built.model.training = false;
             let got = tch::no_grad(|| built.model.forward(&ids, None));
             let diff = (&got - &want).abs().max().double_value(&[]);
@@ -76,11 +76,11 @@ fn step_zero_equals_the_base_model_for_every_method() {
             let mut seen = Vec::new();
             built.model.visit(&mut |n, t| seen.push((n.to_string(), t.size())));
             let mut expected: Vec<(String, Vec<i64>)> =
-                base_shapes(&built.model.spec).into_iter().chain(method_shapes(&built.model.spec, &c.method)).collect();
+                layout::tensors(&built.model.spec, Some(&c.method)).iter().map(|t| (t.name(), t.shape.clone())).collect();
             seen.sort();
             expected.sort();
             assert_eq!(seen, expected, "{family} {kind}");
-            let trainable: i64 = built.trainable.iter().map(|(_, t)| t.numel() as i64).sum();
+            let trainable: i64 = built.trainable.iter().map(|t| t.tensor.numel() as i64).sum();
             assert_eq!(trainable, count(&built.model.spec, &c.method).trainable, "{family} {kind}");
         }
     }

@@ -220,6 +220,23 @@ pub fn insert_path(table: &mut toml::Table, key: &str, value: toml::Value) {
     cur.insert(last.to_string(), value);
 }
 
+/// Removes the dotted `key` from `table` (and tables it leaves empty).
+pub fn remove_path(table: &mut toml::Table, key: &str) {
+    match key.split_once('.') {
+        None => {
+            table.remove(key);
+        }
+        Some((head, rest)) => {
+            if let Some(toml::Value::Table(inner)) = table.get_mut(head) {
+                remove_path(inner, rest);
+                if inner.is_empty() {
+                    table.remove(head);
+                }
+            }
+        }
+    }
+}
+
 /// The 1-based line of `text` that sets the dotted `key` (in a `[table]`, dotted, or inline table).
 pub fn line_of(text: &str, key: &str) -> Option<usize> {
     let clean =

@@ -1,6 +1,7 @@
 //! Layered experiment configs: built-in defaults < `extends` chain < the file < `FTEXP_*` env < `--set`.
 //! Each layer is checked on its own (so an error names the file, variable or flag that caused it),
 //! then figment merges the layers and extracts the typed [`Config`].
+mod choices;
 mod layers;
 pub mod schema;
 mod validate;
@@ -10,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 pub use layers::{parse_literal, Layer, Origin};
-pub use schema::{Config, KeyDoc, KEYS};
+pub use choices::{DataFormat, DeviceSetting, Init, LongSamples, LrSchedule, MethodKind, ModelType, Precision};
+pub use schema::{Architecture, Columns, Config, DataConfig, KeyDoc, MethodConfig, ModelConfig, Split, TrainConfig, KEYS};
+pub use validate::{check_name, check_run, run_rules};
 
 use crate::error::Problems;
 
@@ -56,10 +59,9 @@ pub fn resolve_with_env(
             Err(msg) => problems.push(msg),
         }
     }
-    for layer in &all {
+    for layer in &mut all {
         validate::check_layer(layer, &mut problems);
     }
-    problems.into_result()?;
 
     let mut figment = Figment::new();
     let mut sources = BTreeMap::new();
@@ -69,7 +71,13 @@ pub fn resolve_with_env(
         }
         figment = figment.merge(layer);
     }
-    let mut config: Config = figment.extract().map_err(|e| Problems::one(format!("{}: {e}", path.display())))?;
+    let mut config: Config = match figment.extract() {
+        Ok(config) => config,
+        Err(e) => {
+            problems.push(format!("{}: {e}", path.display()));
+            return Err(problems);
+        }
+    };
     config.extends = all
         .iter()
         .rev()
@@ -94,4 +102,22 @@ pub fn resolve_with_env(
 /// The resolved config as a re-runnable TOML file: every key, no `extends`.
 pub fn to_toml(config: &Config) -> String {
     toml::to_string(config).expect("a Config always serializes to TOML")
+}
+
+/// The config reference (`ftexp keys`, README's table), from the schema itself.
+pub fn keys_reference(markdown: bool) -> String {
+    let mut out = String::new();
+    if markdown {
+        out.push_str("| key | type | default | meaning |\n|---|---|---|---|\n");
+    }
+    for k in KEYS {
+        let default = k.default.map(|d| format!("`{d}`")).unwrap_or_else(|| "unset".into());
+        if markdown {
+            let doc = k.doc.replace('|', "\\|");
+            out.push_str(&format!("| `{}` | {} | {default} | {doc} |\n", k.key, k.kind.describe()));
+        } else {
+            out.push_str(&format!("{} ({}; default {default}): {}\n", k.key, k.kind.describe(), k.doc));
+        }
+    }
+    out
 }

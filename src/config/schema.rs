@@ -3,6 +3,8 @@
 //! reference all read this table, so they cannot drift apart.
 use serde::{Deserialize, Serialize};
 
+use super::choices::{DataFormat, DeviceSetting, Init, LongSamples, LrSchedule, MethodKind, ModelType, Precision};
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
     Str,
@@ -14,6 +16,8 @@ pub enum Kind {
     StrList,
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// A device name: `auto`, `cpu`, `cuda`, `cuda:N`.
+    Device,
 }
 
 impl Kind {
@@ -25,6 +29,7 @@ impl Kind {
             Kind::Bool => "true or false".into(),
             Kind::StrList => "a list of strings".into(),
             Kind::Choice(options) => format!("one of {}", quoted_list(options)),
+            Kind::Device => DeviceSetting::DESCRIBE.into(),
         }
     }
 }
@@ -42,14 +47,7 @@ pub struct KeyDoc {
     pub doc: &'static str,
 }
 
-pub const METHODS: &[&str] = &["full", "lora", "adapter", "adapter_v2"];
-pub const PRECISIONS: &[&str] = &["auto", "32-true", "bf16-true", "bf16-mixed", "16-true"];
 pub const PROMPT_STYLES: &[&str] = &["alpaca", "plain", "none"];
-pub const LR_SCHEDULES: &[&str] = &["cosine", "constant"];
-pub const DATA_FORMATS: &[&str] = &["alpaca", "text"];
-pub const INITS: &[&str] = &["pretrained", "random"];
-pub const ARCH_TYPES: &[&str] = &["llama", "qwen2", "gpt_neox", "falcon"];
-pub const LONG_SAMPLES: &[&str] = &["truncate", "drop"];
 
 macro_rules! key {
     ($key:literal, $kind:expr, $default:expr, $doc:literal) => {
@@ -70,15 +68,15 @@ pub const KEYS: &[KeyDoc] = &[
         "The base model to fine-tune: a hub repo id (`tiiuae/falcon-7b-instruct`, looked for in `checkpoints/<org>/<name>/`) or a local directory holding `config.json`, `*.safetensors` and `tokenizer.json`. Required."),
     key!("model.revision", Str, None,
         "The hub revision (branch, tag or commit) to download. Unset: `main`."),
-    key!("model.precision", Choice(PRECISIONS), Some("\"auto\""),
+    key!("model.precision", Choice(Precision::NAMES), Some("\"auto\""),
         "Number format for weights and maths. `32-true`: full 32-bit floats (safest, most memory); `bf16-true`: 16-bit bfloat everywhere (half the memory, needs a recent GPU); `bf16-mixed`: 16-bit maths with 32-bit trainable weights; `16-true`: 16-bit floats. `auto`: `32-true` on CPU, `bf16-true` on CUDA."),
-    key!("model.device", Str, Some("\"auto\""),
+    key!("model.device", Device, Some("\"auto\""),
         "Where to run: `cpu`, `cuda` (the first GPU), `cuda:N` (GPU number N), or `auto` (a GPU when there is one, else the CPU)."),
-    key!("model.init", Choice(INITS), Some("\"pretrained\""),
+    key!("model.init", Choice(Init::NAMES), Some("\"pretrained\""),
         "`pretrained`: start from the weights of `checkpoint`. `random`: start from random weights shaped by `[model.architecture]` (training from scratch, what litgpt calls pretraining; needs `method.kind = \"full\"` and `model.tokenizer`), or, with `[model.architecture]` unset, by the checkpoint's `config.json` alone (no weights needed: how `ftexp bench` measures a large model offline)."),
     key!("model.tokenizer", Str, None,
         "A directory holding the `tokenizer.json` to use. Unset: the checkpoint's own. Required with `init = \"random\"` and `[model.architecture]` (`ftexp tokenizer` trains one)."),
-    key!("model.architecture.model_type", Choice(ARCH_TYPES), None,
+    key!("model.architecture.model_type", Choice(ModelType::NAMES), None,
         "With `init = \"random\"`: the family, as a hub `config.json` names it."),
     key!("model.architecture.hidden_size", Int, None, "With `init = \"random\"`: the width of the model."),
     key!("model.architecture.num_hidden_layers", Int, None, "With `init = \"random\"`: how many transformer blocks."),
@@ -95,7 +93,7 @@ pub const KEYS: &[KeyDoc] = &[
         "The field that holds the optional input (context for the instruction). Records without it have an empty input."),
     key!("data.columns.output", Str, Some("\"output\""),
         "The field that holds the response the model should learn to give."),
-    key!("data.format", Choice(DATA_FORMATS), Some("\"alpaca\""),
+    key!("data.format", Choice(DataFormat::NAMES), Some("\"alpaca\""),
         "The data set's format. `alpaca`: records with `instruction`, optional `input`, and `output`. `text`: a plain-text corpus (UTF-8; documents separated by blank lines, each ended with the end-of-text token) packed into blocks of `max_seq_length` tokens, every token learned — for training a base model."),
     key!("data.prompt_style", Str, Some("\"alpaca\""),
         "How a record becomes the prompt the model sees. `alpaca`: the Stanford Alpaca template; `plain`: instruction and input, then the response; `none`: the instruction alone; or your own template with `{instruction}` and `{input}` placeholders."),
@@ -107,11 +105,11 @@ pub const KEYS: &[KeyDoc] = &[
         "Share of the records kept for the final test, never seen during training."),
     key!("data.max_seq_length", Int, Some("512"),
         "The longest sample, in tokens, the model is trained on. Longer samples cost more memory; lower it if you run out of memory."),
-    key!("data.long_samples", Choice(LONG_SAMPLES), Some("\"truncate\""),
+    key!("data.long_samples", Choice(LongSamples::NAMES), Some("\"truncate\""),
         "What to do with a sample longer than `max_seq_length`: `truncate` keeps the whole prompt and cuts the response, still ending it with the end-of-text token; `drop` leaves the sample out. Either way `ftexp prepare` reports how many. A sample whose prompt leaves no room for one response token and the end-of-text token is always dropped."),
     key!("data.mask_inputs", Bool, Some("true"),
         "Learn only the response: the prompt's tokens do not count in the loss. Usually what you want for instruction tuning."),
-    key!("method.kind", Choice(METHODS), Some("\"lora\""),
+    key!("method.kind", Choice(MethodKind::NAMES), Some("\"lora\""),
         "How the model is fine-tuned. `full`: every weight trains (best quality, most memory); `lora`: small low-rank updates beside chosen weight matrices; `adapter`: LLaMA-Adapter, a few learned prompt vectors per layer; `adapter_v2`: adapter plus trainable biases, scales and norms. The last three train well under 1% of the weights."),
     key!("method.lora_r", Int, Some("8"),
         "LoRA rank: the size of the low-rank update. Higher learns more and costs more; 8 or 16 is typical."),
@@ -147,7 +145,7 @@ pub const KEYS: &[KeyDoc] = &[
         "Pulls weights slightly towards zero at every step, against overfitting (AdamW's decoupled decay). Applies to weight matrices and LoRA/adapter weights, never to biases, norms or adapter gates. Too high underfits; 0.01–0.1 is typical."),
     key!("train.warmup_iters", Int, Some("100"),
         "Optimizer steps over which the learning rate rises linearly from 0 to `learning_rate`, so the first batches cannot wreck the base model."),
-    key!("train.lr_schedule", Choice(LR_SCHEDULES), Some("\"cosine\""),
+    key!("train.lr_schedule", Choice(LrSchedule::NAMES), Some("\"cosine\""),
         "The learning rate after warm-up: `cosine` falls smoothly to `min_lr` by the last step; `constant` stays at `learning_rate`."),
     key!("train.min_lr", Float, Some("0.0"),
         "The learning rate the cosine schedule ends at. At most `learning_rate`."),
@@ -191,9 +189,9 @@ pub struct ModelConfig {
     pub checkpoint: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
-    pub precision: String,
-    pub device: String,
-    pub init: String,
+    pub precision: Precision,
+    pub device: DeviceSetting,
+    pub init: Init,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
     #[serde(default, skip_serializing_if = "Architecture::is_empty")]
@@ -204,7 +202,7 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Architecture {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model_type: Option<String>,
+    pub model_type: Option<ModelType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden_size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,11 +230,11 @@ pub struct DataConfig {
     #[serde(default)]
     pub path: String,
     pub columns: Columns,
-    pub format: String,
+    pub format: DataFormat,
     pub prompt_style: String,
     pub split: Split,
     pub max_seq_length: u64,
-    pub long_samples: String,
+    pub long_samples: LongSamples,
     pub mask_inputs: bool,
 }
 
@@ -256,7 +254,7 @@ pub struct Split {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MethodConfig {
-    pub kind: String,
+    pub kind: MethodKind,
     pub lora_r: u64,
     pub lora_alpha: f64,
     pub lora_dropout: f64,
@@ -283,7 +281,7 @@ pub struct TrainConfig {
     pub devices: u64,
     pub weight_decay: f64,
     pub warmup_iters: u64,
-    pub lr_schedule: String,
+    pub lr_schedule: LrSchedule,
     pub min_lr: f64,
     pub max_grad_norm: f64,
     pub eval_interval: u64,

@@ -1,40 +1,60 @@
 //! Checks: per layer (unknown keys, wrong types) and on the merged config (values that make no sense
 //! together). Every problem is collected, so a user fixes a file in one go.
-use super::layers::Layer;
+use super::choices::{DeviceSetting, Init, MethodKind};
+use super::layers::{remove_path, Layer};
 use super::schema::{self, Kind, KEYS, PROMPT_STYLES};
-use super::Resolved;
+use super::{Config, Resolved};
 use crate::error::{did_you_mean, Problems};
 
-/// Reports this layer's unknown keys and wrong types, in the order of the file's lines.
-pub fn check_layer(layer: &Layer, problems: &mut Problems) {
-    let mut found = Problems::default();
-    check_leaves(layer, &mut found);
-    let line = |msg: &String| msg.split(": ").next().and_then(|at| at.rsplit(':').next()?.parse::<usize>().ok());
-    found.0.sort_by_key(|m| line(m).unwrap_or(0));
-    problems.0.extend(found.0);
-}
-
-fn check_leaves(layer: &Layer, problems: &mut Problems) {
+/// Reports this layer's unknown keys and wrong types, in the order of the file's lines, and leaves
+/// those values out of the layer, so the values that remain are still merged and checked together.
+pub fn check_layer(layer: &mut Layer, problems: &mut Problems) {
+    let mut found = Vec::new();
+    let mut bad_keys = Vec::new();
     for (key, value) in layer.leaves() {
-        let at = layer.label_for(&key);
-        if let Some(doc) = schema::find(&key) {
-            if !kind_matches(doc.kind, value) {
-                let mut msg = format!("{at}: `{key}` is {value}, but must be {}", doc.kind.describe());
-                if let (Kind::Choice(options), Some(s)) = (doc.kind, value.as_str()) {
-                    if let Some(best) = did_you_mean(s, options.iter().copied()) {
-                        msg.push_str(&format!("; did you mean \"{best}\"?"));
-                    }
-                }
-                problems.push(msg);
-            }
-        } else if schema::is_table(&key) {
-            problems.push(format!(
-                "{at}: `{key}` is a table of settings, not a value; set its keys, e.g. `{key}.<key> = …`"
-            ));
-        } else {
-            problems.push(format!("{at}: unknown key `{key}`; {}", suggestion(&key)));
+        if let Some(msg) = check_leaf(layer, &key, value) {
+            found.push(msg);
+            bad_keys.push(key);
         }
     }
+    for key in bad_keys {
+        remove_path(&mut layer.table, &key);
+    }
+    let line = |msg: &String| msg.split(": ").next().and_then(|at| at.rsplit(':').next()?.parse::<usize>().ok());
+    found.sort_by_key(|m| line(m).unwrap_or(0));
+    problems.0.extend(found);
+}
+
+fn check_leaf(layer: &Layer, key: &str, value: &toml::Value) -> Option<String> {
+    let at = layer.label_for(key);
+    let Some(doc) = schema::find(key) else {
+        return Some(if schema::is_table(key) {
+            format!("{at}: `{key}` is a table of settings, not a value; set its keys, e.g. `{key}.<key> = …`")
+        } else {
+            format!("{at}: unknown key `{key}`; {}", suggestion(key))
+        });
+    };
+    if kind_matches(doc.kind, value) {
+        return None;
+    }
+    let mut msg = format!("{at}: `{key}` is {value}, but must be {}", doc.kind.describe());
+    if let (Kind::Choice(options), Some(s)) = (doc.kind, value.as_str()) {
+        if let Some(best) = did_you_mean(s, options.iter().copied()) {
+            msg.push_str(&format!("; did you mean \"{best}\"?"));
+        }
+    }
+    Some(msg)
+}
+
+/// Names become directory names: keep them to one plain path component.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || !ok_chars || name.starts_with('.') {
+        return Err(format!(
+            "is \"{name}\"; an experiment name uses only letters, digits, '-', '_' and '.', and does not start with '.'"
+        ));
+    }
+    Ok(())
 }
 
 fn suggestion(key: &str) -> String {
@@ -56,6 +76,7 @@ fn kind_matches(kind: Kind, value: &toml::Value) -> bool {
         (Kind::Float, V::Integer(_) | V::Float(_)) => true,
         (Kind::StrList, V::Array(items)) => items.iter().all(|v| v.is_str()),
         (Kind::Choice(options), V::String(s)) => options.contains(&s.as_str()),
+        (Kind::Device, V::String(s)) => s.parse::<DeviceSetting>().is_ok(),
         _ => false,
     }
 }
@@ -67,11 +88,17 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
     let top = r.files.last().map(|f| f.display().to_string()).unwrap_or_default();
     let at = |key: &str| r.sources.get(key).cloned().unwrap_or_else(|| top.clone());
     let mut bad = |key: &str, msg: String| problems.push(format!("{}: `{key}` {msg}", at(key)));
-
-    if let Err(msg) = crate::experiment::check_name(&c.name) {
+    if let Err(msg) = check_name(&c.name) {
         bad("name", msg);
     }
-    if c.model.init == "random" && (c.model.architecture.model_type.is_some() || c.model.checkpoint.trim().is_empty()) {
+    check_model(c, &mut bad);
+    check_data(c, &mut bad);
+    check_train(c, &mut bad);
+    check_method(c, &mut bad);
+}
+
+fn check_model(c: &Config, bad: &mut impl FnMut(&str, String)) {
+    if c.model.init == Init::Random && (c.model.architecture.model_type.is_some() || c.model.checkpoint.trim().is_empty()) {
         let a = &c.model.architecture;
         let required = [
             ("model.architecture.model_type", a.model_type.is_none()),
@@ -95,9 +122,9 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
             "is not set; name a hub repo id like \"tiiuae/falcon-7b-instruct\" or a local model directory".into(),
         );
     }
-    if let Err(msg) = crate::plan::parse_device(&c.model.device) {
-        bad("model.device", msg);
-    }
+}
+
+fn check_data(c: &Config, bad: &mut impl FnMut(&str, String)) {
     if c.data.path.trim().is_empty() {
         bad("data.path", "is not set; name your Alpaca-format JSON or JSONL file".into());
     }
@@ -127,6 +154,10 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
     if split.train <= 0.0 {
         bad("data.split.train", "is 0; training needs some data".into());
     }
+}
+
+/// Counts that must be positive, the batch arithmetic, and the optimizer's and method's numbers.
+fn check_train(c: &Config, bad: &mut impl FnMut(&str, String)) {
     let positive = [
         ("data.max_seq_length", c.data.max_seq_length),
         ("method.lora_r", c.method.lora_r),
@@ -181,4 +212,52 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
     if c.method.lora_alpha <= 0.0 {
         bad("method.lora_alpha", format!("is {}; it must be above 0", c.method.lora_alpha));
     }
+}
+
+/// Method rules that need no model: that LoRA has a target, and that an adapter starts inside a model
+/// whose layers the config itself gives.
+fn check_method(c: &Config, bad: &mut impl FnMut(&str, String)) {
+    let m = &c.method;
+    let targets = [m.lora_query, m.lora_key, m.lora_value, m.lora_projection, m.lora_mlp, m.lora_head];
+    if m.kind == MethodKind::Lora && !targets.contains(&true) {
+        bad(
+            "method.kind",
+            "is \"lora\" but every lora_* target is false; enable at least one, e.g. method.lora_query = true".into(),
+        );
+    }
+    if let Some(layers) = c.model.architecture.num_hidden_layers.filter(|_| m.kind.has_adapter_prompts()) {
+        if m.adapter_start_layer >= layers {
+            bad(
+                "method.adapter_start_layer",
+                format!(
+                    "is {} but [model.architecture] has {layers} layers (0 to {}), so no layer would get an adapter; lower it",
+                    m.adapter_start_layer,
+                    layers.saturating_sub(1)
+                ),
+            );
+        }
+    }
+}
+
+/// Rules for a training run (`ftexp run`, and `ftexp plan`, which names where each key was set) that
+/// `ftexp bench` does not need: a randomly initialised model trains every weight. Each problem is
+/// `(key, what to change)`.
+pub fn run_rules(c: &Config) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if c.model.init == Init::Random && c.method.kind != MethodKind::Full {
+        out.push((
+            "method.kind",
+            format!("is \"{}\" but model.init = \"random\": a randomly initialised model must train every weight; use method.kind = \"full\" (`ftexp bench` measures other methods on random weights)", c.method.kind),
+        ));
+    }
+    out
+}
+
+/// [`run_rules`] with where each key was set.
+pub fn check_run(r: &Resolved) -> Result<(), Problems> {
+    let mut problems = Problems::default();
+    for (key, msg) in run_rules(&r.config) {
+        problems.push(format!("{}: `{key}` {msg}", r.source(key)));
+    }
+    problems.into_result()
 }

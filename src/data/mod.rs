@@ -1,30 +1,58 @@
 //! Data sets: Alpaca-format records in, prepared (split, templated, tokenized, masked) samples out.
+pub mod batches;
 pub mod prepare;
 pub mod prompt;
 mod records;
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
+
+use serde::Serialize;
 
 pub use prepare::{prepare, Prepared, Sample, SplitStats};
 pub use records::{count_records, read_records, Record};
 
-use crate::config::Config;
+use crate::config::{Config, Split};
 use crate::error::Problems;
-use crate::model::Tokenizer;
+use crate::source;
+use crate::tokenizer::Tokenizer;
 
-/// Prepares (or reuses) the data set of `config` with its model's tokenizer, under `data/.cache/`.
+/// Prepares (or reuses) the data set of `config` with its model's tokenizer, under `data/.cache/`
+/// (downloading the base model first when its tokenizer is on the hub).
 pub fn prepare_for(config: &Config) -> Result<Prepared, Problems> {
-    let dir = crate::model::tokenizer_dir(&config.model)?;
-    let tokenizer_file = dir.join("tokenizer.json");
+    let dir = source::tokenizer_dir(&config.model, true)?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
-    let inputs = prepare::Inputs {
-        data: &config.data,
-        seed: config.seed,
-        tokenizer: &tokenizer,
-        tokenizer_file: &tokenizer_file,
-    };
-    prepare(&inputs, Path::new(prepare::CACHE_DIR))
+    prepare(&inputs(config, &tokenizer, &dir.join("tokenizer.json")), Path::new(prepare::CACHE_DIR))
+}
+
+/// The statistics of `config`'s prepared data when the cache already holds it; `None` when it must be
+/// prepared first. Reads the tokenizer's files but tokenizes nothing and downloads nothing.
+pub fn cached_stats(config: &Config) -> Result<Option<BTreeMap<String, SplitStats>>, Problems> {
+    let dir = source::tokenizer_dir(&config.model, false)?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let key = prepare::cache_key(&inputs(config, &tokenizer, &dir.join("tokenizer.json")))?;
+    prepare::cached_stats(Path::new(prepare::CACHE_DIR), &key)
+}
+
+fn inputs<'a>(config: &'a Config, tokenizer: &'a Tokenizer, tokenizer_file: &'a Path) -> prepare::Inputs<'a> {
+    prepare::Inputs { data: &config.data, seed: config.seed, tokenizer, tokenizer_file }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitSizes {
+    pub records: usize,
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+}
+
+/// Split sizes for `n` records: val and test are `n × ratio` rounded to the nearest whole record,
+/// train takes the rest.
+pub fn split_sizes(n: usize, split: Split) -> SplitSizes {
+    let val = (n as f64 * split.val).round() as usize;
+    let test = ((n as f64 * split.test).round() as usize).min(n - val);
+    SplitSizes { records: n, train: n - val - test, val, test }
 }
 
 /// The `ftexp prepare` report: per-split counts and lengths, and one example with its masked prompt

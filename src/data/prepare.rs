@@ -8,10 +8,10 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{prompt, read_records, Record};
-use crate::config::schema::DataConfig;
+use super::{prompt, read_records, split_sizes, Record};
+use crate::config::{DataConfig, DataFormat, LongSamples};
 use crate::error::Problems;
-use crate::model::Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 pub const CACHE_DIR: &str = "data/.cache";
 pub const SPLITS: [&str; 3] = ["train", "val", "test"];
@@ -88,11 +88,11 @@ pub fn cache_key(inputs: &Inputs) -> Result<String, Problems> {
         sha256_file(Path::new(&d.path))?,
         sha256_file(inputs.tokenizer_file)?,
         format!("{:?}", inputs.tokenizer.eos_ids),
-        d.format.clone(),
+        d.format.to_string(),
         d.prompt_style.clone(),
         format!("{:?}", d.columns),
         d.max_seq_length.to_string(),
-        d.long_samples.clone(),
+        d.long_samples.to_string(),
         d.mask_inputs.to_string(),
         format!("{:?}", (d.split.train, d.split.val, d.split.test)),
         inputs.seed.to_string(),
@@ -102,7 +102,7 @@ pub fn cache_key(inputs: &Inputs) -> Result<String, Problems> {
 
 /// The split of record indices: a seeded shuffle, then val, test and train by the ratios.
 pub fn split_indices(n: usize, data: &DataConfig, seed: u64) -> BTreeMap<&'static str, Vec<usize>> {
-    let sizes = crate::plan::split_sizes(n, data.split);
+    let sizes = split_sizes(n, data.split);
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
     for i in (1..n).rev() {
@@ -111,6 +111,15 @@ pub fn split_indices(n: usize, data: &DataConfig, seed: u64) -> BTreeMap<&'stati
     let (val, rest) = order.split_at(sizes.val);
     let (test, train) = rest.split_at(sizes.test);
     BTreeMap::from([("train", train.to_vec()), ("val", val.to_vec()), ("test", test.to_vec())])
+}
+
+/// The statistics of cache entry `key`, when it is complete.
+pub fn cached_stats(cache_root: &Path, key: &str) -> Result<Option<BTreeMap<String, SplitStats>>, Problems> {
+    let path = cache_root.join(key).join("stats.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Problems::one(format!("{}: unreadable cache entry ({e}); delete it and prepare again", path.display())))
 }
 
 /// Prepares the data set, or reuses the cache entry with the same key.
@@ -138,7 +147,7 @@ fn build(inputs: &Inputs) -> Result<SplitsAndStats, Problems> {
             inputs.tokenizer_file.display()
         ))
     })?;
-    if d.format == "text" {
+    if d.format == DataFormat::Text {
         return build_text(inputs, eos);
     }
     let records = read_records(path, &d.columns)?;
@@ -261,7 +270,7 @@ fn tokenize(
             response.push(eos);
             if prompt.len() + response.len() > max {
                 // Room for at least one response token and EOS, or the sample teaches nothing.
-                if d.long_samples == "drop" || prompt.len() + 2 > max {
+                if d.long_samples == LongSamples::Drop || prompt.len() + 2 > max {
                     stats.dropped += 1;
                     continue;
                 }

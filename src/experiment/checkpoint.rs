@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::config::MethodKind;
 use crate::error::Problems;
 
 pub const TRAINED: &str = "trained.safetensors";
@@ -25,7 +26,8 @@ pub struct TrainerState {
     /// Real (non-padding) tokens trained on.
     pub tokens: u64,
     pub elapsed_s: f64,
-    pub method: String,
+    #[serde(default)]
+    pub method: Option<MethodKind>,
 }
 
 pub fn dir_name(step: u64) -> String {

@@ -7,23 +7,14 @@ pub mod plot;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{check_name, Config, Precision};
 use crate::error::Problems;
 
 pub const EXPERIMENTS_DIR: &str = "experiments";
-
-/// Names become directory names: keep them to one plain path component.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if name.is_empty() || !ok_chars || name.starts_with('.') {
-        return Err(format!(
-            "is \"{name}\"; an experiment name uses only letters, digits, '-', '_' and '.', and does not start with '.'"
-        ));
-    }
-    Ok(())
-}
 
 #[derive(Debug, Clone)]
 pub struct Experiment {
@@ -61,11 +52,52 @@ pub fn versions(parent: &Path) -> Vec<u32> {
     found
 }
 
+/// The newest run directory of experiment `name` under `root`.
+pub fn newest(root: &Path, name: &str) -> Result<PathBuf, Problems> {
+    let parent = root.join(name);
+    match versions(&parent).last() {
+        Some(v) => Ok(parent.join(format!("v{v}"))),
+        None => Err(Problems::one(format!("no run of \"{name}\" under {}", parent.display()))),
+    }
+}
+
+/// The newest version of experiment `name` under `root` whose run completed.
+pub fn newest_completed(root: &Path, name: &str) -> Option<u32> {
+    let parent = root.join(name);
+    let completed = |v: &u32| {
+        let run = Experiment::open(&parent.join(format!("v{v}"))).and_then(|e| e.read_run_info());
+        run.is_ok_and(|i| i.status == RunStatus::Completed)
+    };
+    versions(&parent).into_iter().rev().find(completed)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+    /// Stopped by Ctrl-C or SIGTERM after saving a checkpoint; `--resume` continues it.
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// A run's `run.json`: how it was started, where it stands, and what later stages recorded.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunInfo {
     pub experiment: String,
     pub version: u32,
-    pub status: String,
+    pub status: RunStatus,
     pub ftexp_version: String,
     pub libtorch_version: String,
     pub git_commit: Option<String>,
@@ -76,9 +108,77 @@ pub struct RunInfo {
     pub start_time: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub end_time: Option<String>,
-    /// What later stages record: data, base checkpoint, results.
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// The sweep point this run is (`ftexp run --tag`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tag: Option<String>,
+    /// The run directory `ftexp rerun` reproduced.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rerun_of: Option<String>,
+    /// The checkpoint the last `--resume` continued from.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resumed_from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub precision: Option<Precision>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub data: Option<DataRecord>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub base: Option<BaseRecord>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parameters: Option<ParamCount>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub results: Option<Results>,
+    /// `ftexp eval` results by split (`test`, or `test_base` for the base model).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub evaluations: BTreeMap<String, Evaluation>,
+}
+
+/// The prepared data a run trained on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataRecord {
+    pub path: String,
+    pub cache_key: String,
+    pub split_sizes: BTreeMap<String, usize>,
+}
+
+/// The base model a run started from, with the SHA-256 of each of its files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BaseRecord {
+    pub checkpoint: String,
+    pub dir: PathBuf,
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamCount {
+    pub total: i64,
+    pub trainable: i64,
+}
+
+/// What a completed run measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Results {
+    pub steps: u64,
+    pub final_train_loss: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    pub val_perplexity: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub test_perplexity: Option<f64>,
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    pub peak_rss_mib: Option<f64>,
+    pub train_seconds: f64,
+}
+
+/// One `ftexp eval` of a run's split.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Evaluation {
+    /// The checkpoint evaluated, or `base model`.
+    pub model: String,
+    pub samples: usize,
+    pub loss: Option<f64>,
+    pub perplexity: Option<f64>,
+    pub exact_match: Option<f64>,
+    pub time: String,
 }
 
 impl Experiment {
@@ -96,7 +196,7 @@ impl Experiment {
         let info = RunInfo {
             experiment: self.name.clone(),
             version: self.version,
-            status: "running".into(),
+            status: RunStatus::Running,
             ftexp_version: env!("CARGO_PKG_VERSION").into(),
             libtorch_version: env!("BUILT_LIBTORCH_VERSION").into(),
             git_commit,
@@ -106,7 +206,15 @@ impl Experiment {
             command_line: std::env::args().collect(),
             start_time: utc_now(),
             end_time: None,
-            extra: serde_json::Map::new(),
+            tag: None,
+            rerun_of: None,
+            resumed_from: None,
+            precision: None,
+            data: None,
+            base: None,
+            parameters: None,
+            results: None,
+            evaluations: BTreeMap::new(),
         };
         self.write_run_info(&info)?;
         Ok(info)
@@ -124,9 +232,9 @@ impl Experiment {
     }
 
     /// Marks the run `completed`, `failed` or `interrupted`, with its end time.
-    pub fn finish(&self, status: &str) -> Result<(), Problems> {
+    pub fn finish(&self, status: RunStatus) -> Result<(), Problems> {
         self.update(|info| {
-            info.status = status.into();
+            info.status = status;
             info.end_time = Some(utc_now());
         })
     }

@@ -1,37 +1,15 @@
 //! One GPT for every supported family: the switches in [`ModelSpec`] pick the norm, the MLP, the
-//! residual layout, rotary details and biases.
-use std::collections::HashMap;
-
+//! residual layout, rotary details and biases. Which tensors exist, and their names, come from
+//! [`layout`](super::layout); this file holds them in plain structs and computes with them.
 use tch::{Kind, Tensor};
 
-use super::spec::{Mlp, ModelSpec, Norm as NormKind, Qkv};
-
-#[derive(Debug)]
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-    /// LoRA: `dropout(x)·Aᵀ·Bᵀ·scale` added to the output.
-    pub lora: Option<Lora>,
-    /// Adapter v2: the output becomes `scale ⊙ (Wx + b + bias)`, scale ones and bias zeros at first.
-    pub adapter_v2: Option<AdapterV2>,
-}
-
-#[derive(Debug)]
-pub struct Lora {
-    pub a: Tensor,
-    pub b: Tensor,
-    pub scale: f64,
-    pub dropout: f64,
-}
-
-#[derive(Debug)]
-pub struct AdapterV2 {
-    pub scale: Tensor,
-    pub bias: Tensor,
-}
+use super::adapter::{Adapter, AdapterV2};
+use super::layout::{self, At, Module, Param, Proj, TensorSpec};
+use super::lora::{self, Lora, LoraScaling};
+use super::spec::{Mlp as MlpKind, ModelSpec, Norm as NormKind};
 
 /// `t` in the kind of `like` (trainable weights may be kept in fp32 under a 16-bit compute kind).
-fn cast(t: &Tensor, like: &Tensor) -> Tensor {
+pub(super) fn cast(t: &Tensor, like: &Tensor) -> Tensor {
     if t.kind() == like.kind() {
         t.shallow_clone()
     } else {
@@ -39,40 +17,53 @@ fn cast(t: &Tensor, like: &Tensor) -> Tensor {
     }
 }
 
+/// How a forward pass runs: training (dropout on) or not, and the model's LoRA scaling.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub training: bool,
+    pub lora: LoraScaling,
+}
+
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+    pub adapter_v2: Option<AdapterV2>,
+}
+
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
         Linear { weight, bias, lora: None, adapter_v2: None }
     }
 
-    pub fn forward(&self, x: &Tensor, training: bool) -> Tensor {
+    fn empty() -> Linear {
+        Linear::new(Tensor::new(), None)
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         let bias = self.bias.as_ref().map(|b| cast(b, x));
         let y = x.linear(&cast(&self.weight, x), bias.as_ref());
         let y = match &self.lora {
-            Some(l) => {
-                let xd = if training && l.dropout > 0.0 { x.dropout(l.dropout, true) } else { x.shallow_clone() };
-                y + xd.linear::<&Tensor>(&cast(&l.a, x), None).linear::<&Tensor>(&cast(&l.b, x), None) * l.scale
-            }
+            Some(l) => y + lora::delta(l, x, ctx.lora, ctx.training),
             None => y,
         };
         match &self.adapter_v2 {
-            Some(a) => (y + cast(&a.bias, x)) * cast(&a.scale, x),
+            Some(a) => a.apply(y),
             None => y,
         }
     }
 
-    /// The weight's tensors by name suffix, for checkpoints and the optimizer.
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&format!("{prefix}.weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(&format!("{prefix}.bias"), b);
-        }
-        if let Some(l) = &mut self.lora {
-            f(&format!("{prefix}.lora_a"), &mut l.a);
-            f(&format!("{prefix}.lora_b"), &mut l.b);
-        }
-        if let Some(a) = &mut self.adapter_v2 {
-            f(&format!("{prefix}.adapter_scale"), &mut a.scale);
-            f(&format!("{prefix}.adapter_bias"), &mut a.bias);
+    /// The tensor `param`, created empty when the layer has none yet.
+    fn slot(&mut self, param: Param) -> &mut Tensor {
+        match param {
+            Param::Weight => &mut self.weight,
+            Param::Bias => self.bias.get_or_insert_with(Tensor::new),
+            Param::LoraA => &mut self.lora.get_or_insert_with(Lora::empty).a,
+            Param::LoraB => &mut self.lora.get_or_insert_with(Lora::empty).b,
+            Param::AdapterScale => &mut self.adapter_v2.get_or_insert_with(AdapterV2::empty).scale,
+            Param::AdapterBias => &mut self.adapter_v2.get_or_insert_with(AdapterV2::empty).bias,
+            Param::AdapterPrefix | Param::AdapterGate => unreachable!("a linear layer has no {param:?}"),
         }
     }
 }
@@ -86,6 +77,10 @@ pub struct Norm {
 }
 
 impl Norm {
+    fn empty(spec: &ModelSpec) -> Norm {
+        Norm { weight: Tensor::new(), bias: None, kind: spec.norm, eps: spec.norm_eps }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let weight = cast(&self.weight, x);
         match self.kind {
@@ -102,22 +97,21 @@ impl Norm {
         }
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&format!("{prefix}.weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(&format!("{prefix}.bias"), b);
+    fn slot(&mut self, param: Param) -> &mut Tensor {
+        match param {
+            Param::Weight => &mut self.weight,
+            Param::Bias => self.bias.get_or_insert_with(Tensor::new),
+            _ => unreachable!("a norm has no {param:?}"),
         }
     }
 }
 
-/// LLaMA-Adapter: learned prompt vectors whose keys and values (from the layer's own projections,
-/// without rotary) are attended by a separate softmax and added through a zero-initialised gate per head.
+/// The feed-forward layers of a block: `down(act(up(x)))`, or `down(silu(gate(x)) · up(x))` for SwiGLU.
 #[derive(Debug)]
-pub struct Adapter {
-    /// `(prompt_length, hidden)`.
-    pub prefix: Tensor,
-    /// `(1, heads, 1, 1)`.
-    pub gate: Tensor,
+pub struct Mlp {
+    pub gate: Option<Linear>,
+    pub up: Linear,
+    pub down: Linear,
 }
 
 #[derive(Debug)]
@@ -129,9 +123,35 @@ pub struct Block {
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
-    /// fc, proj (GELU) or gate, up, down (SwiGLU).
-    pub mlp: Vec<Linear>,
+    pub mlp: Mlp,
     pub adapter: Option<Adapter>,
+}
+
+impl Block {
+    fn empty(spec: &ModelSpec) -> Block {
+        Block {
+            norm1: Norm::empty(spec),
+            norm2: None,
+            q: Linear::empty(),
+            k: Linear::empty(),
+            v: Linear::empty(),
+            o: Linear::empty(),
+            mlp: Mlp { gate: None, up: Linear::empty(), down: Linear::empty() },
+            adapter: None,
+        }
+    }
+
+    fn linear(&mut self, proj: Proj) -> &mut Linear {
+        match proj {
+            Proj::Q => &mut self.q,
+            Proj::K => &mut self.k,
+            Proj::V => &mut self.v,
+            Proj::O => &mut self.o,
+            Proj::Gate => self.mlp.gate.get_or_insert_with(Linear::empty),
+            Proj::Up => &mut self.mlp.up,
+            Proj::Down => &mut self.mlp.down,
+        }
+    }
 }
 
 /// Keys and values of past positions, preallocated for `capacity` positions.
@@ -163,124 +183,92 @@ pub struct Gpt {
     pub final_norm: Norm,
     /// The output head; its weight is the embedding itself when the checkpoint ties them.
     pub head: Linear,
+    /// The tensors this model holds (the checkpoint's, and those of the method applied to it).
+    pub layout: Vec<TensorSpec>,
     inv_freq: Tensor,
     /// The kind activations are computed in.
     pub compute_kind: Kind,
     /// Dropout is active only while training.
     pub training: bool,
+    pub lora: LoraScaling,
 }
 
 impl Gpt {
-    /// Builds the model from the checkpoint's weights (by hub name), splitting fused q/k/v matrices.
-    pub fn from_weights(spec: ModelSpec, mut w: HashMap<String, Tensor>) -> Gpt {
-        let names = spec.names();
-        let mut take = |name: &str| w.remove(name).unwrap_or_else(|| panic!("weight {name} was checked present"));
-        let linear = |take: &mut dyn FnMut(&str) -> Tensor, name: &str, bias: bool| {
-            Linear::new(take(&format!("{name}.weight")), bias.then(|| take(&format!("{name}.bias"))))
+    /// Builds the model of `spec` with each of its checkpoint tensors from `tensor`.
+    pub fn from_tensors(spec: ModelSpec, mut tensor: impl FnMut(&TensorSpec) -> Tensor) -> Gpt {
+        let layout = layout::tensors(&spec, None);
+        let mut model = Gpt {
+            embed: Tensor::new(),
+            blocks: (0..spec.n_layer).map(|_| Block::empty(&spec)).collect(),
+            final_norm: Norm::empty(&spec),
+            head: Linear::empty(),
+            layout: Vec::new(),
+            inv_freq: Tensor::new(),
+            compute_kind: Kind::Float,
+            training: false,
+            lora: LoraScaling::default(),
+            spec,
         };
-        let norm = |take: &mut dyn FnMut(&str) -> Tensor, name: &str| Norm {
-            weight: take(&format!("{name}.weight")),
-            bias: (spec.norm == NormKind::LayerNorm).then(|| take(&format!("{name}.bias"))),
-            kind: spec.norm,
-            eps: spec.norm_eps,
-        };
-        let embed = take(names.embed);
-        let mut blocks = Vec::new();
-        for i in 0..spec.n_layer {
-            let p = format!("{}.{i}", names.layers);
-            let norm1 = norm(&mut take, &format!("{p}.{}", names.norm1));
-            let norm2 = spec.second_norm(&names).map(|n| norm(&mut take, &format!("{p}.{n}")));
-            let (q, k, v) = match names.qkv {
-                Qkv::Split(qn, kn, vn) => (
-                    linear(&mut take, &format!("{p}.{qn}"), spec.qkv_bias),
-                    linear(&mut take, &format!("{p}.{kn}"), spec.qkv_bias),
-                    linear(&mut take, &format!("{p}.{vn}"), spec.qkv_bias),
-                ),
-                Qkv::Fused(n) => split_fused(&spec, linear(&mut take, &format!("{p}.{n}"), spec.qkv_bias)),
-            };
-            let o = linear(&mut take, &format!("{p}.{}", names.attn_out), spec.proj_bias);
-            let n_mlp = if spec.mlp == Mlp::SwiGlu { 3 } else { 2 };
-            let mlp =
-                names.mlp[..n_mlp].iter().map(|m| linear(&mut take, &format!("{p}.{m}"), spec.proj_bias)).collect();
-            blocks.push(Block { norm1, norm2, q, k, v, o, mlp, adapter: None });
+        for t in &layout {
+            *model.slot(t.at) = tensor(t);
         }
-        let final_norm = norm(&mut take, names.final_norm);
-        let head = Linear::new(if spec.tie_embeddings { embed.shallow_clone() } else { take(names.head) }, None);
-        let inv_freq = inverse_frequencies(&spec).to_device(embed.device());
-        let compute_kind = embed.kind();
-        Gpt { spec, embed, blocks, final_norm, head, inv_freq, compute_kind, training: false }
+        model.layout = layout;
+        model.inv_freq = inverse_frequencies(&model.spec).to_device(model.embed.device());
+        model.compute_kind = model.embed.kind();
+        model.retie();
+        model
     }
 
-    /// Every tensor of the model by its ftexp name (`layers.3.q.lora_a`), including method tensors.
-    /// A tied head is visited once, as `embed`.
-    pub fn visit(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f("embed", &mut self.embed);
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            let p = format!("layers.{i}");
-            b.norm1.visit(&format!("{p}.norm1"), f);
-            if let Some(n) = &mut b.norm2 {
-                n.visit(&format!("{p}.norm2"), f);
+    /// The tensor at `at`, created empty when its module has none yet.
+    pub fn slot(&mut self, at: At) -> &mut Tensor {
+        match at.module {
+            Module::Embed => &mut self.embed,
+            Module::Norm1(i) => self.blocks[i].norm1.slot(at.param),
+            Module::Norm2(i) => {
+                let norm = &mut self.blocks[i].norm2;
+                norm.get_or_insert_with(|| Norm::empty(&self.spec)).slot(at.param)
             }
-            for (name, lin) in [("q", &mut b.q), ("k", &mut b.k), ("v", &mut b.v), ("o", &mut b.o)] {
-                lin.visit(&format!("{p}.{name}"), f);
-            }
-            for (j, lin) in b.mlp.iter_mut().enumerate() {
-                lin.visit(&format!("{p}.mlp.{j}"), f);
-            }
-            if let Some(a) = &mut b.adapter {
-                f(&format!("{p}.adapter_prefix"), &mut a.prefix);
-                f(&format!("{p}.adapter_gate"), &mut a.gate);
-            }
-        }
-        self.final_norm.visit("final_norm", f);
-        let tied = self.spec.tie_embeddings;
-        self.head.visit("head", &mut |name, t| {
-            if !(tied && name == "head.weight") {
-                f(name, t)
-            }
-        });
-    }
-
-    /// The base weights under their hub names (fused q/k/v layouts rebuilt), for exporting a fully
-    /// fine-tuned or pretrained model as a checkpoint. Method tensors are not included.
-    pub fn hf_weights(&self) -> Vec<(String, Tensor)> {
-        let s = &self.spec;
-        let names = s.names();
-        let mut out = vec![(names.embed.to_string(), self.embed.shallow_clone())];
-        let linear = |out: &mut Vec<(String, Tensor)>, name: String, l: &Linear| {
-            out.push((format!("{name}.weight"), l.weight.shallow_clone()));
-            if let Some(b) = &l.bias {
-                out.push((format!("{name}.bias"), b.shallow_clone()));
-            }
-        };
-        let norm = |out: &mut Vec<(String, Tensor)>, name: String, n: &Norm| {
-            out.push((format!("{name}.weight"), n.weight.shallow_clone()));
-            if let Some(b) = &n.bias {
-                out.push((format!("{name}.bias"), b.shallow_clone()));
-            }
-        };
-        for (i, b) in self.blocks.iter().enumerate() {
-            let p = format!("{}.{i}", names.layers);
-            norm(&mut out, format!("{p}.{}", names.norm1), &b.norm1);
-            if let (Some(n), Some(name)) = (&b.norm2, s.second_norm(&names)) {
-                norm(&mut out, format!("{p}.{name}"), n);
-            }
-            match names.qkv {
-                Qkv::Split(qn, kn, vn) => {
-                    linear(&mut out, format!("{p}.{qn}"), &b.q);
-                    linear(&mut out, format!("{p}.{kn}"), &b.k);
-                    linear(&mut out, format!("{p}.{vn}"), &b.v);
+            Module::Linear(i, proj) => self.blocks[i].linear(proj).slot(at.param),
+            Module::Adapter(i) => {
+                let adapter = self.blocks[i].adapter.get_or_insert_with(Adapter::empty);
+                match at.param {
+                    Param::AdapterPrefix => &mut adapter.prefix,
+                    Param::AdapterGate => &mut adapter.gate,
+                    other => unreachable!("an adapter prompt has no {other:?}"),
                 }
-                Qkv::Fused(n) => linear(&mut out, format!("{p}.{n}"), &fuse(s, &b.q, &b.k, &b.v)),
             }
-            linear(&mut out, format!("{p}.{}", names.attn_out), &b.o);
-            for (m, l) in names.mlp.iter().zip(&b.mlp) {
-                linear(&mut out, format!("{p}.{m}"), l);
-            }
+            Module::FinalNorm => self.final_norm.slot(at.param),
+            Module::Head => self.head.slot(at.param),
         }
-        norm(&mut out, names.final_norm.into(), &self.final_norm);
-        if !s.tie_embeddings {
-            out.push((names.head.to_string(), self.head.weight.shallow_clone()));
+    }
+
+    /// Every tensor of the model by its ftexp name (`layers.3.q.lora_a`), in the layout's order. A tied
+    /// head is visited once, as `embed`.
+    pub fn visit(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        let layout = std::mem::take(&mut self.layout);
+        for t in &layout {
+            f(&t.name(), self.slot(t.at));
+        }
+        self.layout = layout;
+    }
+
+    /// The checkpoint's tensors under their hub names (fused q/k/v rebuilt), for exporting a fully
+    /// fine-tuned or pretrained model. Method tensors are not included.
+    pub fn hub_weights(&mut self) -> Vec<(String, Tensor)> {
+        let spec = self.spec.clone();
+        let mut out = Vec::new();
+        for t in layout::tensors(&spec, None) {
+            let Some(hub) = t.hub_name(&spec) else { continue };
+            let tensor = match (hub.fused_part, t.at.module) {
+                (None, _) => self.slot(t.at).shallow_clone(),
+                (Some(0), Module::Linear(i, _)) => {
+                    let part = |model: &mut Gpt, proj| model.slot(At { module: Module::Linear(i, proj), param: t.at.param }).shallow_clone();
+                    let (q, k, v) = (part(self, Proj::Q), part(self, Proj::K), part(self, Proj::V));
+                    fuse(&spec, &q, &k, &v)
+                }
+                _ => continue,
+            };
+            out.push((hub.name, tensor));
         }
         out
     }
@@ -290,6 +278,10 @@ impl Gpt {
         if self.spec.tie_embeddings {
             self.head.weight = self.embed.shallow_clone();
         }
+    }
+
+    pub fn ctx(&self) -> Ctx {
+        Ctx { training: self.training, lora: self.lora }
     }
 
     pub fn device(&self) -> tch::Device {
@@ -326,7 +318,7 @@ impl Gpt {
 
     /// Token scores for hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        self.head.forward(hidden, self.training)
+        self.head.forward(hidden, self.ctx())
     }
 
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
@@ -366,11 +358,12 @@ impl Gpt {
     ) -> Tensor {
         let s = &self.spec;
         let (batch, t) = (x.size()[0], x.size()[1]);
+        // (batch, time, n × head) → (batch, n, time, head)
         let heads =
-            |lin: &Linear, n: i64| lin.forward(x, self.training).view([batch, t, n, s.head_size]).transpose(1, 2);
-        let q = apply_rope(&heads(&b.q, s.n_head), rope, s.rope_dims);
-        let k = apply_rope(&heads(&b.k, s.n_query_groups), rope, s.rope_dims);
-        let v = heads(&b.v, s.n_query_groups);
+            |lin: &Linear, n: i64| lin.forward(x, self.ctx()).view([batch, t, n, s.head_size]).transpose(1, 2);
+        let q = apply_rope(&heads(&b.q, s.n_head), rope, s.rope_dims); // (batch, heads, time, head)
+        let k = apply_rope(&heads(&b.k, s.n_query_groups), rope, s.rope_dims); // (batch, groups, time, head)
+        let v = heads(&b.v, s.n_query_groups); // (batch, groups, time, head)
         let (k, v) = match cache {
             Some((c, layer)) => {
                 c.keys[layer].narrow(2, start, t).copy_(&k);
@@ -387,42 +380,25 @@ impl Gpt {
             cols.le_tensor(&rows)
         });
         let gqa = s.n_query_groups != s.n_head;
+        // (batch, heads, time, head), each group's key and value shared by its query heads
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, t > 1 && start == 0, None, gqa);
         // Not in place: attention's backward needs its own output unchanged.
         let y = match &b.adapter {
             None => y,
-            Some(a) => {
-                let prefix = cast(&a.prefix, x).unsqueeze(0);
-                let p = prefix.size()[1];
-                let project = |lin: &Linear| {
-                    lin.forward(&prefix, self.training)
-                        .view([1, p, s.n_query_groups, s.head_size])
-                        .transpose(1, 2)
-                        .expand([batch, s.n_query_groups, p, s.head_size], false)
-                };
-                let ay = Tensor::scaled_dot_product_attention::<Tensor>(
-                    &q,
-                    &project(&b.k),
-                    &project(&b.v),
-                    None,
-                    0.0,
-                    false,
-                    None,
-                    gqa,
-                );
-                y + cast(&a.gate, x) * ay
-            }
+            Some(a) => y + a.attend(&q, &b.k, &b.v, s, self.ctx()),
         };
-        b.o.forward(&y.transpose(1, 2).reshape([batch, t, s.n_head * s.head_size]), self.training)
+        // (batch, heads, time, head) → (batch, time, heads × head)
+        b.o.forward(&y.transpose(1, 2).reshape([batch, t, s.n_head * s.head_size]), self.ctx())
     }
 
     fn mlp(&self, b: &Block, x: &Tensor) -> Tensor {
-        let f = |i: usize, x: &Tensor| b.mlp[i].forward(x, self.training);
-        match self.spec.mlp {
-            Mlp::Gelu => f(1, &f(0, x).gelu("none")),
-            Mlp::GeluTanh => f(1, &f(0, x).gelu("tanh")),
-            Mlp::SwiGlu => f(2, &(f(0, x).silu() * f(1, x))),
-        }
+        let (m, ctx) = (&b.mlp, self.ctx());
+        let hidden = match (self.spec.mlp, &m.gate) {
+            (MlpKind::SwiGlu, Some(gate)) => gate.forward(x, ctx).silu() * m.up.forward(x, ctx),
+            (MlpKind::GeluTanh, _) => m.up.forward(x, ctx).gelu("tanh"),
+            _ => m.up.forward(x, ctx).gelu("none"),
+        };
+        m.down.forward(&hidden, ctx)
     }
 }
 
@@ -440,42 +416,32 @@ fn apply_rope(x: &Tensor, rope: &Rope, dims: i64) -> Tensor {
     }
 }
 
-/// Fused q/k/v rows are grouped per key/value group: the group's query heads, then its key, then its value.
-fn split_fused(spec: &ModelSpec, fused: Linear) -> (Linear, Linear, Linear) {
+/// Part `part` (0 q, 1 k, 2 v) of a fused q/k/v weight or bias: its rows are grouped per key/value
+/// group, each group holding its query heads, then its key, then its value.
+pub fn fused_part(spec: &ModelSpec, fused: &Tensor, part: usize) -> Tensor {
     let (groups, hs) = (spec.n_query_groups, spec.head_size);
     let per_group = spec.n_head / groups;
-    let split = |t: &Tensor| {
-        let trailing: Vec<i64> = t.size()[1..].to_vec();
-        let grouped = t.view(&*[&[groups, per_group + 2, hs][..], &trailing].concat());
-        let part = |from: i64, n: i64, rows: i64| {
-            grouped.narrow(1, from, n).reshape(&*[&[rows][..], &trailing].concat()).contiguous()
-        };
-        (part(0, per_group, spec.n_head * hs), part(per_group, 1, groups * hs), part(per_group + 1, 1, groups * hs))
+    let trailing: Vec<i64> = fused.size()[1..].to_vec();
+    // (rows, …) → (groups, per_group + 2, head, …)
+    let grouped = fused.view(&*[&[groups, per_group + 2, hs][..], &trailing].concat());
+    let (from, n, rows) = match part {
+        0 => (0, per_group, spec.n_head * hs),
+        1 => (per_group, 1, groups * hs),
+        _ => (per_group + 1, 1, groups * hs),
     };
-    let (wq, wk, wv) = split(&fused.weight);
-    let (bq, bk, bv) = match fused.bias.as_ref().map(split) {
-        Some((q, k, v)) => (Some(q), Some(k), Some(v)),
-        None => (None, None, None),
-    };
-    (Linear::new(wq, bq), Linear::new(wk, bk), Linear::new(wv, bv))
+    grouped.narrow(1, from, n).reshape(&*[&[rows][..], &trailing].concat()).contiguous()
 }
 
-/// The inverse of [`split_fused`]: per key/value group, its query heads, its key, its value.
-fn fuse(spec: &ModelSpec, q: &Linear, k: &Linear, v: &Linear) -> Linear {
+/// The inverse of [`fused_part`]: per key/value group, its query heads, its key, its value.
+fn fuse(spec: &ModelSpec, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     let (groups, hs) = (spec.n_query_groups, spec.head_size);
     let per_group = spec.n_head / groups;
-    let join = |q: &Tensor, k: &Tensor, v: &Tensor| {
-        let trailing: Vec<i64> = q.size()[1..].to_vec();
-        let shape = |n: i64| [&[groups, n, hs][..], &trailing].concat();
-        let rows = groups * (per_group + 2) * hs;
-        Tensor::cat(&[q.view(&*shape(per_group)), k.view(&*shape(1)), v.view(&*shape(1))], 1)
-            .reshape(&*[&[rows][..], &trailing].concat())
-    };
-    let bias = match (&q.bias, &k.bias, &v.bias) {
-        (Some(a), Some(b), Some(c)) => Some(join(a, b, c)),
-        _ => None,
-    };
-    Linear::new(join(&q.weight, &k.weight, &v.weight), bias)
+    let trailing: Vec<i64> = q.size()[1..].to_vec();
+    let shape = |n: i64| [&[groups, n, hs][..], &trailing].concat();
+    let rows = groups * (per_group + 2) * hs;
+    // (groups, per_group | 1 | 1, head, …) joined on the second axis, then flattened to (rows, …)
+    Tensor::cat(&[q.view(&*shape(per_group)), k.view(&*shape(1)), v.view(&*shape(1))], 1)
+        .reshape(&*[&[rows][..], &trailing].concat())
 }
 
 /// 1 / theta^(2i/d) in fp32, with Llama 3 frequency scaling when the checkpoint asks for it.

@@ -78,6 +78,35 @@ fn get<'a>(json: &'a Value, keys: &[&str]) -> Option<&'a Value> {
     keys.iter().find_map(|k| json.get(*k)).filter(|v| !v.is_null())
 }
 
+/// A `config.json`, read by the first of several names a key goes by.
+struct Json<'a> {
+    json: &'a Value,
+    /// transformers ≥ 5 nests rotary settings in `rope_parameters`; older configs keep them at the top.
+    rope: Value,
+}
+
+impl Json<'_> {
+    fn int(&self, keys: &[&str]) -> Result<i64, String> {
+        self.opt_int(keys).ok_or_else(|| format!("`{}` is missing or not a whole number", keys[0]))
+    }
+
+    fn opt_int(&self, keys: &[&str]) -> Option<i64> {
+        get(self.json, keys).and_then(Value::as_i64)
+    }
+
+    fn float(&self, keys: &[&str]) -> Option<f64> {
+        get(self.json, keys).and_then(Value::as_f64)
+    }
+
+    fn flag(&self, keys: &[&str]) -> Option<bool> {
+        get(self.json, keys).and_then(Value::as_bool)
+    }
+
+    fn rope_float(&self, keys: &[&str]) -> Option<f64> {
+        keys.iter().find_map(|k| self.rope.get(*k)).and_then(Value::as_f64).or_else(|| self.float(keys))
+    }
+}
+
 impl ModelSpec {
     pub fn from_file(path: &Path) -> Result<ModelSpec, Problems> {
         let text = std::fs::read_to_string(path)
@@ -101,42 +130,24 @@ impl ModelSpec {
                 ))
             }
         };
-        let int = |keys: &[&str]| -> Result<i64, String> {
-            get(json, keys)
-                .and_then(Value::as_i64)
-                .ok_or_else(|| format!("`{}` is missing or not a whole number", keys[0]))
-        };
-        let opt_int = |keys: &[&str]| get(json, keys).and_then(Value::as_i64);
-        let float = |keys: &[&str]| get(json, keys).and_then(Value::as_f64);
-        let flag = |keys: &[&str]| get(json, keys).and_then(Value::as_bool);
-        // transformers ≥ 5 nests rotary settings in `rope_parameters`; older configs keep them at the top.
-        let rope = get(json, &["rope_parameters"]).cloned().unwrap_or(Value::Null);
-        let rope_get =
-            |keys: &[&str]| keys.iter().find_map(|k| rope.get(*k)).and_then(Value::as_f64).or_else(|| float(keys));
-
-        let hidden_size = int(&["hidden_size", "n_embed", "d_model"])?;
-        let n_head = int(&["num_attention_heads", "n_head"])?;
-        let n_layer = int(&["num_hidden_layers", "n_layer"])?;
-        let vocab_size = int(&["vocab_size"])?;
+        let j = Json { json, rope: get(json, &["rope_parameters"]).cloned().unwrap_or(Value::Null) };
+        let hidden_size = j.int(&["hidden_size", "n_embed", "d_model"])?;
+        let n_head = j.int(&["num_attention_heads", "n_head"])?;
         if n_head <= 0 || hidden_size % n_head != 0 {
             return Err(format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {n_head}"));
         }
-        let head_size = opt_int(&["head_dim"]).unwrap_or(hidden_size / n_head);
-        let max_position_embeddings = opt_int(&["max_position_embeddings", "n_positions"]).unwrap_or(2048);
-        let mut rope_theta = rope_get(&["rope_theta", "rotary_emb_base"]).unwrap_or(10000.0);
-        let mut rope_llama3 = None;
-
-        // What every family shares; each arm below overrides what its config.json decides.
+        let head_size = j.opt_int(&["head_dim"]).unwrap_or(hidden_size / n_head);
+        // What every family shares; each family's function overrides what its config.json decides.
         let base = ModelSpec {
             family,
             model_type,
-            vocab_size,
+            vocab_size: j.int(&["vocab_size"])?,
             hidden_size,
-            n_layer,
+            n_layer: j.int(&["num_hidden_layers", "n_layer"])?,
             n_head,
             n_query_groups: n_head,
             head_size,
-            intermediate_size: opt_int(&["intermediate_size"]).unwrap_or(4 * hidden_size),
+            intermediate_size: j.opt_int(&["intermediate_size"]).unwrap_or(4 * hidden_size),
             norm: Norm::LayerNorm,
             norm_eps: 1e-5,
             mlp: Mlp::Gelu,
@@ -145,109 +156,15 @@ impl ModelSpec {
             parallel_residual: false,
             shared_attention_norm: false,
             rope_dims: head_size,
-            rope_theta,
+            rope_theta: j.rope_float(&["rope_theta", "rotary_emb_base"]).unwrap_or(10000.0),
             rope_llama3: None,
-            tie_embeddings: flag(&["tie_word_embeddings"]).unwrap_or(false),
-            max_position_embeddings,
+            tie_embeddings: j.flag(&["tie_word_embeddings"]).unwrap_or(false),
+            max_position_embeddings: j.opt_int(&["max_position_embeddings", "n_positions"]).unwrap_or(2048),
         };
         let spec = match family {
-            Family::Falcon => {
-                if flag(&["alibi"]) == Some(true) {
-                    return Err("Falcon with alibi = true is not supported; only rotary Falcon checkpoints are".into());
-                }
-                let new_arch = flag(&["new_decoder_architecture"]).unwrap_or(false);
-                let groups = if new_arch {
-                    opt_int(&["num_kv_heads", "n_head_kv"]).unwrap_or(n_head)
-                } else if flag(&["multi_query"]).unwrap_or(true) {
-                    1
-                } else {
-                    n_head
-                };
-                let parallel = flag(&["parallel_attn"]).unwrap_or(true);
-                if !parallel && new_arch {
-                    return Err(
-                        "Falcon with new_decoder_architecture and parallel_attn = false is not supported".into()
-                    );
-                }
-                let two_norms = new_arch && opt_int(&["num_ln_in_parallel_attn"]).unwrap_or(2) == 2;
-                let bias = flag(&["bias"]).unwrap_or(false);
-                ModelSpec {
-                    n_query_groups: groups,
-                    intermediate_size: opt_int(&["ffn_hidden_size"]).unwrap_or(4 * hidden_size),
-                    norm_eps: float(&["layer_norm_epsilon"]).unwrap_or(1e-5),
-                    qkv_bias: bias,
-                    proj_bias: bias,
-                    parallel_residual: parallel,
-                    shared_attention_norm: parallel && !two_norms,
-                    tie_embeddings: flag(&["tie_word_embeddings"]).unwrap_or(true),
-                    ..base
-                }
-            }
-            Family::Llama | Family::Qwen2 => {
-                let rope_type = rope
-                    .get("rope_type")
-                    .or_else(|| get(json, &["rope_scaling"]).and_then(|s| s.get("rope_type").or_else(|| s.get("type"))))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                let scaling = if rope.is_object() { Some(&rope) } else { get(json, &["rope_scaling"]) };
-                match rope_type {
-                    "default" => {}
-                    "llama3" => {
-                        let s = scaling.unwrap();
-                        let f =
-                            |k: &str| s.get(k).and_then(Value::as_f64).ok_or(format!("rope scaling `{k}` is missing"));
-                        rope_llama3 = Some(Llama3Scaling {
-                            factor: f("factor")?,
-                            low_freq_factor: f("low_freq_factor")?,
-                            high_freq_factor: f("high_freq_factor")?,
-                            original_max_position_embeddings: f("original_max_position_embeddings")?,
-                        });
-                    }
-                    other => {
-                        return Err(format!(
-                            "rope scaling type \"{other}\" is not supported; supported: default, llama3"
-                        ))
-                    }
-                }
-                if rope_theta <= 0.0 {
-                    rope_theta = 10000.0;
-                }
-                let qwen = family == Family::Qwen2;
-                ModelSpec {
-                    n_query_groups: opt_int(&["num_key_value_heads"]).unwrap_or(n_head),
-                    intermediate_size: int(&["intermediate_size"])?,
-                    norm: Norm::RmsNorm,
-                    norm_eps: float(&["rms_norm_eps"]).unwrap_or(1e-6),
-                    mlp: Mlp::SwiGlu,
-                    qkv_bias: qwen || flag(&["attention_bias"]).unwrap_or(false),
-                    proj_bias: !qwen && flag(&["attention_bias"]).unwrap_or(false),
-                    rope_theta,
-                    rope_llama3,
-                    ..base
-                }
-            }
-            Family::GptNeox => {
-                let pct = rope_get(&["partial_rotary_factor", "rotary_pct"]).unwrap_or(1.0);
-                let act = get(json, &["hidden_act"]).and_then(Value::as_str).unwrap_or("gelu");
-                let mlp = match act {
-                    "gelu" => Mlp::Gelu,
-                    "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => Mlp::GeluTanh,
-                    _ => {
-                        return Err(format!(
-                            "gpt_neox hidden_act \"{act}\" is not supported; supported: gelu, gelu_new, gelu_fast, gelu_pytorch_tanh"
-                        ))
-                    }
-                };
-                ModelSpec {
-                    norm_eps: float(&["layer_norm_eps"]).unwrap_or(1e-5),
-                    mlp,
-                    qkv_bias: flag(&["attention_bias"]).unwrap_or(true),
-                    proj_bias: true,
-                    parallel_residual: flag(&["use_parallel_residual"]).unwrap_or(true),
-                    rope_dims: (head_size as f64 * pct) as i64,
-                    ..base
-                }
-            }
+            Family::Falcon => falcon(&j, base)?,
+            Family::Llama | Family::Qwen2 => llama(&j, base)?,
+            Family::GptNeox => gpt_neox(&j, base)?,
         };
         if spec.n_query_groups <= 0 || spec.n_head % spec.n_query_groups != 0 {
             return Err(format!(
@@ -258,65 +175,9 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    /// Every weight of the checkpoint by its hub name, with its shape.
-    pub fn weights(&self) -> Vec<(String, Vec<i64>)> {
-        let names = self.names();
-        let (h, v, hs) = (self.hidden_size, self.vocab_size, self.head_size);
-        let (q, kv, ff) = (self.n_head * hs, self.n_query_groups * hs, self.intermediate_size);
-        let mut out: Vec<(String, Vec<i64>)> = vec![(names.embed.into(), vec![v, h])];
-        let linear = |out: &mut Vec<(String, Vec<i64>)>, name: String, rows: i64, cols: i64, bias: bool| {
-            if bias {
-                out.push((format!("{name}.bias"), vec![rows]));
-            }
-            out.push((format!("{name}.weight"), vec![rows, cols]));
-        };
-        let norm = |out: &mut Vec<(String, Vec<i64>)>, name: String| {
-            out.push((format!("{name}.weight"), vec![h]));
-            if self.norm == Norm::LayerNorm {
-                out.push((format!("{name}.bias"), vec![h]));
-            }
-        };
-        for i in 0..self.n_layer {
-            let p = format!("{}.{i}", names.layers);
-            norm(&mut out, format!("{p}.{}", names.norm1));
-            if let Some(norm2) = self.second_norm(&names) {
-                norm(&mut out, format!("{p}.{norm2}"));
-            }
-            match names.qkv {
-                Qkv::Fused(n) => linear(&mut out, format!("{p}.{n}"), q + 2 * kv, h, self.qkv_bias),
-                Qkv::Split(qn, kn, vn) => {
-                    linear(&mut out, format!("{p}.{qn}"), q, h, self.qkv_bias);
-                    linear(&mut out, format!("{p}.{kn}"), kv, h, self.qkv_bias);
-                    linear(&mut out, format!("{p}.{vn}"), kv, h, self.qkv_bias);
-                }
-            }
-            linear(&mut out, format!("{p}.{}", names.attn_out), h, q, self.proj_bias);
-            match self.mlp {
-                Mlp::Gelu | Mlp::GeluTanh => {
-                    linear(&mut out, format!("{p}.{}", names.mlp[0]), ff, h, self.proj_bias);
-                    linear(&mut out, format!("{p}.{}", names.mlp[1]), h, ff, self.proj_bias);
-                }
-                Mlp::SwiGlu => {
-                    linear(&mut out, format!("{p}.{}", names.mlp[0]), ff, h, self.proj_bias);
-                    linear(&mut out, format!("{p}.{}", names.mlp[1]), ff, h, self.proj_bias);
-                    linear(&mut out, format!("{p}.{}", names.mlp[2]), h, ff, self.proj_bias);
-                }
-            }
-        }
-        norm(&mut out, names.final_norm.into());
-        if !self.tie_embeddings {
-            out.push((names.head.into(), vec![v, h]));
-        }
-        out
-    }
-
-    /// The norm before the MLP, when the block has one of its own.
-    pub fn second_norm(&self, names: &WeightNames) -> Option<&'static str> {
-        (!self.shared_attention_norm).then_some(names.norm2)
-    }
-
+    /// The checkpoint's parameter count.
     pub fn num_params(&self) -> i64 {
-        self.weights().iter().map(|(_, s)| s.iter().product::<i64>()).sum()
+        super::layout::tensors(self, None).iter().map(|t| t.numel()).sum()
     }
 
     /// The hub's names for this family's weights.
@@ -326,41 +187,140 @@ impl ModelSpec {
                 // Parallel blocks with two norms (the 40B/180B layout) name them ln_attn/ln_mlp.
                 let two_parallel_norms = self.parallel_residual && !self.shared_attention_norm;
                 WeightNames {
-                    embed: "transformer.word_embeddings.weight",
+                    embed: "transformer.word_embeddings",
                     layers: "transformer.h",
                     norm1: if two_parallel_norms { "ln_attn" } else { "input_layernorm" },
                     norm2: if two_parallel_norms { "ln_mlp" } else { "post_attention_layernorm" },
                     qkv: Qkv::Fused("self_attention.query_key_value"),
                     attn_out: "self_attention.dense",
-                    mlp: ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h", ""],
+                    mlp_gate: "",
+                    mlp_up: "mlp.dense_h_to_4h",
+                    mlp_down: "mlp.dense_4h_to_h",
                     final_norm: "transformer.ln_f",
-                    head: "lm_head.weight",
+                    head: "lm_head",
                 }
             }
             Family::Llama | Family::Qwen2 => WeightNames {
-                embed: "model.embed_tokens.weight",
+                embed: "model.embed_tokens",
                 layers: "model.layers",
                 norm1: "input_layernorm",
                 norm2: "post_attention_layernorm",
                 qkv: Qkv::Split("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 attn_out: "self_attn.o_proj",
-                mlp: ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+                mlp_gate: "mlp.gate_proj",
+                mlp_up: "mlp.up_proj",
+                mlp_down: "mlp.down_proj",
                 final_norm: "model.norm",
-                head: "lm_head.weight",
+                head: "lm_head",
             },
             Family::GptNeox => WeightNames {
-                embed: "gpt_neox.embed_in.weight",
+                embed: "gpt_neox.embed_in",
                 layers: "gpt_neox.layers",
                 norm1: "input_layernorm",
                 norm2: "post_attention_layernorm",
                 qkv: Qkv::Fused("attention.query_key_value"),
                 attn_out: "attention.dense",
-                mlp: ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h", ""],
+                mlp_gate: "",
+                mlp_up: "mlp.dense_h_to_4h",
+                mlp_down: "mlp.dense_4h_to_h",
                 final_norm: "gpt_neox.final_layer_norm",
-                head: "embed_out.weight",
+                head: "embed_out",
             },
         }
     }
+}
+
+fn falcon(j: &Json, base: ModelSpec) -> Result<ModelSpec, String> {
+    if j.flag(&["alibi"]) == Some(true) {
+        return Err("Falcon with alibi = true is not supported; only rotary Falcon checkpoints are".into());
+    }
+    let new_arch = j.flag(&["new_decoder_architecture"]).unwrap_or(false);
+    let groups = if new_arch {
+        j.opt_int(&["num_kv_heads", "n_head_kv"]).unwrap_or(base.n_head)
+    } else if j.flag(&["multi_query"]).unwrap_or(true) {
+        1
+    } else {
+        base.n_head
+    };
+    let parallel = j.flag(&["parallel_attn"]).unwrap_or(true);
+    if !parallel && new_arch {
+        return Err("Falcon with new_decoder_architecture and parallel_attn = false is not supported".into());
+    }
+    let two_norms = new_arch && j.opt_int(&["num_ln_in_parallel_attn"]).unwrap_or(2) == 2;
+    let bias = j.flag(&["bias"]).unwrap_or(false);
+    Ok(ModelSpec {
+        n_query_groups: groups,
+        intermediate_size: j.opt_int(&["ffn_hidden_size"]).unwrap_or(4 * base.hidden_size),
+        norm_eps: j.float(&["layer_norm_epsilon"]).unwrap_or(1e-5),
+        qkv_bias: bias,
+        proj_bias: bias,
+        parallel_residual: parallel,
+        shared_attention_norm: parallel && !two_norms,
+        tie_embeddings: j.flag(&["tie_word_embeddings"]).unwrap_or(true),
+        ..base
+    })
+}
+
+/// Llama-family and Qwen2 checkpoints: RMSNorm, SwiGLU, grouped-query attention, optional Llama 3 rope
+/// scaling.
+fn llama(j: &Json, base: ModelSpec) -> Result<ModelSpec, String> {
+    let rope_type = j
+        .rope
+        .get("rope_type")
+        .or_else(|| get(j.json, &["rope_scaling"]).and_then(|s| s.get("rope_type").or_else(|| s.get("type"))))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let scaling = if j.rope.is_object() { Some(&j.rope) } else { get(j.json, &["rope_scaling"]) };
+    let rope_llama3 = match (rope_type, scaling) {
+        ("default", _) => None,
+        ("llama3", Some(s)) => {
+            let f = |k: &str| s.get(k).and_then(Value::as_f64).ok_or(format!("rope scaling `{k}` is missing"));
+            Some(Llama3Scaling {
+                factor: f("factor")?,
+                low_freq_factor: f("low_freq_factor")?,
+                high_freq_factor: f("high_freq_factor")?,
+                original_max_position_embeddings: f("original_max_position_embeddings")?,
+            })
+        }
+        (other, _) => return Err(format!("rope scaling type \"{other}\" is not supported; supported: default, llama3")),
+    };
+    let qwen = base.family == Family::Qwen2;
+    let attention_bias = j.flag(&["attention_bias"]).unwrap_or(false);
+    Ok(ModelSpec {
+        n_query_groups: j.opt_int(&["num_key_value_heads"]).unwrap_or(base.n_head),
+        intermediate_size: j.int(&["intermediate_size"])?,
+        norm: Norm::RmsNorm,
+        norm_eps: j.float(&["rms_norm_eps"]).unwrap_or(1e-6),
+        mlp: Mlp::SwiGlu,
+        qkv_bias: qwen || attention_bias,
+        proj_bias: !qwen && attention_bias,
+        rope_theta: if base.rope_theta <= 0.0 { 10000.0 } else { base.rope_theta },
+        rope_llama3,
+        ..base
+    })
+}
+
+fn gpt_neox(j: &Json, base: ModelSpec) -> Result<ModelSpec, String> {
+    let pct = j.rope_float(&["partial_rotary_factor", "rotary_pct"]).unwrap_or(1.0);
+    let act = get(j.json, &["hidden_act"]).and_then(Value::as_str).unwrap_or("gelu");
+    let mlp = match act {
+        "gelu" => Mlp::Gelu,
+        "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => Mlp::GeluTanh,
+        _ => {
+            return Err(format!(
+                "gpt_neox hidden_act \"{act}\" is not supported; supported: gelu, gelu_new, gelu_fast, gelu_pytorch_tanh"
+            ))
+        }
+    };
+    Ok(ModelSpec {
+        norm_eps: j.float(&["layer_norm_eps"]).unwrap_or(1e-5),
+        mlp,
+        qkv_bias: j.flag(&["attention_bias"]).unwrap_or(true),
+        proj_bias: true,
+        parallel_residual: j.flag(&["use_parallel_residual"]).unwrap_or(true),
+        rope_dims: (base.head_size as f64 * pct) as i64,
+        ..base
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -370,6 +330,7 @@ pub enum Qkv {
     Split(&'static str, &'static str, &'static str),
 }
 
+/// The hub's module names of a family (a tensor's name adds `.weight` or `.bias`).
 #[derive(Debug, Clone, Copy)]
 pub struct WeightNames {
     pub embed: &'static str,
@@ -378,8 +339,10 @@ pub struct WeightNames {
     pub norm2: &'static str,
     pub qkv: Qkv,
     pub attn_out: &'static str,
-    /// fc, proj (GELU) or gate, up, down (SwiGLU).
-    pub mlp: [&'static str; 3],
+    /// SwiGLU's gate projection; unused by GELU MLPs.
+    pub mlp_gate: &'static str,
+    pub mlp_up: &'static str,
+    pub mlp_down: &'static str,
     pub final_norm: &'static str,
     pub head: &'static str,
 }

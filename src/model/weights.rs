@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
+use super::layout::hub_tensors;
 use super::spec::ModelSpec;
 use crate::error::Problems;
 
@@ -72,7 +73,8 @@ fn is_ignorable(name: &str) -> bool {
 
 /// Every weight of `spec` from `dir`, converted to `kind` on `device`, by hub name.
 pub fn load(dir: &Path, spec: &ModelSpec, kind: Kind, device: Device) -> Result<HashMap<String, Tensor>, Problems> {
-    let expected: BTreeMap<String, Vec<i64>> = spec.weights().into_iter().collect();
+    let expected: BTreeMap<String, Vec<i64>> = hub_tensors(spec).into_iter().collect();
+    let head = format!("{}.weight", spec.names().head);
     let mut found = HashMap::new();
     let mut problems = Problems::default();
     for file in weight_files(dir)? {
@@ -88,7 +90,7 @@ pub fn load(dir: &Path, spec: &ModelSpec, kind: Kind, device: Device) -> Result<
             match expected.get(&name) {
                 None if is_ignorable(&name) => {}
                 // Tied checkpoints sometimes store the head anyway: it must equal the embedding, so skip it.
-                None if spec.tie_embeddings && name == spec.names().head => {}
+                None if spec.tie_embeddings && name == head => {}
                 None => problems.push(format!(
                     "{}: unexpected tensor {name} {shape:?}: it does not belong to a {:?} model with this config.json",
                     file.display(),

@@ -6,14 +6,15 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tch::Kind;
 
-use super::batches::{self, Order};
-use super::optimizer::{learning_rate, AdamW};
-use super::{accumulate_gradients, build_model, peak_rss_mib};
-use crate::config::Config;
+use super::peak_rss_mib;
+use super::trainer::{MicroBatch, Trainer};
+use crate::config::{Config, MethodKind};
 use crate::data::prepare::labels;
 use crate::data::Sample;
-use crate::model::spec::ModelSpec;
-use crate::{methods, plan};
+use crate::experiment::checkpoint::TrainerState;
+use crate::experiment::ParamCount;
+use crate::methods;
+use crate::model::spec::{Mlp, ModelSpec};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -43,7 +44,7 @@ pub struct Report {
     pub model_tflops_per_s: f64,
     /// `model_tflops_per_s` over the device's peak, when it is known (CUDA cards by name).
     pub mfu: Option<f64>,
-    pub parameters: methods::ParamCount,
+    pub parameters: ParamCount,
 }
 
 /// Samples of exactly `len` tokens (random ids), the first half a masked prompt.
@@ -70,7 +71,7 @@ fn synthetic(n: usize, len: usize, vocab: i64, seed: u64) -> Vec<Sample> {
 fn trunk_flops_per_token(spec: &ModelSpec, context: f64) -> f64 {
     let (d, hs) = (spec.hidden_size as f64, spec.head_size as f64);
     let (q, kv) = (spec.n_head as f64 * hs, spec.n_query_groups as f64 * hs);
-    let mlp_matrices = if matches!(spec.mlp, crate::model::spec::Mlp::SwiGlu) { 3.0 } else { 2.0 };
+    let mlp_matrices = if spec.mlp == Mlp::SwiGlu { 3.0 } else { 2.0 };
     let weights = d * q + 2.0 * d * kv + q * d + mlp_matrices * spec.intermediate_size as f64 * d;
     spec.n_layer as f64 * (2.0 * weights + 4.0 * q * context)
 }
@@ -78,9 +79,9 @@ fn trunk_flops_per_token(spec: &ModelSpec, context: f64) -> f64 {
 /// Model FLOPs of one micro-batch's forward and backward pass: backward through the activations costs
 /// as much as the forward pass, and weight gradients cost as much again for the weights that train —
 /// all of them for `full`; for the other methods their small matrices (2 FLOPs per weight per token).
-fn step_flops(spec: &ModelSpec, b: &batches::Batch, full: bool, trainable: f64) -> f64 {
+fn step_flops(spec: &ModelSpec, b: &MicroBatch, full: bool, trainable: f64) -> f64 {
     let (real, supervised) = (b.real_tokens as f64, b.supervised as f64);
-    let context = b.inputs.size()[1] as f64 / 2.0;
+    let context = b.width as f64 / 2.0;
     let head = 2.0 * spec.hidden_size as f64 * spec.vocab_size as f64 * supervised;
     let forward = real * trunk_flops_per_token(spec, context) + head;
     let weight_grads = if full { forward } else { 2.0 * trainable * real };
@@ -140,46 +141,27 @@ impl GpuMemoryWatch {
 /// Runs `steps` optimizer steps of `c` (its model, method, precision, batch sizes and learning-rate
 /// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
 pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
-    let t = &c.train;
-    let mut built = build_model(c)?;
+    let built = methods::build(c)?;
     let spec = built.model.spec.clone();
-    let (train, data) = if synthetic_data {
-        let len = c.data.max_seq_length as usize;
-        let samples = synthetic(t.batch_size as usize * 4, len, spec.vocab_size, c.seed);
-        (samples, format!("synthetic: {len} random tokens per sample, the first half a masked prompt"))
-    } else {
-        let prepared = crate::data::prepare_for(c)?;
-        let train = prepared.split("train").to_vec();
-        if train.is_empty() {
-            crate::bail_user!("{}: no training samples; see `ftexp prepare`", c.data.path);
-        }
-        let n = train.len();
-        (train, format!("{}: train split, {n} samples", c.data.path))
-    };
-    let mut opt = AdamW::new(&built.trainable, methods::decays);
+    let (train, data) = samples(c, &spec, synthetic_data)?;
     let parameters = methods::count(&spec, &c.method);
-    let device = built.model.device();
-    let mut order = Order::new(c.seed, train.len());
-    let (mut seen, mut micro_batches, mut real, mut padded, mut flops) = (0u64, 0u64, 0u64, 0u64, 0f64);
+    let (device, kind, precision) = (built.model.device(), built.model.kind(), built.placement.precision);
+    let mut trainer = Trainer::new(built, c, &train, steps, TrainerState::default());
+    let (mut micro_batches, mut real, mut padded, mut flops) = (0u64, 0u64, 0u64, 0f64);
     let mut losses = Vec::new();
     let watch = match device {
         tch::Device::Cuda(index) => Some(GpuMemoryWatch::start(index)),
         _ => None,
     };
     let clock = Instant::now();
-    for step in 1..=steps {
-        super::seed_step(c.seed, step);
-        let step_batches = batches::for_step(&train, &mut order, &mut seen, t, device);
-        let loss = accumulate_gradients(&mut built.model, &step_batches);
-        let lr = learning_rate(step, t.learning_rate, t.min_lr, t.warmup_iters.min(steps), steps, &t.lr_schedule);
-        opt.update(lr, t);
-        losses.push(loss.double_value(&[]));
-        for b in &step_batches {
-            let size = b.inputs.size();
+    for _ in 0..steps {
+        let stats = trainer.step();
+        losses.push(stats.loss.double_value(&[]));
+        for b in &stats.micro_batches {
             micro_batches += 1;
             real += b.real_tokens as u64;
-            padded += (size[0] * (size[1] + 1)) as u64;
-            flops += step_flops(&spec, b, c.method.kind == "full", parameters.trainable as f64);
+            padded += (b.rows * (b.width + 1)) as u64;
+            flops += step_flops(&spec, b, c.method.kind == MethodKind::Full, parameters.trainable as f64);
         }
     }
     if let tch::Device::Cuda(index) = device {
@@ -189,13 +171,13 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
     let peak_gpu_mib = watch.and_then(GpuMemoryWatch::finish);
     let tflops = flops / seconds / 1e12;
     Ok(Report {
-        method: c.method.kind.clone(),
-        device: plan::device_name(device),
-        precision: built.precision.clone(),
+        method: c.method.kind.to_string(),
+        device: crate::device::name(device),
+        precision: precision.to_string(),
         data,
         steps,
         micro_batches,
-        samples: seen,
+        samples: trainer.state.samples_seen,
         real_tokens: real,
         padded_tokens: padded,
         seconds,
@@ -204,7 +186,23 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
         peak_rss_mib: peak_rss_mib(),
         peak_gpu_mib,
         model_tflops_per_s: tflops,
-        mfu: peak_flops(device, built.model.kind()).map(|p| tflops * 1e12 / p),
+        mfu: peak_flops(device, kind).map(|p| tflops * 1e12 / p),
         parameters,
     })
+}
+
+/// The samples to train on: the config's train split, or synthetic ones; and where they came from.
+fn samples(c: &Config, spec: &ModelSpec, synthetic_data: bool) -> anyhow::Result<(Vec<Sample>, String)> {
+    if synthetic_data {
+        let len = c.data.max_seq_length as usize;
+        let samples = synthetic(c.train.batch_size as usize * 4, len, spec.vocab_size, c.seed);
+        return Ok((samples, format!("synthetic: {len} random tokens per sample, the first half a masked prompt")));
+    }
+    let prepared = crate::data::prepare_for(c)?;
+    let train = prepared.split("train").to_vec();
+    if train.is_empty() {
+        crate::bail_user!("{}: no training samples; see `ftexp prepare`", c.data.path);
+    }
+    let n = train.len();
+    Ok((train, format!("{}: train split, {n} samples", c.data.path)))
 }

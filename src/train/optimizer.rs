@@ -2,6 +2,9 @@
 //! (betas 0.9 and 0.95 as litgpt uses, eps 1e-8, decoupled weight decay).
 use tch::{Kind, Tensor};
 
+use crate::config::TrainConfig;
+use crate::methods::Trainable;
+
 pub const BETA1: f64 = 0.9;
 pub const BETA2: f64 = 0.95;
 pub const EPS: f64 = 1e-8;
@@ -15,14 +18,14 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// `params` by name; `decays(name, shape)` picks those weight decay applies to.
-    pub fn new(params: &[(String, Tensor)], decays: impl Fn(&str, &[i64]) -> bool) -> AdamW {
+    /// Moments for each of `params`, zero.
+    pub fn new(params: &[Trainable]) -> AdamW {
         let zeros = |t: &Tensor| Tensor::zeros(t.size(), (Kind::Float, t.device()));
         AdamW {
-            m: params.iter().map(|(_, t)| zeros(t)).collect(),
-            v: params.iter().map(|(_, t)| zeros(t)).collect(),
-            decay: params.iter().map(|(n, t)| decays(n, &t.size())).collect(),
-            params: params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+            m: params.iter().map(|p| zeros(&p.tensor)).collect(),
+            v: params.iter().map(|p| zeros(&p.tensor)).collect(),
+            decay: params.iter().map(|p| p.decays).collect(),
+            params: params.iter().map(|p| (p.name.clone(), p.tensor.shallow_clone())).collect(),
             step: 0,
         }
     }
@@ -55,7 +58,7 @@ impl AdamW {
     }
 
     /// Clips the gradients to `train.max_grad_norm`, then one update with `lr` and `train.weight_decay`.
-    pub fn update(&mut self, lr: f64, t: &crate::config::schema::TrainConfig) {
+    pub fn update(&mut self, lr: f64, t: &TrainConfig) {
         self.clip_grad_norm(t.max_grad_norm);
         self.step(lr, t.weight_decay);
     }
@@ -106,17 +109,4 @@ impl AdamW {
         }
         Ok(())
     }
-}
-
-/// The learning rate for optimizer step `step` (1-based): linear warm-up over `warmup` steps, then
-/// cosine from `lr` to `min_lr` at `total`, or constant.
-pub fn learning_rate(step: u64, lr: f64, min_lr: f64, warmup: u64, total: u64, schedule: &str) -> f64 {
-    if step <= warmup && warmup > 0 {
-        return lr * step as f64 / warmup as f64;
-    }
-    if schedule == "constant" || total <= warmup {
-        return lr;
-    }
-    let progress = (step - warmup) as f64 / (total - warmup) as f64;
-    min_lr + (lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
 }

@@ -3,9 +3,9 @@
 use rand::{RngExt, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::schema::TrainConfig;
-use crate::data::prepare::IGNORE;
-use crate::data::Sample;
+use super::prepare::IGNORE;
+use super::Sample;
+use crate::config::TrainConfig;
 
 pub struct Batch {
     /// `(batch, time - 1)`: the inputs; the last token of the longest sample never predicts anything.

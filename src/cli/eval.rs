@@ -1,0 +1,92 @@
+//! `ftexp eval`.
+use std::path::{Path, PathBuf};
+
+use ftexp::device::Placement;
+use ftexp::error::Problems;
+use ftexp::eval::{self, EvalRequest, RunEval};
+use ftexp::model::Gpt;
+use ftexp::tokenizer::Tokenizer;
+
+use super::args::{print_json, DeviceArgs, JsonArg};
+
+/// Loss and perplexity of a run on one of its data splits (and, with --generate, the exact-match rate
+/// of greedy answers), or of a base checkpoint on a text file.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A run directory experiments/<name>/v<N>: loss and perplexity on one of its data splits.
+    run: Option<PathBuf>,
+    /// With a run: which split.
+    #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
+    split: String,
+    /// With a run: also the exact-match rate of greedy answers against the split's outputs.
+    #[arg(long)]
+    generate: bool,
+    /// With a run: evaluate its base model (before fine-tuning) the same way.
+    #[arg(long)]
+    base: bool,
+    /// With a run: the checkpoint of this step instead of the final one.
+    #[arg(long)]
+    step: Option<u64>,
+    /// Without a run: a base checkpoint directory …
+    #[arg(long, required_unless_present = "run")]
+    checkpoint: Option<PathBuf>,
+    /// … and a UTF-8 text file, read as one sequence.
+    #[arg(long, required_unless_present = "run")]
+    text: Option<PathBuf>,
+    /// Use at most this many tokens (default: the model's context length).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+/// A base checkpoint and its tokenizer on the device of `--device` and `--precision`.
+pub fn load_checkpoint(dir: &Path, d: &DeviceArgs) -> Result<(Gpt, Tokenizer), Problems> {
+    let placement = Placement::resolve(d.device, d.precision);
+    placement.check_available().map_err(|why| Problems::one(format!("--device {}: {why}; use --device cpu", d.device)))?;
+    eval::load_checkpoint(dir, placement)
+}
+
+pub fn exec(a: Args) -> anyhow::Result<()> {
+    if let Some(dir) = &a.run {
+        let req = EvalRequest { split: &a.split, generate: a.generate, base: a.base, step: a.step, device: Some(a.device.device) };
+        let r = eval::evaluate_run(dir, &req)?;
+        return if a.json.json { print_json(&r) } else { print_run(&r) };
+    }
+    let (Some(checkpoint), Some(text)) = (&a.checkpoint, &a.text) else {
+        ftexp::bail_user!("give a run directory, or --checkpoint and --text");
+    };
+    let (model, tokenizer) = load_checkpoint(checkpoint, &a.device)?;
+    let body =
+        std::fs::read_to_string(text).map_err(|e| Problems::one(format!("{}: cannot read: {e}", text.display())))?;
+    let mut ids = tokenizer.encode(&body, true)?;
+    ids.truncate(a.max_tokens.unwrap_or(model.spec.max_position_embeddings as usize));
+    if ids.len() < 2 {
+        ftexp::bail_user!("{}: needs at least 2 tokens to measure next-token loss", text.display());
+    }
+    let p = eval::perplexity(&model, &ids);
+    if a.json.json {
+        println!("{}", serde_json::to_string(&p)?);
+    } else {
+        println!("tokens:      {}", p.tokens);
+        println!("mean NLL:    {:.6}", p.mean_nll);
+        println!("perplexity:  {:.4}", p.perplexity);
+    }
+    Ok(())
+}
+
+fn print_run(r: &RunEval) -> anyhow::Result<()> {
+    println!("{} — {}, {} split ({} samples)", r.run.display(), r.model, r.split, r.samples);
+    if let Some(l) = r.loss {
+        println!("loss:        {l:.4}\nperplexity:  {:.4}", l.exp());
+    }
+    if let Some(em) = &r.exact_match {
+        println!("exact match: {}/{} = {:.1}%", em.correct, em.samples, 100.0 * em.rate);
+        for (q, want, got) in &em.examples {
+            println!("  {q}\n    expected: {want}\n    answered: {got}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `ftexp generate`.
+use std::io::Write;
+use std::path::PathBuf;
+
+use ftexp::data::{prompt, Record};
+use ftexp::generate::{timed, Sampling, Streamer};
+
+use super::args::DeviceArgs;
+
+/// Generate text from a checkpoint: one prefill, then one token per step, streamed to stdout.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A base checkpoint directory (config.json, *.safetensors, tokenizer.json), or a run directory
+    /// experiments/<name>/v<N> (its base plus its trained weights and prompt style).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// With a run directory: use the checkpoint of this step instead of the final one.
+    #[arg(long)]
+    step: Option<u64>,
+    /// The instruction (with a run, put into the run's prompt template).
+    #[arg(long)]
+    prompt: String,
+    /// With a run: the optional input that goes with the instruction.
+    #[arg(long, default_value = "")]
+    input: String,
+    /// With a run: use the prompt as it is, without the run's template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 50)]
+    max_new_tokens: usize,
+    /// 0 picks the most likely token every time (greedy); higher is more random.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sample only among the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probabilities add up to p.
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Print {"ids": [...], "text": "...", timings} for the generated part instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn exec(a: Args) -> anyhow::Result<()> {
+    let (model, tokenizer, text) = if a.checkpoint.join("run.json").is_file() {
+        let run = ftexp::eval::load_run(&a.checkpoint, a.step, false, Some(a.device.device))?;
+        let record = Record { instruction: a.prompt.clone(), input: a.input, output: String::new() };
+        let text = if a.raw { a.prompt } else { prompt::render(&run.config.data.prompt_style, &record) };
+        (run.model, run.tokenizer, text)
+    } else {
+        let (model, tokenizer) = super::eval::load_checkpoint(&a.checkpoint, &a.device)?;
+        (model, tokenizer, a.prompt)
+    };
+    let ids = tokenizer.encode(&text, true)?;
+    if ids.is_empty() {
+        ftexp::bail_user!("--prompt is empty after tokenization; give some text");
+    }
+    let sampling =
+        Sampling { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    let mut streamer = Streamer::new(&tokenizer);
+    let out = timed(&model, &ids, &sampling, &tokenizer.eos_ids, |id| {
+        if !a.json {
+            let mut lock = std::io::stdout().lock();
+            let _ = write!(lock, "{}", streamer.push(id));
+            let _ = lock.flush();
+        }
+    });
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "ids": out.ids, "text": tokenizer.decode(&out.ids), "prompt_tokens": out.prompt_tokens,
+                "prefill_s": out.prefill_s, "decode_s": out.decode_s,
+                "prefill_tokens_per_s": out.prefill_tokens_per_s(),
+                "decode_tokens_per_s": out.decode_tokens_per_s(),
+            })
+        );
+    } else {
+        println!();
+    }
+    Ok(())
+}

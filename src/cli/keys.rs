@@ -1,0 +1,14 @@
+//! `ftexp keys`.
+
+/// List every config key with its type, default and meaning.
+#[derive(clap::Args)]
+pub struct Args {
+    /// As a Markdown table (README's config reference).
+    #[arg(long)]
+    markdown: bool,
+}
+
+pub fn exec(a: Args) -> anyhow::Result<()> {
+    print!("{}", ftexp::config::keys_reference(a.markdown));
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! The commands, one file each: a `clap::Args` struct and an `exec` that calls the library and prints.
+//! Exit codes: 0 done, 2 a problem the user can fix (each printed as one `error:` line), 1 anything else.
+mod args;
+mod bench;
+mod download;
+mod env;
+mod eval;
+mod generate;
+mod keys;
+mod plan;
+mod prepare;
+mod report;
+mod rerun;
+mod run;
+mod sweep;
+mod tokenizer;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use ftexp::error::Problems;
+
+#[derive(Parser)]
+#[command(name = "ftexp", about = "Fine-tune large language models from declarative TOML experiment files")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Env(env::Args),
+    Plan(plan::Args),
+    Run(run::Args),
+    Bench(bench::Args),
+    Sweep(sweep::Args),
+    Rerun(rerun::Args),
+    Prepare(prepare::Args),
+    Download(download::Args),
+    Generate(generate::Args),
+    Eval(eval::Args),
+    Report(report::Args),
+    Tokenizer(tokenizer::Args),
+    Keys(keys::Args),
+}
+
+fn exec(command: Command) -> Result<()> {
+    match command {
+        Command::Env(a) => env::exec(a),
+        Command::Plan(a) => plan::exec(a),
+        Command::Run(a) => run::exec(a),
+        Command::Bench(a) => bench::exec(a),
+        Command::Sweep(a) => sweep::exec(a),
+        Command::Rerun(a) => rerun::exec(a),
+        Command::Prepare(a) => prepare::exec(a),
+        Command::Download(a) => download::exec(a),
+        Command::Generate(a) => generate::exec(a),
+        Command::Eval(a) => eval::exec(a),
+        Command::Report(a) => report::exec(a),
+        Command::Tokenizer(a) => tokenizer::exec(a),
+        Command::Keys(a) => keys::exec(a),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let wants_version = std::env::args().skip(1).any(|a| a == "--version" || a == "-V");
+    let version: &'static str =
+        if wants_version { Box::leak(env::version_line().into_boxed_str()) } else { env!("CARGO_PKG_VERSION") };
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match exec(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<Problems>() {
+            Some(problems) => {
+                for line in &problems.0 {
+                    eprintln!("error: {line}");
+                }
+                ExitCode::from(2)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}

@@ -1,0 +1,95 @@
+//! What a model scores: the mean loss over supervised tokens of prepared samples, perplexity on a
+//! text, and the exact-match rate of greedy answers.
+use tch::{Kind, Tensor};
+
+use crate::data::batches::{self, Batch};
+use crate::data::Sample;
+use crate::generate::{generate, ids_tensor, Sampling};
+use crate::model::Gpt;
+use crate::tokenizer::Tokenizer;
+
+/// Cross entropy of the supervised positions only: the LM head never sees prompt or padding positions.
+pub fn supervised_loss(model: &Gpt, batch: &Batch, reduction: tch::Reduction) -> Tensor {
+    let hidden = model.hidden(&batch.inputs, None); // (batch, time, hidden)
+    let width = hidden.size()[2];
+    let picked = hidden.view([-1, width]).index_select(0, &batch.positions); // (supervised, hidden)
+    let logits = model.logits(&picked).to_kind(Kind::Float);
+    logits.cross_entropy_loss::<Tensor>(&batch.targets, None, reduction, -100, 0.0)
+}
+
+/// Mean loss over supervised tokens of `samples` in micro-batches of `micro`, at most `max_batches`.
+pub fn mean_loss(model: &mut Gpt, samples: &[Sample], micro: usize, max_batches: Option<usize>) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let was = std::mem::replace(&mut model.training, false);
+    let (mut sum, mut count) = (Tensor::zeros([], (Kind::Float, model.device())), 0i64);
+    tch::no_grad(|| {
+        for chunk in samples.chunks(micro).take(max_batches.unwrap_or(usize::MAX)) {
+            let refs: Vec<&Sample> = chunk.iter().collect();
+            let batch = batches::make(&refs, model.device());
+            sum += supervised_loss(model, &batch, tch::Reduction::Sum);
+            count += batch.supervised;
+        }
+    });
+    model.training = was;
+    (count > 0).then(|| sum.double_value(&[]) / count as f64)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Perplexity {
+    pub tokens: usize,
+    pub mean_nll: f64,
+    pub perplexity: f64,
+}
+
+/// Mean next-token negative log-likelihood of `ids` as one sequence.
+pub fn perplexity(model: &Gpt, ids: &[u32]) -> Perplexity {
+    tch::no_grad(|| {
+        let input = ids_tensor(ids, model.device()); // (1, time)
+        let t = ids.len() as i64;
+        let logits = model.forward(&input.narrow(1, 0, t - 1), None).to_kind(Kind::Float);
+        let targets = input.narrow(1, 1, t - 1);
+        let nll = logits
+            .view([t - 1, -1])
+            .cross_entropy_loss::<Tensor>(&targets.view([t - 1]), None, tch::Reduction::Mean, -100, 0.0)
+            .double_value(&[]);
+        Perplexity { tokens: ids.len(), mean_nll: nll, perplexity: nll.exp() }
+    })
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExactMatch {
+    pub samples: usize,
+    pub correct: usize,
+    pub rate: f64,
+    /// A few (prompt's instruction, expected, answered) triples to show.
+    pub examples: Vec<(String, String, String)>,
+}
+
+/// Greedy answers to each sample's prompt, compared with its expected output (surrounding white space
+/// ignored).
+pub fn exact_match(model: &Gpt, tokenizer: &Tokenizer, samples: &[Sample], show: usize) -> ExactMatch {
+    let mut correct = 0;
+    let mut examples = Vec::new();
+    for s in samples {
+        let expected_len = s.input_ids.len() - s.input_ids_no_response.len();
+        let sampling = Sampling { max_new_tokens: expected_len + 8, ..Sampling::default() };
+        let mut ids = generate(model, &s.input_ids_no_response, &sampling, &tokenizer.eos_ids, true, |_| {});
+        if ids.last().is_some_and(|id| tokenizer.eos_ids.contains(id)) {
+            ids.pop();
+        }
+        let answer = tokenizer.decode(&ids);
+        if answer.trim() == s.output.trim() {
+            correct += 1;
+        }
+        if examples.len() < show {
+            examples.push((
+                s.instruction.clone() + if s.input.is_empty() { "" } else { " | " } + &s.input,
+                s.output.clone(),
+                answer,
+            ));
+        }
+    }
+    ExactMatch { samples: samples.len(), correct, rate: correct as f64 / samples.len().max(1) as f64, examples }
+}

@@ -1,0 +1,130 @@
+//! Using a run: its model loaded with the trained tensors of a checkpoint, and its data splits
+//! evaluated (loss, perplexity, exact match), the results kept in its run.json for `ftexp report`.
+mod measures;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use measures::{exact_match, mean_loss, perplexity, supervised_loss, ExactMatch, Perplexity};
+
+use crate::config::{Config, DeviceSetting};
+use crate::device::Placement;
+use crate::error::Problems;
+use crate::experiment::{checkpoint, utc_now, Evaluation, Experiment};
+use crate::methods;
+use crate::model::Gpt;
+use crate::tokenizer::Tokenizer;
+
+/// A finished (or running) experiment loaded for use: its config, and its base model with the method
+/// applied and the trained tensors of `checkpoints/final` (or `step-<step>`) loaded — or, with `base`,
+/// the untouched base model (every method computes the base model before its first step).
+pub struct LoadedRun {
+    pub config: Config,
+    pub model: Gpt,
+    pub tokenizer: Tokenizer,
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Loads the run in `dir`; `device` overrides the one it trained on.
+pub fn load_run(dir: &Path, step: Option<u64>, base: bool, device: Option<DeviceSetting>) -> Result<LoadedRun, Problems> {
+    let exp = Experiment::open(dir)?;
+    let mut config = crate::config::resolve(&exp.dir.join("config.toml"), &[])?.config;
+    if let Some(d) = device.filter(|d| *d != DeviceSetting::Auto) {
+        config.model.device = d;
+    }
+    let mut built = methods::build(&config)?;
+    let checkpoint = if base {
+        None
+    } else {
+        let name = step.map_or("final".to_string(), checkpoint::dir_name);
+        let ckpt = exp.dir.join("checkpoints").join(&name);
+        if !ckpt.join(checkpoint::STATE).is_file() {
+            let have: Vec<String> = checkpoint::list(&exp.dir)
+                .iter()
+                .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+                .collect();
+            return Err(Problems::one(format!(
+                "{}: no checkpoint {name}; this run has: {}",
+                exp.dir.display(),
+                if have.is_empty() { "none".into() } else { have.join(", ") }
+            )));
+        }
+        methods::load_trained(&built.trainable, &ckpt)?;
+        Some(ckpt)
+    };
+    built.model.training = false;
+    let tokenizer = Tokenizer::from_dir(&built.tokenizer_dir)?;
+    Ok(LoadedRun { config, model: built.model, tokenizer, checkpoint })
+}
+
+/// What `ftexp eval RUN` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunEval {
+    pub run: PathBuf,
+    /// The checkpoint evaluated, or `base model`.
+    pub model: String,
+    pub split: String,
+    pub samples: usize,
+    pub loss: Option<f64>,
+    pub perplexity: Option<f64>,
+    pub exact_match: Option<ExactMatch>,
+}
+
+/// What to evaluate of a run.
+pub struct EvalRequest<'a> {
+    pub split: &'a str,
+    /// Also the exact-match rate of greedy answers.
+    pub generate: bool,
+    /// The base model instead of the fine-tuned one.
+    pub base: bool,
+    pub step: Option<u64>,
+    pub device: Option<DeviceSetting>,
+}
+
+/// Evaluates a split of the run in `dir` and records the result in its run.json (under the split's
+/// name, or `<split>_base` for the base model).
+pub fn evaluate_run(dir: &Path, req: &EvalRequest) -> Result<RunEval, Problems> {
+    let mut run = load_run(dir, req.step, req.base, req.device)?;
+    let data = crate::data::prepare_for(&run.config)?;
+    let samples = data.split(req.split);
+    if samples.is_empty() {
+        return Err(Problems::one(format!("{}: the {} split is empty", dir.display(), req.split)));
+    }
+    let micro = run.config.train.micro_batch_size as usize;
+    let loss = mean_loss(&mut run.model, samples, micro, None);
+    let em = req.generate.then(|| exact_match(&run.model, &run.tokenizer, samples, 3));
+    let model = match (&run.checkpoint, req.base) {
+        (_, true) => "base model".to_string(),
+        (Some(c), false) => c.display().to_string(),
+        (None, false) => String::new(),
+    };
+    let key = if req.base { format!("{}_base", req.split) } else { req.split.to_string() };
+    let record = Evaluation {
+        model: model.clone(),
+        samples: samples.len(),
+        loss,
+        perplexity: loss.map(f64::exp),
+        exact_match: em.as_ref().map(|e| e.rate),
+        time: utc_now(),
+    };
+    Experiment::open(dir)?.update(|i| {
+        i.evaluations.insert(key, record);
+    })?;
+    Ok(RunEval {
+        run: dir.to_path_buf(),
+        model,
+        split: req.split.to_string(),
+        samples: samples.len(),
+        loss,
+        perplexity: loss.map(f64::exp),
+        exact_match: em,
+    })
+}
+
+/// A base checkpoint directory's model and tokenizer, placed on `placement`.
+pub fn load_checkpoint(dir: &Path, placement: Placement) -> Result<(Gpt, Tokenizer), Problems> {
+    let tokenizer = Tokenizer::from_dir(dir)?;
+    let model = crate::model::load(dir, placement.weight_kind(), placement.device)?;
+    Ok((model, tokenizer))
+}

@@ -1,0 +1,122 @@
+//! A config's model, ready to train or use: the base located and loaded (or built with random weights)
+//! on the config's device, the method applied, and its trainable tensors marked.
+use std::path::{Path, PathBuf};
+
+use tch::Tensor;
+
+use super::Trainable;
+use crate::config::{Config, Init, ModelConfig, ModelType};
+use crate::device::Placement;
+use crate::error::Problems;
+use crate::experiment::checkpoint;
+use crate::model::spec::ModelSpec;
+use crate::model::{self, Gpt};
+use crate::source::{self, BaseModel};
+use crate::tokenizer::Tokenizer;
+
+pub struct Built {
+    pub model: Gpt,
+    pub trainable: Vec<Trainable>,
+    /// Where the base came from (the tokenizer's directory for a model trained from scratch).
+    pub base_dir: PathBuf,
+    pub tokenizer_dir: PathBuf,
+    /// The base's `config.json`, written again with an exported model.
+    pub config_json: serde_json::Value,
+    pub placement: Placement,
+}
+
+/// Loads the base model of `c` on its device (downloading it on first use) and applies the method.
+pub fn build(c: &Config) -> Result<Built, Problems> {
+    let placement = Placement::resolve(c.model.device, c.model.precision);
+    placement.check_available().map_err(|why| {
+        Problems::one(format!("model.device = \"{}\" but {why}; use --set model.device=cpu", c.model.device))
+    })?;
+    let kind = placement.weight_kind();
+    let (mut model, base_dir, config_json, tokenizer_dir) = if c.model.init == Init::Random {
+        let (json, tokenizer_dir) = random_architecture(&c.model, true)?;
+        let spec = ModelSpec::from_json(&json).map_err(|e| Problems::one(format!("[model.architecture]: {e}")))?;
+        (model::random(spec, c.seed, kind, placement.device), tokenizer_dir.clone(), json, tokenizer_dir)
+    } else {
+        let dir = BaseModel::parse(&c.model).locate(true)?;
+        let model = model::load(&dir, kind, placement.device)?;
+        let json = std::fs::read_to_string(dir.join("config.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        (model, dir, json.unwrap_or_default(), source::tokenizer_dir(&c.model, true)?)
+    };
+    super::check_fits(&model.spec, &c.method)
+        .map_err(|msg| Problems::one(format!("{msg} ({})", base_dir.display())))?;
+    super::apply(&mut model, &c.method, c.seed, placement.trainable_kind());
+    let trainable = super::trainable(&mut model, c.method.kind, placement.trainable_kind());
+    Ok(Built { model, trainable, base_dir, tokenizer_dir, config_json, placement })
+}
+
+/// Copies the tensors of a checkpoint's `trained.safetensors` into `trainable`.
+pub fn load_trained(trainable: &[Trainable], dir: &Path) -> Result<(), Problems> {
+    let saved: std::collections::HashMap<String, Tensor> =
+        checkpoint::read_tensors(&dir.join(checkpoint::TRAINED))?.into_iter().collect();
+    tch::no_grad(|| {
+        for t in trainable {
+            let src = saved.get(&t.name).ok_or_else(|| {
+                Problems::one(format!("{}: has no tensor {}; was it made with another method?", dir.display(), t.name))
+            })?;
+            if src.size() != t.tensor.size() {
+                return Err(Problems::one(format!(
+                    "{}: tensor {} has shape {:?}, the model {:?}",
+                    dir.display(),
+                    t.name,
+                    src.size(),
+                    t.tensor.size()
+                )));
+            }
+            t.tensor.shallow_clone().copy_(src);
+        }
+        Ok(())
+    })
+}
+
+/// The `config.json` of a model built with random weights (`init = "random"`), and the directory of its
+/// tokenizer: from `[model.architecture]` and the tokenizer's vocabulary when `model_type` is set, else the
+/// checkpoint's own `config.json` (no weights needed: enough to measure a 7B model's speed offline).
+pub fn random_architecture(m: &ModelConfig, allow_download: bool) -> Result<(serde_json::Value, PathBuf), Problems> {
+    if m.architecture.model_type.is_some() {
+        let dir = source::tokenizer_dir(m, allow_download)?;
+        return Ok((architecture_json(m, &Tokenizer::from_dir(&dir)?), dir));
+    }
+    let dir = BaseModel::parse(m).expected_dir();
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).map_err(|_| {
+        Problems::one(format!(
+            "{}: not found; `model.init = \"random\"` takes the shapes from it (run `ftexp download {}` or copy the hub's config.json there) or from [model.architecture]",
+            config.display(),
+            m.checkpoint
+        ))
+    })?;
+    let json = serde_json::from_str(&text).map_err(|e| Problems::one(format!("{}: {e}", config.display())))?;
+    Ok((json, m.tokenizer.as_ref().map_or(dir, PathBuf::from)))
+}
+
+/// The `config.json` of a model trained from scratch, from `[model.architecture]` and the tokenizer's
+/// vocabulary.
+fn architecture_json(m: &ModelConfig, tokenizer: &Tokenizer) -> serde_json::Value {
+    let mut json = serde_json::to_value(&m.architecture).expect("architecture serializes");
+    let obj = json.as_object_mut().expect("an object");
+    obj.insert("vocab_size".into(), tokenizer.vocab_size().into());
+    if let Some(eos) = tokenizer.eos_ids.first() {
+        obj.insert("eos_token_id".into(), (*eos).into());
+    }
+    if let Some(bos) = tokenizer.bos_id {
+        obj.insert("bos_token_id".into(), bos.into());
+    }
+    if !obj.contains_key("intermediate_size") {
+        let h = obj.get("hidden_size").and_then(|v| v.as_u64()).unwrap_or(0);
+        obj.insert("intermediate_size".into(), (4 * h).into());
+    }
+    if m.architecture.model_type == Some(ModelType::Falcon) {
+        obj.insert("new_decoder_architecture".into(), true.into());
+        obj.insert(
+            "num_kv_heads".into(),
+            obj.get("num_key_value_heads").cloned().unwrap_or(obj["num_attention_heads"].clone()),
+        );
+        obj.insert("ffn_hidden_size".into(), obj["intermediate_size"].clone());
+    }
+    json
+}

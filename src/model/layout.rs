@@ -1,0 +1,292 @@
+//! The one tensor layout: every tensor of a model (and of the method applied to it) with its address
+//! in the model, its ftexp name, its hub name, its shape and its role. Loading, export, visiting,
+//! parameter counts, trainability and weight decay all derive from this table.
+use super::spec::{Mlp, ModelSpec, Norm, Qkv};
+use crate::config::{MethodConfig, MethodKind};
+
+/// A module of the model that holds tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Module {
+    Embed,
+    /// The norm before attention (and, when shared, before the MLP) of block `i`.
+    Norm1(usize),
+    /// The MLP's own norm of block `i`.
+    Norm2(usize),
+    Linear(usize, Proj),
+    /// The LLaMA-Adapter prompt of block `i`.
+    Adapter(usize),
+    FinalNorm,
+    Head,
+}
+
+/// The linear layers of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    /// Attention's output projection.
+    O,
+    /// SwiGLU's gate (`silu(gate(x)) · up(x)`); GELU MLPs have none.
+    Gate,
+    /// hidden → intermediate (`fc` of GELU MLPs).
+    Up,
+    /// intermediate → hidden (`proj` of GELU MLPs).
+    Down,
+}
+
+impl Proj {
+    fn name(self) -> &'static str {
+        match self {
+            Proj::Q => "q",
+            Proj::K => "k",
+            Proj::V => "v",
+            Proj::O => "o",
+            Proj::Gate => "mlp.gate",
+            Proj::Up => "mlp.up",
+            Proj::Down => "mlp.down",
+        }
+    }
+
+    fn is_mlp(self) -> bool {
+        matches!(self, Proj::Gate | Proj::Up | Proj::Down)
+    }
+}
+
+/// Which tensor of a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    Weight,
+    Bias,
+    LoraA,
+    LoraB,
+    AdapterPrefix,
+    AdapterGate,
+    AdapterScale,
+    AdapterBias,
+}
+
+impl Param {
+    fn suffix(self) -> &'static str {
+        match self {
+            Param::Weight => "weight",
+            Param::Bias => "bias",
+            Param::LoraA => "lora_a",
+            Param::LoraB => "lora_b",
+            Param::AdapterPrefix => "adapter_prefix",
+            Param::AdapterGate => "adapter_gate",
+            Param::AdapterScale => "adapter_scale",
+            Param::AdapterBias => "adapter_bias",
+        }
+    }
+}
+
+/// What a tensor is for: decides which methods train it and whether weight decay applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Embedding,
+    Norm,
+    Attention,
+    Mlp,
+    Head,
+    LoraA,
+    LoraB,
+    AdapterPrefix,
+    AdapterGate,
+    AdapterScale,
+    AdapterBias,
+}
+
+/// Where a tensor lives in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub module: Module,
+    pub param: Param,
+}
+
+/// A tensor's hub name; for fused q/k/v, which part of the fused matrix it is (0 q, 1 k, 2 v).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubName {
+    pub name: String,
+    pub fused_part: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub at: At,
+    pub shape: Vec<i64>,
+}
+
+impl TensorSpec {
+    /// The ftexp name: `embed`, `layers.3.q.lora_a`, `layers.0.mlp.up.weight`, `head.weight`.
+    pub fn name(&self) -> String {
+        let param = self.at.param.suffix();
+        match self.at.module {
+            Module::Embed => "embed".into(),
+            Module::Norm1(i) => format!("layers.{i}.norm1.{param}"),
+            Module::Norm2(i) => format!("layers.{i}.norm2.{param}"),
+            Module::Linear(i, p) => format!("layers.{i}.{}.{param}", p.name()),
+            Module::Adapter(i) => format!("layers.{i}.{param}"),
+            Module::FinalNorm => format!("final_norm.{param}"),
+            Module::Head => format!("head.{param}"),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        match (self.at.param, self.at.module) {
+            (Param::LoraA, _) => Role::LoraA,
+            (Param::LoraB, _) => Role::LoraB,
+            (Param::AdapterPrefix, _) => Role::AdapterPrefix,
+            (Param::AdapterGate, _) => Role::AdapterGate,
+            (Param::AdapterScale, _) => Role::AdapterScale,
+            (Param::AdapterBias, _) => Role::AdapterBias,
+            (_, Module::Embed) => Role::Embedding,
+            (_, Module::Norm1(_) | Module::Norm2(_) | Module::FinalNorm) => Role::Norm,
+            (_, Module::Linear(_, p)) if p.is_mlp() => Role::Mlp,
+            (_, Module::Linear(..) | Module::Adapter(_)) => Role::Attention,
+            (_, Module::Head) => Role::Head,
+        }
+    }
+
+    /// Whether a method adds this tensor (the checkpoint has only weights and biases).
+    pub fn is_method(&self) -> bool {
+        !matches!(self.at.param, Param::Weight | Param::Bias)
+    }
+
+    pub fn numel(&self) -> i64 {
+        self.shape.iter().product()
+    }
+
+    /// The checkpoint's name for this tensor; `None` for the tensors a method adds.
+    pub fn hub_name(&self, spec: &ModelSpec) -> Option<HubName> {
+        let suffix = match self.at.param {
+            Param::Weight | Param::Bias => self.at.param.suffix(),
+            _ => return None,
+        };
+        let names = spec.names();
+        let plain = |module: String| Some(HubName { name: format!("{module}.{suffix}"), fused_part: None });
+        let layer = |i: usize, local: &str| format!("{}.{i}.{local}", names.layers);
+        match self.at.module {
+            Module::Embed => plain(names.embed.into()),
+            Module::Norm1(i) => plain(layer(i, names.norm1)),
+            Module::Norm2(i) => plain(layer(i, names.norm2)),
+            Module::FinalNorm => plain(names.final_norm.into()),
+            Module::Head => plain(names.head.into()),
+            Module::Adapter(_) => None,
+            Module::Linear(i, proj) => {
+                let (local, fused_part) = match (proj, names.qkv) {
+                    (Proj::Q, Qkv::Fused(n)) => (n, Some(0)),
+                    (Proj::K, Qkv::Fused(n)) => (n, Some(1)),
+                    (Proj::V, Qkv::Fused(n)) => (n, Some(2)),
+                    (Proj::Q, Qkv::Split(q, _, _)) => (q, None),
+                    (Proj::K, Qkv::Split(_, k, _)) => (k, None),
+                    (Proj::V, Qkv::Split(_, _, v)) => (v, None),
+                    (Proj::O, _) => (names.attn_out, None),
+                    (Proj::Gate, _) => (names.mlp_gate, None),
+                    (Proj::Up, _) => (names.mlp_up, None),
+                    (Proj::Down, _) => (names.mlp_down, None),
+                };
+                Some(HubName { name: format!("{}.{suffix}", layer(i, local)), fused_part })
+            }
+        }
+    }
+}
+
+/// The linear layers of a block in order, with (output rows, input columns, has a bias).
+fn projections(spec: &ModelSpec) -> Vec<(Proj, i64, i64, bool)> {
+    let (h, ff) = (spec.hidden_size, spec.intermediate_size);
+    let (q, kv) = (spec.n_head * spec.head_size, spec.n_query_groups * spec.head_size);
+    let mut out = vec![
+        (Proj::Q, q, h, spec.qkv_bias),
+        (Proj::K, kv, h, spec.qkv_bias),
+        (Proj::V, kv, h, spec.qkv_bias),
+        (Proj::O, h, q, spec.proj_bias),
+    ];
+    if spec.mlp == Mlp::SwiGlu {
+        out.push((Proj::Gate, ff, h, spec.proj_bias));
+    }
+    out.push((Proj::Up, ff, h, spec.proj_bias));
+    out.push((Proj::Down, h, ff, spec.proj_bias));
+    out
+}
+
+fn lora_targets(m: &MethodConfig, module: Module) -> bool {
+    match module {
+        Module::Linear(_, Proj::Q) => m.lora_query,
+        Module::Linear(_, Proj::K) => m.lora_key,
+        Module::Linear(_, Proj::V) => m.lora_value,
+        Module::Linear(_, Proj::O) => m.lora_projection,
+        Module::Linear(..) => m.lora_mlp,
+        Module::Head => m.lora_head,
+        _ => false,
+    }
+}
+
+/// Every tensor of a model of `spec` with `method` applied (`None`: the checkpoint's own tensors), in
+/// a fixed order: the embedding; per block its norms, linears (each weight, bias, then the method's
+/// tensors) and adapter prompt; the final norm; the head. A tied head has no weight of its own.
+pub fn tensors(spec: &ModelSpec, method: Option<&MethodConfig>) -> Vec<TensorSpec> {
+    let h = spec.hidden_size;
+    let mut out = Vec::new();
+    let mut push = |module: Module, param: Param, shape: Vec<i64>| out.push(TensorSpec { at: At { module, param }, shape });
+    let norm = |push: &mut dyn FnMut(Module, Param, Vec<i64>), module: Module| {
+        push(module, Param::Weight, vec![h]);
+        if spec.norm == Norm::LayerNorm {
+            push(module, Param::Bias, vec![h]);
+        }
+    };
+    let linear = |push: &mut dyn FnMut(Module, Param, Vec<i64>), module, rows: i64, cols: i64, bias: bool| {
+        if module != Module::Head || !spec.tie_embeddings {
+            push(module, Param::Weight, vec![rows, cols]);
+        }
+        if bias {
+            push(module, Param::Bias, vec![rows]);
+        }
+        match method {
+            Some(m) if m.kind == MethodKind::Lora && lora_targets(m, module) => {
+                let r = m.lora_r as i64;
+                push(module, Param::LoraA, vec![r, cols]);
+                push(module, Param::LoraB, vec![rows, r]);
+            }
+            Some(m) if m.kind == MethodKind::AdapterV2 => {
+                push(module, Param::AdapterScale, vec![rows]);
+                push(module, Param::AdapterBias, vec![rows]);
+            }
+            _ => {}
+        }
+    };
+    push(Module::Embed, Param::Weight, vec![spec.vocab_size, h]);
+    for i in 0..spec.n_layer as usize {
+        norm(&mut push, Module::Norm1(i));
+        if !spec.shared_attention_norm {
+            norm(&mut push, Module::Norm2(i));
+        }
+        for (proj, rows, cols, bias) in projections(spec) {
+            linear(&mut push, Module::Linear(i, proj), rows, cols, bias);
+        }
+        if let Some(m) = method.filter(|m| m.kind.has_adapter_prompts() && i as u64 >= m.adapter_start_layer) {
+            push(Module::Adapter(i), Param::AdapterPrefix, vec![m.adapter_prompt_length as i64, h]);
+            push(Module::Adapter(i), Param::AdapterGate, vec![1, spec.n_head, 1, 1]);
+        }
+    }
+    norm(&mut push, Module::FinalNorm);
+    linear(&mut push, Module::Head, spec.vocab_size, h, false);
+    out
+}
+
+/// The checkpoint's tensors by hub name with their shapes, a fused q/k/v matrix once.
+pub fn hub_tensors(spec: &ModelSpec) -> Vec<(String, Vec<i64>)> {
+    let mut out = Vec::new();
+    for t in tensors(spec, None) {
+        let Some(hub) = t.hub_name(spec) else { continue };
+        match hub.fused_part {
+            None => out.push((hub.name, t.shape.clone())),
+            Some(0) => {
+                let rows = (spec.n_head + 2 * spec.n_query_groups) * spec.head_size;
+                out.push((hub.name, [&[rows][..], &t.shape[1..]].concat()));
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,52 @@
+//! LoRA: a low-rank update `B·A` beside a frozen linear layer, scaled by `alpha / r`. A starts
+//! Kaiming-uniform and B at zero, so before the first step the layer computes exactly the base's output.
+use tch::{Device, Kind, Tensor};
+
+use super::gpt::cast;
+use super::layout::Param;
+
+#[derive(Debug)]
+pub struct Lora {
+    /// `(r, in)`.
+    pub a: Tensor,
+    /// `(out, r)`.
+    pub b: Tensor,
+}
+
+impl Lora {
+    pub fn empty() -> Lora {
+        Lora { a: Tensor::new(), b: Tensor::new() }
+    }
+}
+
+/// The scale and dropout every LoRA branch of a model shares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraScaling {
+    /// `lora_alpha / lora_r`.
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+impl Default for LoraScaling {
+    fn default() -> Self {
+        LoraScaling { scale: 1.0, dropout: 0.0 }
+    }
+}
+
+/// `dropout(x)·Aᵀ·Bᵀ·scale`, in the kind of `x`.
+pub fn delta(lora: &Lora, x: &Tensor, s: LoraScaling, training: bool) -> Tensor {
+    let x = if training && s.dropout > 0.0 { x.dropout(s.dropout, true) } else { x.shallow_clone() };
+    // (…, in) → (…, r) → (…, out)
+    x.linear::<&Tensor>(&cast(&lora.a, &x), None).linear::<&Tensor>(&cast(&lora.b, &x), None) * s.scale
+}
+
+/// A fresh LoRA tensor in fp32 (draws from the global generator for A).
+pub fn init(param: Param, shape: &[i64], device: Device) -> Tensor {
+    match param {
+        Param::LoraA => {
+            let bound = 1.0 / (shape[1] as f64).sqrt();
+            Tensor::rand(shape, (Kind::Float, device)) * (2.0 * bound) - bound
+        }
+        _ => Tensor::zeros(shape, (Kind::Float, device)),
+    }
+}

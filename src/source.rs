@@ -1,0 +1,88 @@
+//! The base model a config names in `model.checkpoint`, parsed once: a local directory, a hub repo
+//! (downloaded into `checkpoints/<org>/<name>/` on first use), or a finished experiment
+//! (`experiment:<name>[/v<N>]`, the model its last completed `full` run exported).
+use std::path::{Path, PathBuf};
+
+use crate::config::ModelConfig;
+use crate::error::Problems;
+use crate::experiment::{newest_completed, EXPERIMENTS_DIR};
+use crate::hub;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseModel {
+    Dir(PathBuf),
+    Hub { repo: String, revision: Option<String> },
+    Experiment { name: String, version: Option<u32> },
+}
+
+impl BaseModel {
+    pub fn parse(m: &ModelConfig) -> BaseModel {
+        if let Some(run) = m.checkpoint.strip_prefix("experiment:") {
+            let (name, version) = match run.split_once('/') {
+                Some((n, v)) => (n, v.strip_prefix('v').and_then(|v| v.parse::<u32>().ok())),
+                None => (run, None),
+            };
+            return BaseModel::Experiment { name: name.to_string(), version };
+        }
+        if Path::new(&m.checkpoint).is_dir() {
+            return BaseModel::Dir(PathBuf::from(&m.checkpoint));
+        }
+        BaseModel::Hub { repo: m.checkpoint.clone(), revision: m.revision.clone() }
+    }
+
+    /// The directory holding the model's files. A hub repo that is not in `checkpoints/` yet is
+    /// downloaded when `allow_download`, else named in an error that says how to get it.
+    pub fn locate(&self, allow_download: bool) -> Result<PathBuf, Problems> {
+        match self {
+            BaseModel::Dir(dir) => Ok(dir.clone()),
+            BaseModel::Hub { repo, revision } if allow_download => hub::ensure_local(repo, revision.as_deref()),
+            BaseModel::Hub { repo, .. } => {
+                let dir = hub::local_dir(repo);
+                match dir.join("config.json").is_file() {
+                    true => Ok(dir),
+                    false => Err(Problems::one(hub::not_downloaded_hint(repo, &dir))),
+                }
+            }
+            BaseModel::Experiment { name, version } => experiment_model(name, *version),
+        }
+    }
+
+    /// Where the model's files are or will be, without looking further (for `ftexp plan`).
+    pub fn expected_dir(&self) -> PathBuf {
+        match self {
+            BaseModel::Dir(dir) => dir.clone(),
+            BaseModel::Hub { repo, .. } => hub::local_dir(repo),
+            BaseModel::Experiment { .. } => self.locate(false).unwrap_or_default(),
+        }
+    }
+}
+
+fn experiment_model(name: &str, version: Option<u32>) -> Result<PathBuf, Problems> {
+    let parent = Path::new(EXPERIMENTS_DIR).join(name);
+    let checkpoint = match version {
+        Some(v) => format!("experiment:{name}/v{v}"),
+        None => format!("experiment:{name}"),
+    };
+    let Some(version) = version.or_else(|| newest_completed(Path::new(EXPERIMENTS_DIR), name)) else {
+        return Err(Problems::one(format!(
+            "model.checkpoint = \"{checkpoint}\": no completed run of \"{name}\" under {}; run it first",
+            parent.display()
+        )));
+    };
+    let dir = parent.join(format!("v{version}/checkpoints/final/model"));
+    if !dir.join("config.json").is_file() {
+        return Err(Problems::one(format!(
+            "model.checkpoint = \"{checkpoint}\": {} has no exported model; only completed `full` runs can be the base of another run",
+            parent.join(format!("v{version}")).display()
+        )));
+    }
+    Ok(dir)
+}
+
+/// The directory of the tokenizer to use: `model.tokenizer`, else the base model's.
+pub fn tokenizer_dir(m: &ModelConfig, allow_download: bool) -> Result<PathBuf, Problems> {
+    match &m.tokenizer {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => BaseModel::parse(m).locate(allow_download),
+    }
+}
