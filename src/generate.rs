@@ -147,13 +147,7 @@ impl Timed {
 }
 
 /// [`generate`] with the KV cache, timed.
-pub fn timed(
-    model: &Gpt,
-    prompt: &[u32],
-    sampling: &Sampling,
-    eos: &[u32],
-    mut on_token: impl FnMut(u32),
-) -> Timed {
+pub fn timed(model: &Gpt, prompt: &[u32], sampling: &Sampling, eos: &[u32], mut on_token: impl FnMut(u32)) -> Timed {
     let start = std::time::Instant::now();
     let mut first_token_at = None;
     let ids = generate(model, prompt, sampling, eos, true, |id| {

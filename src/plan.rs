@@ -251,7 +251,8 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
                 r.config.method.kind,
                 thousands(a.trainable_parameters),
                 thousands(a.parameters_with_method),
-                width = 14usize.saturating_sub(r.config.method.kind.as_str().len()) + thousands(a.trainable_parameters).len()
+                width = 14usize.saturating_sub(r.config.method.kind.as_str().len())
+                    + thousands(a.trainable_parameters).len()
             );
         }
         (None, Some(why)) => {

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use ftexp::eval::perplexity;
 use ftexp::generate::{generate, Sampling};
-use ftexp::model::spec::ModelSpec;
 use ftexp::model::load;
+use ftexp::model::spec::ModelSpec;
 use ftexp::tokenizer::Tokenizer;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
@@ -52,7 +52,8 @@ fn check_family(name: &str) -> (f64, f64, f64) {
 
     let nll = perplexity(&model, &u32s(&r["nll_ids"]));
     let nll_diff = (nll.mean_nll - r["mean_nll"].as_f64().unwrap()).abs();
-    assert!(nll_diff <= 1e-4, "{name}: |Δ mean NLL| {nll_diff}");
+    let nll_tolerance = 1e-5 * r["mean_nll"].as_f64().unwrap().abs().max(10.0);
+    assert!(nll_diff <= nll_tolerance, "{name}: |Δ mean NLL| {nll_diff} > {nll_tolerance}");
 
     let greedy = u32s(&r["greedy_ids"]);
     let sampling = Sampling { max_new_tokens: 20, ..Sampling::default() };
@@ -131,8 +132,12 @@ fn generate_and_eval_commands() {
     assert!(out.status.success(), "{}", stderr(&out));
     let json: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(json["tokens"].as_u64().unwrap() as usize, r["nll_ids"].as_array().unwrap().len());
-    assert!((json["mean_nll"].as_f64().unwrap() - r["mean_nll"].as_f64().unwrap()).abs() < 1e-4);
-    assert!((json["perplexity"].as_f64().unwrap() - r["mean_nll"].as_f64().unwrap().exp()).abs() < 1e-2);
+    // Floats agree to rounding across CPUs (vector units differ), not to the bit: a perplexity in the
+    // millions is compared relative to its size, in log space.
+    let (nll, want) = (json["mean_nll"].as_f64().unwrap(), r["mean_nll"].as_f64().unwrap());
+    assert!((nll - want).abs() <= 1e-5 * want.abs().max(1.0), "mean NLL {nll} vs {want}");
+    let ppl = json["perplexity"].as_f64().unwrap();
+    assert!((ppl.ln() - want).abs() <= 1e-5 * want.abs().max(1.0), "perplexity {ppl} vs e^{want}");
 }
 
 /// A copy of a fixture whose weights were rewritten by `edit`.

@@ -75,8 +75,10 @@ fn step_zero_equals_the_base_model_for_every_method() {
             // the shapes `plan` counts are the tensors the model really has
             let mut seen = Vec::new();
             built.model.visit(&mut |n, t| seen.push((n.to_string(), t.size())));
-            let mut expected: Vec<(String, Vec<i64>)> =
-                layout::tensors(&built.model.spec, Some(&c.method)).iter().map(|t| (t.name(), t.shape.clone())).collect();
+            let mut expected: Vec<(String, Vec<i64>)> = layout::tensors(&built.model.spec, Some(&c.method))
+                .iter()
+                .map(|t| (t.name(), t.shape.clone()))
+                .collect();
             seen.sort();
             expected.sort();
             assert_eq!(seen, expected, "{family} {kind}");
@@ -148,6 +150,10 @@ fn resume_after_sigkill_gives_the_same_metrics() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(ckpt.exists(), "the step-5 checkpoint was written");
+    assert!(!run_dir(p.path(), 2).join("checkpoints/final").exists(), "the run was killed before it finished");
+    let killed: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir(p.path(), 2).join("run.json")).unwrap()).unwrap();
+    assert_eq!(killed["status"], "running", "a killed run could not mark itself");
     let resumed = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert!(stdout(&resumed).contains("resuming"), "{}", stdout(&resumed));
@@ -243,21 +249,17 @@ fn bf16_mixed_keeps_trainable_weights_in_fp32() {
     assert!(out.status.success(), "{}", stderr(&out));
     let trained = Tensor::read_safetensors(run_dir(p.path(), 1).join("checkpoints/final/trained.safetensors")).unwrap();
     assert!(trained.iter().all(|(_, t)| t.kind() == Kind::Float));
-    let out = ftexp(
-        p.path(),
-        &[
-            "generate",
-            "--checkpoint",
-            &run_dir(p.path(), 1).display().to_string(),
-            "--prompt",
-            "Double 3.",
-            "--max-new-tokens",
-            "4",
-            "--json",
-        ],
-        &[],
-    );
+    let dir = run_dir(p.path(), 1).display().to_string();
+    let args = ["generate", "--checkpoint", &dir, "--prompt", "Double 3.", "--max-new-tokens", "4", "--json"];
+    let out = ftexp(p.path(), &args, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let ids = json["ids"].as_array().unwrap();
+    assert!((1..=4).contains(&ids.len()), "{json}");
+    let vocab = ModelSpec::from_file(&fixtures().join("models/llama/config.json")).unwrap().vocab_size;
+    assert!(ids.iter().all(|id| id.as_i64().is_some_and(|id| (0..vocab).contains(&id))), "{json}");
+    let again: Value = serde_json::from_str(stdout(&ftexp(p.path(), &args, &[])).trim()).unwrap();
+    assert_eq!(again["ids"], json["ids"], "greedy decoding with bf16 weights is deterministic");
 }
 
 #[test]
@@ -283,6 +285,13 @@ fn a_run_answers_with_its_template_and_evaluates_its_splits() {
     let step =
         ftexp(p.path(), &["generate", "--checkpoint", &dir, "--step", "5", "--prompt", "Double 3.", "--json"], &[]);
     assert!(step.status.success(), "{}", stderr(&step));
+    // the prompt goes into the run's template ("Q: {instruction}\nA: "), unless --raw
+    let tokenizer = ftexp::tokenizer::Tokenizer::from_dir(&fixtures().join("models/llama")).unwrap();
+    let step: Value = serde_json::from_str(stdout(&step).trim()).unwrap();
+    assert_eq!(step["prompt_tokens"], tokenizer.encode("Q: Double 3.\nA: ", true).unwrap().len());
+    let raw = ftexp(p.path(), &["generate", "--checkpoint", &dir, "--raw", "--prompt", "Double 3.", "--json"], &[]);
+    let raw: Value = serde_json::from_str(stdout(&raw).trim()).unwrap();
+    assert_eq!(raw["prompt_tokens"], tokenizer.encode("Double 3.", true).unwrap().len());
     let missing = ftexp(p.path(), &["generate", "--checkpoint", &dir, "--step", "7", "--prompt", "x"], &[]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(

@@ -45,13 +45,21 @@ pub struct Args {
 /// A base checkpoint and its tokenizer on the device of `--device` and `--precision`.
 pub fn load_checkpoint(dir: &Path, d: &DeviceArgs) -> Result<(Gpt, Tokenizer), Problems> {
     let placement = Placement::resolve(d.device, d.precision);
-    placement.check_available().map_err(|why| Problems::one(format!("--device {}: {why}; use --device cpu", d.device)))?;
+    placement
+        .check_available()
+        .map_err(|why| Problems::one(format!("--device {}: {why}; use --device cpu", d.device)))?;
     eval::load_checkpoint(dir, placement)
 }
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
     if let Some(dir) = &a.run {
-        let req = EvalRequest { split: &a.split, generate: a.generate, base: a.base, step: a.step, device: Some(a.device.device) };
+        let req = EvalRequest {
+            split: &a.split,
+            generate: a.generate,
+            base: a.base,
+            step: a.step,
+            device: Some(a.device.device),
+        };
         let r = eval::evaluate_run(dir, &req)?;
         return if a.json.json { print_json(&r) } else { print_run(&r) };
     }

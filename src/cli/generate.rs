@@ -60,8 +60,13 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
     if ids.is_empty() {
         ftexp::bail_user!("--prompt is empty after tokenization; give some text");
     }
-    let sampling =
-        Sampling { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    let sampling = Sampling {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
     let mut streamer = Streamer::new(&tokenizer);
     let out = timed(&model, &ids, &sampling, &tokenizer.eos_ids, |id| {
         if !a.json {

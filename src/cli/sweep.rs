@@ -6,7 +6,7 @@ use ftexp::sweep;
 /// Expand a grid of values into one run per point (and seed): `--print-points` lists the `ftexp run`
 /// arguments of each point, `--makefile` writes a Makefile so `make -j N` runs them in parallel.
 #[derive(clap::Args)]
-#[group(id = "output", required = true, multiple = false, args = ["print_points", "makefile"])]
+#[command(group(clap::ArgGroup::new("output").required(true).args(["print_points", "makefile"])))]
 pub struct Args {
     /// The experiment's TOML file each point runs with its grid values set.
     #[arg(value_name = "CONFIG")]

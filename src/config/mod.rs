@@ -9,10 +9,12 @@ mod validate;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use choices::{DataFormat, DeviceSetting, Init, LongSamples, LrSchedule, MethodKind, ModelType, Precision};
 use figment::Figment;
 pub use layers::{parse_literal, Layer, Origin};
-pub use choices::{DataFormat, DeviceSetting, Init, LongSamples, LrSchedule, MethodKind, ModelType, Precision};
-pub use schema::{Architecture, Columns, Config, DataConfig, KeyDoc, MethodConfig, ModelConfig, Split, TrainConfig, KEYS};
+pub use schema::{
+    Architecture, Columns, Config, DataConfig, KeyDoc, MethodConfig, ModelConfig, Split, TrainConfig, KEYS,
+};
 pub use validate::{check_name, check_run, run_rules};
 
 use crate::error::Problems;

@@ -98,7 +98,9 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
 }
 
 fn check_model(c: &Config, bad: &mut impl FnMut(&str, String)) {
-    if c.model.init == Init::Random && (c.model.architecture.model_type.is_some() || c.model.checkpoint.trim().is_empty()) {
+    if c.model.init == Init::Random
+        && (c.model.architecture.model_type.is_some() || c.model.checkpoint.trim().is_empty())
+    {
         let a = &c.model.architecture;
         let required = [
             ("model.architecture.model_type", a.model_type.is_none()),

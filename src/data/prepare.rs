@@ -117,9 +117,9 @@ pub fn split_indices(n: usize, data: &DataConfig, seed: u64) -> BTreeMap<&'stati
 pub fn cached_stats(cache_root: &Path, key: &str) -> Result<Option<BTreeMap<String, SplitStats>>, Problems> {
     let path = cache_root.join(key).join("stats.json");
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Problems::one(format!("{}: unreadable cache entry ({e}); delete it and prepare again", path.display())))
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        Problems::one(format!("{}: unreadable cache entry ({e}); delete it and prepare again", path.display()))
+    })
 }
 
 /// Prepares the data set, or reuses the cache entry with the same key.

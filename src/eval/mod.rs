@@ -27,7 +27,12 @@ pub struct LoadedRun {
 }
 
 /// Loads the run in `dir`; `device` overrides the one it trained on.
-pub fn load_run(dir: &Path, step: Option<u64>, base: bool, device: Option<DeviceSetting>) -> Result<LoadedRun, Problems> {
+pub fn load_run(
+    dir: &Path,
+    step: Option<u64>,
+    base: bool,
+    device: Option<DeviceSetting>,
+) -> Result<LoadedRun, Problems> {
     let exp = Experiment::open(dir)?;
     let mut config = crate::config::resolve(&exp.dir.join("config.toml"), &[])?.config;
     if let Some(d) = device.filter(|d| *d != DeviceSetting::Auto) {

@@ -170,15 +170,23 @@ pub struct Results {
 }
 
 /// One `ftexp eval` of a run's split.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Evaluation {
     /// The checkpoint evaluated, or `base model`.
     pub model: String,
     pub samples: usize,
     pub loss: Option<f64>,
     pub perplexity: Option<f64>,
+    /// The rate; older runs recorded the whole `{correct, rate, …}` record, whose rate is read.
+    #[serde(deserialize_with = "rate")]
     pub exact_match: Option<f64>,
     pub time: String,
+}
+
+fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(value.and_then(|v| v.as_f64().or_else(|| v.get("rate")?.as_f64())))
 }
 
 impl Experiment {

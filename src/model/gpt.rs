@@ -262,7 +262,9 @@ impl Gpt {
             let tensor = match (hub.fused_part, t.at.module) {
                 (None, _) => self.slot(t.at).shallow_clone(),
                 (Some(0), Module::Linear(i, _)) => {
-                    let part = |model: &mut Gpt, proj| model.slot(At { module: Module::Linear(i, proj), param: t.at.param }).shallow_clone();
+                    let part = |model: &mut Gpt, proj| {
+                        model.slot(At { module: Module::Linear(i, proj), param: t.at.param }).shallow_clone()
+                    };
                     let (q, k, v) = (part(self, Proj::Q), part(self, Proj::K), part(self, Proj::V));
                     fuse(&spec, &q, &k, &v)
                 }
@@ -359,8 +361,7 @@ impl Gpt {
         let s = &self.spec;
         let (batch, t) = (x.size()[0], x.size()[1]);
         // (batch, time, n × head) → (batch, n, time, head)
-        let heads =
-            |lin: &Linear, n: i64| lin.forward(x, self.ctx()).view([batch, t, n, s.head_size]).transpose(1, 2);
+        let heads = |lin: &Linear, n: i64| lin.forward(x, self.ctx()).view([batch, t, n, s.head_size]).transpose(1, 2);
         let q = apply_rope(&heads(&b.q, s.n_head), rope, s.rope_dims); // (batch, heads, time, head)
         let k = apply_rope(&heads(&b.k, s.n_query_groups), rope, s.rope_dims); // (batch, groups, time, head)
         let v = heads(&b.v, s.n_query_groups); // (batch, groups, time, head)

@@ -228,7 +228,8 @@ fn lora_targets(m: &MethodConfig, module: Module) -> bool {
 pub fn tensors(spec: &ModelSpec, method: Option<&MethodConfig>) -> Vec<TensorSpec> {
     let h = spec.hidden_size;
     let mut out = Vec::new();
-    let mut push = |module: Module, param: Param, shape: Vec<i64>| out.push(TensorSpec { at: At { module, param }, shape });
+    let mut push =
+        |module: Module, param: Param, shape: Vec<i64>| out.push(TensorSpec { at: At { module, param }, shape });
     let norm = |push: &mut dyn FnMut(Module, Param, Vec<i64>), module: Module| {
         push(module, Param::Weight, vec![h]);
         if spec.norm == Norm::LayerNorm {

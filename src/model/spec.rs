@@ -282,7 +282,9 @@ fn llama(j: &Json, base: ModelSpec) -> Result<ModelSpec, String> {
                 original_max_position_embeddings: f("original_max_position_embeddings")?,
             })
         }
-        (other, _) => return Err(format!("rope scaling type \"{other}\" is not supported; supported: default, llama3")),
+        (other, _) => {
+            return Err(format!("rope scaling type \"{other}\" is not supported; supported: default, llama3"))
+        }
     };
     let qwen = base.family == Family::Qwen2;
     let attention_bias = j.flag(&["attention_bias"]).unwrap_or(false);
@@ -306,11 +308,9 @@ fn gpt_neox(j: &Json, base: ModelSpec) -> Result<ModelSpec, String> {
     let mlp = match act {
         "gelu" => Mlp::Gelu,
         "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => Mlp::GeluTanh,
-        _ => {
-            return Err(format!(
-                "gpt_neox hidden_act \"{act}\" is not supported; supported: gelu, gelu_new, gelu_fast, gelu_pytorch_tanh"
-            ))
-        }
+        _ => return Err(format!(
+            "gpt_neox hidden_act \"{act}\" is not supported; supported: gelu, gelu_new, gelu_fast, gelu_pytorch_tanh"
+        )),
     };
     Ok(ModelSpec {
         norm_eps: j.float(&["layer_norm_eps"]).unwrap_or(1e-5),

@@ -254,7 +254,8 @@ fn log_step(
         elapsed_s: state.elapsed_s,
     })?;
     let val_text = val_loss.map(|v| format!(" val {v:.4}")).unwrap_or_default();
-    let line = format!("step {}/{total} loss {loss:.4}{val_text} lr {:.2e} {tokens_per_s:.0} tok/s", stats.step, stats.lr);
+    let line =
+        format!("step {}/{total} loss {loss:.4}{val_text} lr {:.2e} {tokens_per_s:.0} tok/s", stats.step, stats.lr);
     if progress.bar.is_hidden() {
         println!("{line}");
     } else {

@@ -34,7 +34,13 @@ pub struct Schedule {
 impl Schedule {
     /// `t`'s schedule over `total` steps.
     pub fn new(t: &TrainConfig, total: u64) -> Schedule {
-        Schedule { lr: t.learning_rate, min_lr: t.min_lr, warmup: t.warmup_iters.min(total), total, kind: t.lr_schedule }
+        Schedule {
+            lr: t.learning_rate,
+            min_lr: t.min_lr,
+            warmup: t.warmup_iters.min(total),
+            total,
+            kind: t.lr_schedule,
+        }
     }
 
     /// The learning rate for optimizer step `step` (1-based): linear warm-up, then cosine from `lr` to

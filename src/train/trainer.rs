@@ -82,7 +82,8 @@ impl<'a> Trainer<'a> {
         let step = self.state.step + 1;
         seed_step(self.seed, step);
         let device = self.built.model.device();
-        let step_batches = batches::for_step(self.train, &mut self.order, &mut self.state.samples_seen, &self.t, device);
+        let step_batches =
+            batches::for_step(self.train, &mut self.order, &mut self.state.samples_seen, &self.t, device);
         let loss = accumulate_gradients(&mut self.built.model, &step_batches);
         let micro_batches: Vec<MicroBatch> = step_batches
             .iter()
