@@ -37,7 +37,7 @@ echo
 echo "== after fine-tuning every weight ($full)"
 "$bin" eval "$full" --generate
 echo
-echo "== the three fine-tunes compared (ftexp report; curves in report.png)"
-"$bin" report "$adapter" "$lora" "$full"
+echo "== the three fine-tunes compared (ftexp report; curves in experiments/demo-report.png)"
+"$bin" report "$adapter" "$lora" "$full" --png experiments/demo-report.png
 echo
 echo "loss curves: $adapter/loss.png, $lora/loss.png, $full/loss.png"
