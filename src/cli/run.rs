@@ -30,10 +30,8 @@ pub fn exec(mut a: Args) -> anyhow::Result<()> {
     let root = PathBuf::from(EXPERIMENTS_DIR);
     match a.resume {
         None => {
-            let resolved = a.config.resolve()?;
-            ftexp::config::check_run(&resolved)?;
             let start = Start::New { experiments_root: root, tag: a.tag, rerun_of: None };
-            train::run(&resolved.config, start)?;
+            train::run(&a.config.resolve()?.config, start)?;
         }
         Some(dir) if dir.is_empty() => {
             let name = a.config.resolve()?.config.name;

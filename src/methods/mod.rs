@@ -15,13 +15,7 @@ use crate::model::{adapter, lora, Gpt, Role};
 
 /// Whether a tensor of `role` trains under method `kind`.
 pub fn is_trainable(kind: MethodKind, role: Role) -> bool {
-    let adapter = matches!(role, Role::AdapterPrefix | Role::AdapterGate);
-    match kind {
-        MethodKind::Full => true,
-        MethodKind::Lora => matches!(role, Role::LoraA | Role::LoraB),
-        MethodKind::Adapter => adapter,
-        MethodKind::AdapterV2 => adapter || matches!(role, Role::AdapterScale | Role::AdapterBias | Role::Norm),
-    }
+    layout::method_def(kind).trains.is_none_or(|roles| roles.contains(&role))
 }
 
 /// Whether AdamW's weight decay applies: weight matrices, embeddings, LoRA matrices and adapter

@@ -210,7 +210,41 @@ fn projections(spec: &ModelSpec) -> Vec<(Proj, i64, i64, bool)> {
     out
 }
 
-fn lora_targets(m: &MethodConfig, module: Module) -> bool {
+/// What a fine-tuning method adds beside linear layers and which tensors train: the one table of
+/// methods (whether it adds adapter prompts is `MethodKind::has_adapter_prompts`, which config
+/// validation reads too).
+pub struct MethodDef {
+    /// Tensors added beside each linear layer it targets.
+    pub linear: &'static [Param],
+    /// Whether every linear layer is a target (else `method.lora_*` pick them).
+    pub every_linear: bool,
+    /// The roles that train; `None`: every tensor.
+    pub trains: Option<&'static [Role]>,
+}
+
+pub fn method_def(kind: MethodKind) -> MethodDef {
+    use Role::*;
+    match kind {
+        MethodKind::Full => MethodDef { linear: &[], every_linear: false, trains: None },
+        MethodKind::Lora => {
+            MethodDef { linear: &[Param::LoraA, Param::LoraB], every_linear: false, trains: Some(&[LoraA, LoraB]) }
+        }
+        MethodKind::Adapter => {
+            MethodDef { linear: &[], every_linear: false, trains: Some(&[AdapterPrefix, AdapterGate]) }
+        }
+        MethodKind::AdapterV2 => MethodDef {
+            linear: &[Param::AdapterScale, Param::AdapterBias],
+            every_linear: true,
+            trains: Some(&[AdapterPrefix, AdapterGate, AdapterScale, AdapterBias, Norm]),
+        },
+    }
+}
+
+/// Whether `m` puts its linear-layer tensors beside `module`.
+fn targets(m: &MethodConfig, module: Module) -> bool {
+    if method_def(m.kind).every_linear {
+        return true;
+    }
     match module {
         Module::Linear(_, Proj::Q) => m.lora_query,
         Module::Linear(_, Proj::K) => m.lora_key,
@@ -219,6 +253,16 @@ fn lora_targets(m: &MethodConfig, module: Module) -> bool {
         Module::Linear(..) => m.lora_mlp,
         Module::Head => m.lora_head,
         _ => false,
+    }
+}
+
+/// The shape of a method tensor beside a linear layer of `rows × cols`.
+fn linear_param_shape(param: Param, rows: i64, cols: i64, m: &MethodConfig) -> Vec<i64> {
+    let r = m.lora_r as i64;
+    match param {
+        Param::LoraA => vec![r, cols],
+        Param::LoraB => vec![rows, r],
+        _ => vec![rows],
     }
 }
 
@@ -243,17 +287,10 @@ pub fn tensors(spec: &ModelSpec, method: Option<&MethodConfig>) -> Vec<TensorSpe
         if bias {
             push(module, Param::Bias, vec![rows]);
         }
-        match method {
-            Some(m) if m.kind == MethodKind::Lora && lora_targets(m, module) => {
-                let r = m.lora_r as i64;
-                push(module, Param::LoraA, vec![r, cols]);
-                push(module, Param::LoraB, vec![rows, r]);
+        if let Some(m) = method.filter(|m| targets(m, module)) {
+            for &param in method_def(m.kind).linear {
+                push(module, param, linear_param_shape(param, rows, cols, m));
             }
-            Some(m) if m.kind == MethodKind::AdapterV2 => {
-                push(module, Param::AdapterScale, vec![rows]);
-                push(module, Param::AdapterBias, vec![rows]);
-            }
-            _ => {}
         }
     };
     push(Module::Embed, Param::Weight, vec![spec.vocab_size, h]);

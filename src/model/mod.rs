@@ -30,13 +30,12 @@ pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Gpt, Problems> {
     }
     let spec = spec::ModelSpec::from_file(&config)?;
     let mut hub = weights::load(dir, &spec, kind, device)?;
-    let split = spec.clone();
     Ok(tch::no_grad(|| {
-        Gpt::from_tensors(spec, |t| {
-            let name = t.hub_name(&split).expect("checkpoint tensors have hub names");
+        Gpt::from_tensors(spec.clone(), |t| {
+            let name = t.hub_name(&spec).expect("checkpoint tensors have hub names");
             match name.fused_part {
                 None => hub.remove(&name.name).expect("weights::load checked every tensor is present"),
-                Some(part) => gpt::fused_part(&split, &hub[&name.name], part),
+                Some(part) => gpt::fused_part(&spec, &hub[&name.name], part),
             }
         })
     }))

@@ -308,9 +308,11 @@ fn gpt_neox(j: &Json, base: ModelSpec) -> Result<ModelSpec, String> {
     let mlp = match act {
         "gelu" => Mlp::Gelu,
         "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => Mlp::GeluTanh,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "gpt_neox hidden_act \"{act}\" is not supported; supported: gelu, gelu_new, gelu_fast, gelu_pytorch_tanh"
-        )),
+        ))
+        }
     };
     Ok(ModelSpec {
         norm_eps: j.float(&["layer_norm_eps"]).unwrap_or(1e-5),
