@@ -245,3 +245,52 @@ fn classic_and_rope_parameters_config_forms_agree() {
     });
     assert_eq!(ModelSpec::from_json(&qwen).unwrap(), ModelSpec::from_json(&classic).unwrap());
 }
+
+/// Numbers without a sensible range are refused before any tensor is made: config.json sizes, rotary
+/// settings and theta, and the command line's sampling and size options.
+#[test]
+fn out_of_range_numbers_are_refused() {
+    let base: Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir("gpt-neox").join("config.json")).unwrap()).unwrap();
+    let cases: [(&str, Value, &str); 5] = [
+        ("vocab_size", 0.into(), "`vocab_size` is 0; it must be at least 1"),
+        ("num_hidden_layers", (-1).into(), "`num_hidden_layers` is -1"),
+        ("hidden_size", (1i64 << 40).into(), "too large to build"),
+        ("rope_parameters", serde_json::json!({"partial_rotary_factor": 0.1875}), "rotary embeddings on 3 of the 16"),
+        ("rope_parameters", serde_json::json!({"partial_rotary_factor": 0.25, "rope_theta": 0.0}), "rope_theta is 0"),
+    ];
+    for (key, value, want) in cases {
+        let mut json = base.clone();
+        json[key] = value;
+        let err = ModelSpec::from_json(&json).unwrap_err();
+        assert!(err.contains(want), "{key}: {err}");
+    }
+    // through the binary: one line naming the file, exit 2
+    let dir = tempfile::tempdir().unwrap();
+    let mut json = base.clone();
+    json["vocab_size"] = 0.into();
+    std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+    for f in ["tokenizer.json", "model.safetensors"] {
+        std::fs::copy(model_dir("gpt-neox").join(f), dir.path().join(f)).unwrap();
+    }
+    let d = dir.path().display().to_string();
+    let out = ftexp(Path::new("."), &["generate", "--checkpoint", &d, "--prompt", "x"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("config.json: `vocab_size` is 0"), "{}", stderr(&out));
+    let ok = model_dir("gpt-neox").display().to_string();
+    for (flag, value, want) in [
+        ("--temperature", "NaN", "is not a number from 0 up"),
+        ("--temperature", "-1", "is not a number from 0 up"),
+        ("--top-p", "1.5", "is not above 0 and at most 1"),
+        ("--top-k", "0", "--top-k"),
+        ("--max-new-tokens", "0", "--max-new-tokens"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let out = ftexp(Path::new("."), &["generate", "--checkpoint", &ok, "--prompt", "x", &arg], &[]);
+        assert_eq!(out.status.code(), Some(2), "{arg}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want) && !stderr(&out).contains("panicked"), "{arg}: {}", stderr(&out));
+    }
+    let out = ftexp(Path::new("."), &["tokenizer", "--corpus", "x.txt", "--vocab-size", "0", "--out", "t"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--vocab-size"), "{}", stderr(&out));
+}

@@ -26,16 +26,17 @@ pub struct Args {
     /// With a run: use the prompt as it is, without the run's template.
     #[arg(long)]
     raw: bool,
-    #[arg(long, default_value_t = 50)]
-    max_new_tokens: usize,
-    /// 0 picks the most likely token every time (greedy); higher is more random.
-    #[arg(long, default_value_t = 0.0)]
+    /// How many tokens to generate at most, 1 to 1,000,000.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_new_tokens: u32,
+    /// 0 picks the most likely token every time (greedy); higher is more random (a number ≥ 0).
+    #[arg(long, default_value_t = 0.0, value_parser = in_range(0.0, f64::MAX, "a number from 0 up"))]
     temperature: f64,
-    /// Sample only among the k most likely tokens.
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Sample only among the most likely tokens whose probabilities add up to p.
-    #[arg(long)]
+    /// Sample only among the k most likely tokens (k ≥ 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    top_k: Option<u32>,
+    /// Sample only among the most likely tokens whose probabilities add up to p (above 0, at most 1).
+    #[arg(long, value_parser = in_range(f64::MIN_POSITIVE, 1.0, "above 0 and at most 1"))]
     top_p: Option<f64>,
     #[arg(long, default_value_t = 1337)]
     seed: u64,
@@ -61,9 +62,9 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
         ftexp::bail_user!("--prompt is empty after tokenization; give some text");
     }
     let sampling = Sampling {
-        max_new_tokens: a.max_new_tokens,
+        max_new_tokens: a.max_new_tokens as usize,
         temperature: a.temperature,
-        top_k: a.top_k,
+        top_k: a.top_k.map(|k| k as usize),
         top_p: a.top_p,
         seed: a.seed,
     };
@@ -89,4 +90,12 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
         println!();
     }
     Ok(())
+}
+
+/// A parser for a finite number in `low..=high`.
+fn in_range(low: f64, high: f64, what: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone {
+    move |s: &str| match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (low..=high).contains(&v) => Ok(v),
+        _ => Err(format!("\"{s}\" is not {what}")),
+    }
 }

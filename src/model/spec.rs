@@ -166,13 +166,55 @@ impl ModelSpec {
             Family::Llama | Family::Qwen2 => llama(&j, base)?,
             Family::GptNeox => gpt_neox(&j, base)?,
         };
-        if spec.n_query_groups <= 0 || spec.n_head % spec.n_query_groups != 0 {
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Sizes, counts and numbers a model can be built from: positive sizes, heads that divide, rotary
+    /// dimensions that pair up, a finite positive theta and norm epsilon, a parameter count that fits.
+    fn check(&self) -> Result<(), String> {
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.n_layer),
+            ("num_attention_heads", self.n_head),
+            ("head_dim", self.head_size),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if let Some((key, v)) = sizes.iter().find(|(_, v)| *v <= 0) {
+            return Err(format!("`{key}` is {v}; it must be at least 1"));
+        }
+        if self.n_query_groups <= 0 || self.n_head % self.n_query_groups != 0 {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of the key/value heads {}",
-                spec.n_head, spec.n_query_groups
+                self.n_head, self.n_query_groups
             ));
         }
-        Ok(spec)
+        if self.rope_dims < 0 || self.rope_dims % 2 != 0 || self.rope_dims > self.head_size {
+            return Err(format!(
+                "rotary embeddings on {} of the {} dimensions of a head: they must be an even number, at most the head size; check `rotary_pct` / `partial_rotary_factor`",
+                self.rope_dims, self.head_size
+            ));
+        }
+        for (key, v) in [("rope_theta", self.rope_theta), ("the norm epsilon", self.norm_eps)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{key} is {v}; it must be a positive number"));
+            }
+        }
+        // Every tensor's element count, and their sum, must fit in an i64 (and so in memory arithmetic).
+        let widest =
+            [self.vocab_size, self.intermediate_size, (self.n_head + 2 * self.n_query_groups) * self.head_size]
+                .into_iter()
+                .try_fold(0i64, |max, rows| rows.checked_mul(self.hidden_size).map(|n| max.max(n)));
+        let total = widest.and_then(|w| w.checked_mul(4)).and_then(|w| w.checked_mul(self.n_layer + 2));
+        if total.is_none_or(|t| t > 1 << 48) {
+            return Err(format!(
+                "hidden_size {}, intermediate_size {}, vocab_size {} and {} layers make a model too large to build; check these numbers",
+                self.hidden_size, self.intermediate_size, self.vocab_size, self.n_layer
+            ));
+        }
+        Ok(())
     }
 
     /// The checkpoint's parameter count.
@@ -296,7 +338,6 @@ fn llama(j: &Json, base: ModelSpec) -> Result<ModelSpec, String> {
         mlp: Mlp::SwiGlu,
         qkv_bias: qwen || attention_bias,
         proj_bias: !qwen && attention_bias,
-        rope_theta: if base.rope_theta <= 0.0 { 10000.0 } else { base.rope_theta },
         rope_llama3,
         ..base
     })
