@@ -74,3 +74,57 @@ pub fn did_you_mean<'a>(input: &str, candidates: impl IntoIterator<Item = &'a st
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
+
+thread_local! {
+    /// Whether the current thread runs inside [`guard`], and the message of the panic caught there.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static CAUGHT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and turns a panic inside it into a one-line problem that starts with `context`. libtorch's
+/// C++ errors reach Rust as panics from tch (`index out of range`, an allocation that fails, shapes that
+/// do not match): this is the one boundary where they become errors a user reads, with no panic text
+/// or stack trace printed.
+pub fn guard<T>(context: &str, f: impl FnOnce() -> T) -> Result<T, Problems> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED.get() {
+                CAUGHT.set(Some(panic_text(info.payload())));
+            } else {
+                default(info);
+            }
+        }));
+    });
+    let outer = GUARDED.replace(true);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.set(outer);
+    result.map_err(|payload| {
+        let text = CAUGHT.take().unwrap_or_else(|| panic_text(payload.as_ref()));
+        Problems::one(format!("{context}: {}", explain(&text)))
+    })
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "an internal error".into())
+}
+
+/// The first line of libtorch's message (tch wraps it as `…Torch("<message>\nException raised from …")`),
+/// with what to change when memory ran out.
+fn explain(text: &str) -> String {
+    let inner = text.split_once("Torch(\"").map_or(text, |(_, rest)| rest);
+    let first = inner.split("\\n").next().unwrap_or(inner).lines().next().unwrap_or(inner);
+    let first = first.trim_end_matches("\")").trim();
+    let lower = first.to_lowercase();
+    if lower.contains("out of memory") || lower.contains("can't allocate") || lower.contains("cannot allocate") {
+        return format!(
+            "out of memory ({first}); lower train.micro_batch_size or data.max_seq_length, or use a 16-bit model.precision"
+        );
+    }
+    format!("libtorch: {first}")
+}

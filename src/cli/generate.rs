@@ -69,13 +69,15 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
         seed: a.seed,
     };
     let mut streamer = Streamer::new(&tokenizer);
-    let out = timed(&model, &ids, &sampling, &tokenizer.eos_ids, |id| {
-        if !a.json {
-            let mut lock = std::io::stdout().lock();
-            let _ = write!(lock, "{}", streamer.push(id));
-            let _ = lock.flush();
-        }
-    });
+    let out = ftexp::error::guard("generating", || {
+        timed(&model, &ids, &sampling, &tokenizer.eos_ids, |id| {
+            if !a.json {
+                let mut lock = std::io::stdout().lock();
+                let _ = write!(lock, "{}", streamer.push(id));
+                let _ = lock.flush();
+            }
+        })
+    })?;
     if a.json {
         println!(
             "{}",

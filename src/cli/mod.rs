@@ -72,7 +72,9 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    match exec(cli.command) {
+    // The last boundary for libtorch errors the commands do not name more closely.
+    let result = ftexp::error::guard("ftexp", || exec(cli.command)).map_err(anyhow::Error::from).and_then(|r| r);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<Problems>() {
             Some(problems) => {

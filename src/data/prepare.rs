@@ -59,6 +59,18 @@ impl Prepared {
     pub fn split(&self, name: &str) -> &[Sample] {
         self.splits.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
+
+    /// `Err` naming the cache entry when a token id is not below `vocab_size` (the model's embedding rows).
+    pub fn check_ids(&self, vocab_size: i64) -> Result<(), Problems> {
+        let ids = self.splits.values().flatten().flat_map(|s| s.input_ids.iter());
+        match ids.max() {
+            Some(&max) if i64::from(max) >= vocab_size => Err(Problems::one(format!(
+                "{}: holds token id {max}, but the model has {vocab_size} token embeddings; the tokenizer does not match the model (model.tokenizer), or the cache entry is damaged (delete it and prepare again)",
+                self.dir.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What a data set is prepared from; the cache key covers all of it.

@@ -96,9 +96,12 @@ pub fn evaluate_run(dir: &Path, req: &EvalRequest) -> Result<RunEval, Problems> 
     if samples.is_empty() {
         return Err(Problems::one(format!("{}: the {} split is empty", dir.display(), req.split)));
     }
+    data.check_ids(run.model.spec.vocab_size)?;
     let micro = run.config.train.micro_batch_size as usize;
-    let loss = mean_loss(&mut run.model, samples, micro, None);
-    let em = req.generate.then(|| exact_match(&run.model, &run.tokenizer, samples, 3));
+    let (loss, em) = crate::error::guard(&format!("evaluating {}", dir.display()), || {
+        let loss = mean_loss(&mut run.model, samples, micro, None);
+        (loss, req.generate.then(|| exact_match(&run.model, &run.tokenizer, samples, 3)))
+    })?;
     let model = match (&run.checkpoint, req.base) {
         (_, true) => "base model".to_string(),
         (Some(c), false) => c.display().to_string(),
@@ -131,5 +134,6 @@ pub fn evaluate_run(dir: &Path, req: &EvalRequest) -> Result<RunEval, Problems> 
 pub fn load_checkpoint(dir: &Path, placement: Placement) -> Result<(Gpt, Tokenizer), Problems> {
     let tokenizer = Tokenizer::from_dir(dir)?;
     let model = crate::model::load(dir, placement.weight_kind(), placement.device)?;
+    methods::check_vocab(&tokenizer, dir, &model.spec, dir)?;
     Ok((model, tokenizer))
 }

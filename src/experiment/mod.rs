@@ -127,6 +127,9 @@ pub struct RunInfo {
     pub parameters: Option<ParamCount>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub results: Option<Results>,
+    /// Why a failed run failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
     /// `ftexp eval` results by split (`test`, or `test_base` for the base model).
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub evaluations: BTreeMap<String, Evaluation>,
@@ -222,6 +225,7 @@ impl Experiment {
             base: None,
             parameters: None,
             results: None,
+            error: None,
             evaluations: BTreeMap::new(),
         };
         self.write_run_info(&info)?;
@@ -244,6 +248,15 @@ impl Experiment {
         self.update(|info| {
             info.status = status;
             info.end_time = Some(utc_now());
+        })
+    }
+
+    /// Marks the run `failed`, with its end time and the cause.
+    pub fn fail(&self, cause: &str) -> Result<(), Problems> {
+        self.update(|info| {
+            info.status = RunStatus::Failed;
+            info.end_time = Some(utc_now());
+            info.error = Some(cause.to_string());
         })
     }
 

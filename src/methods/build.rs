@@ -44,9 +44,30 @@ pub fn build(c: &Config) -> Result<Built, Problems> {
     };
     super::check_fits(&model.spec, &c.method)
         .map_err(|msg| Problems::one(format!("{msg} ({})", base_dir.display())))?;
+    check_vocab(&Tokenizer::from_dir(&tokenizer_dir)?, &tokenizer_dir, &model.spec, &base_dir)?;
     super::apply(&mut model, &c.method, c.seed, placement.trainable_kind());
     let trainable = super::trainable(&mut model, c.method.kind, placement.trainable_kind());
     Ok(Built { model, trainable, base_dir, tokenizer_dir, config_json, placement })
+}
+
+/// `Err` naming both files when the tokenizer in `tokenizer_dir` makes ids the model in `model_dir` has no
+/// embedding for.
+pub fn check_vocab(
+    tokenizer: &Tokenizer,
+    tokenizer_dir: &Path,
+    spec: &ModelSpec,
+    model_dir: &Path,
+) -> Result<(), Problems> {
+    if tokenizer.vocab_size() as i64 > spec.vocab_size {
+        return Err(Problems::one(format!(
+            "{} has {} tokens, but {}'s vocab_size is {}: this tokenizer does not belong to this model; use the model's own tokenizer (model.tokenizer)",
+            tokenizer_dir.join("tokenizer.json").display(),
+            tokenizer.vocab_size(),
+            model_dir.join("config.json").display(),
+            spec.vocab_size
+        )));
+    }
+    Ok(())
 }
 
 /// Copies the tensors of a checkpoint's `trained.safetensors` into `trainable`.

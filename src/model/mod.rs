@@ -29,16 +29,19 @@ pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Gpt, Problems> {
         )));
     }
     let spec = spec::ModelSpec::from_file(&config)?;
-    let mut hub = weights::load(dir, &spec, kind, device)?;
-    Ok(tch::no_grad(|| {
-        Gpt::from_tensors(spec.clone(), |t| {
-            let name = t.hub_name(&spec).expect("checkpoint tensors have hub names");
-            match name.fused_part {
-                None => hub.remove(&name.name).expect("weights::load checked every tensor is present"),
-                Some(part) => gpt::fused_part(&spec, &hub[&name.name], part),
-            }
-        })
-    }))
+    // Converting and moving the weights can run out of memory: a one-line error, not a panic.
+    crate::error::guard(&dir.display().to_string(), || {
+        let mut hub = weights::load(dir, &spec, kind, device)?;
+        Ok(tch::no_grad(|| {
+            Gpt::from_tensors(spec.clone(), |t| {
+                let name = t.hub_name(&spec).expect("checkpoint tensors have hub names");
+                match name.fused_part {
+                    None => hub.remove(&name.name).expect("weights::load checked every tensor is present"),
+                    Some(part) => gpt::fused_part(&spec, &hub[&name.name], part),
+                }
+            })
+        }))
+    })?
 }
 
 /// A model of `spec` with random weights: N(0, 0.02) matrices and embeddings, norms one, biases zero.

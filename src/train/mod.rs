@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::data::Prepared;
-use crate::error::Problems;
+use crate::error::{guard, Problems};
 use crate::experiment::checkpoint::{self, TrainerState};
 use crate::experiment::metrics::{Metrics, Row};
 use crate::experiment::{self, BaseRecord, DataRecord, Experiment, RunStatus};
@@ -88,13 +88,18 @@ pub fn run(c: &Config, start: Start) -> anyhow::Result<PathBuf> {
         bail_user!("{}: no training samples left after preparation; see `ftexp prepare`", c.data.path);
     }
     let built = methods::build(c)?;
+    data.check_ids(built.model.spec.vocab_size)?;
     let total = schedule::step_counts(&c.train, data.split("train").len()).total;
     let state = TrainerState { method: Some(c.method.kind), ..TrainerState::default() };
     let mut trainer = Trainer::new(built, c, data.split("train"), total, state);
     let exp = open(c, start, &mut trainer)?;
     record_inputs(c, &exp, &trainer, &data)?;
     catch_interrupts();
-    match train_loop(c, &mut trainer, &exp, &data) {
+    // A libtorch error anywhere in the loop (a panic from tch) fails the run like any other error.
+    let outcome = guard(&exp.dir.display().to_string(), || train_loop(c, &mut trainer, &exp, &data))
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+    match outcome {
         Ok(status) => {
             exp.finish(status)?;
             if status == RunStatus::Interrupted {
@@ -106,7 +111,7 @@ pub fn run(c: &Config, start: Start) -> anyhow::Result<PathBuf> {
             Ok(exp.dir.clone())
         }
         Err(e) => {
-            let _ = exp.finish(RunStatus::Failed);
+            let _ = exp.fail(&format!("{e:#}"));
             Err(e)
         }
     }
@@ -193,7 +198,7 @@ fn train_loop(c: &Config, trainer: &mut Trainer, exp: &Experiment, data: &Prepar
             trainer.save(&exp.dir, &checkpoint::dir_name(trainer.state.step))?;
             return Ok(RunStatus::Interrupted);
         }
-        let stats = trainer.step();
+        let stats = guard(&format!("step {}", trainer.state.step + 1), || trainer.step())?;
         trainer.state.elapsed_s = progress.elapsed_before + progress.clock.elapsed().as_secs_f64();
         let step = stats.step;
         let is_eval = step.is_multiple_of(t.eval_interval) && !data.split("val").is_empty();

@@ -98,14 +98,27 @@ impl AdamW {
         out
     }
 
-    /// Restores moments saved by [`AdamW::state`]; every parameter must be present.
+    /// Restores moments saved by [`AdamW::state`]; every parameter must be present, in its shape.
     pub fn load_state(&mut self, saved: Vec<(String, Tensor)>) -> Result<(), String> {
         let mut map: std::collections::HashMap<String, Tensor> = saved.into_iter().collect();
-        self.step = map.remove("step").map(|t| t.int64_value(&[]) as u64).ok_or("no step in the optimizer state")?;
+        let step = map.remove("step").filter(|t| t.numel() == 1).ok_or("no step in the optimizer state")?;
+        self.step = u64::try_from(step.f_int64_value(&[]).map_err(|e| e.to_string())?)
+            .map_err(|_| "a negative step in the optimizer state")?;
         for (i, (n, p)) in self.params.iter().enumerate() {
-            let device = p.device();
-            self.m[i] = map.remove(&format!("m.{n}")).ok_or(format!("no moment for {n}"))?.to_device(device);
-            self.v[i] = map.remove(&format!("v.{n}")).ok_or(format!("no moment for {n}"))?.to_device(device);
+            let mut take = |which: &str| -> Result<Tensor, String> {
+                let t = map.remove(&format!("{which}.{n}")).ok_or(format!("no moment for {n}"))?;
+                if t.size() != p.size() || t.kind() != Kind::Float {
+                    return Err(format!(
+                        "the moment {which}.{n} is {:?} {:?}, the tensor it belongs to {:?} (fp32 expected)",
+                        t.kind(),
+                        t.size(),
+                        p.size()
+                    ));
+                }
+                t.f_to_device(p.device()).map_err(|e| e.to_string())
+            };
+            self.m[i] = take("m")?;
+            self.v[i] = take("v")?;
         }
         Ok(())
     }

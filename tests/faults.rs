@@ -1,0 +1,116 @@
+//! Bad input and faults (issue 12): each answered with one line naming the culprit and what to change,
+//! exit code 2, no panic text, and nothing left half-written.
+use std::path::Path;
+
+use serde_json::Value;
+use tch::{Kind, Tensor};
+
+use crate::common::{fixtures, ftexp, stderr};
+
+fn project(extra: &str) -> tempfile::TempDir {
+    let rows: Vec<Value> = (0..40)
+        .map(|i| serde_json::json!({"instruction": format!("Double {}.", i % 8), "input": "", "output": format!("{} cups", 2 * (i % 8))}))
+        .collect();
+    let config = format!(
+        "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\n[method]\nkind = \"lora\"\n[train]\nlearning_rate = 0.01\nmax_steps = 4\nbatch_size = 4\nmicro_batch_size = 2\nwarmup_iters = 1\neval_interval = 2\neval_iters = 1\nsave_interval = 2\n{extra}",
+        fixtures().join("models/llama").display(),
+    );
+    crate::common::tree(&[("exp.toml", &config), ("rows.json", &serde_json::to_string(&rows).unwrap())])
+}
+
+fn run_json(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap()
+}
+
+/// Asserts `out` failed with exit 2 and one `error:` line containing each of `wants`, no panic text.
+fn one_line_error(out: &std::process::Output, wants: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: ") && !err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    for want in wants {
+        assert!(err.contains(want), "{want:?} missing in {err}");
+    }
+}
+
+#[test]
+fn libtorch_errors_are_one_line_problems_with_their_context() {
+    let err = ftexp::error::guard("reshaping", || Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)).view([3]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("reshaping: libtorch: shape '[3]' is invalid for input of size 2"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // what a panic in a guard leaves behind: nothing; the next guard works the same
+    assert!(ftexp::error::guard("ok", || 1 + 1).is_ok());
+}
+
+#[test]
+fn token_ids_beyond_the_model_are_refused_before_training() {
+    // a tokenizer with more tokens than the model has embeddings
+    let p = project("");
+    let mut tokenizer: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("models/llama/tokenizer.json")).unwrap())
+            .unwrap();
+    let vocab = tokenizer["model"]["vocab"].as_object_mut().unwrap();
+    for i in 0..10 {
+        vocab.insert(format!("extra{i}"), (448 + i).into());
+    }
+    std::fs::create_dir(p.path().join("tok")).unwrap();
+    std::fs::write(p.path().join("tok/tokenizer.json"), tokenizer.to_string()).unwrap();
+    let generation = fixtures().join("models/llama/generation_config.json");
+    std::fs::copy(generation, p.path().join("tok/generation_config.json")).unwrap();
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "model.tokenizer=tok"], &[]);
+    one_line_error(&out, &["tok/tokenizer.json has 458 tokens", "config.json's vocab_size is 448"]);
+    assert!(!p.path().join("experiments").exists(), "nothing written for a refused run");
+
+    // a damaged cache entry holding an id past the vocabulary
+    let prepared = ftexp(p.path(), &["prepare", "exp.toml", "--json"], &[]);
+    let prepared: Value = serde_json::from_slice(&prepared.stdout).unwrap();
+    let entry = p.path().join(prepared["dir"].as_str().unwrap());
+    let ids = entry.join("train.ids");
+    let mut bytes = std::fs::read(&ids).unwrap();
+    bytes[12..16].copy_from_slice(&100_000u32.to_le_bytes()); // the first sample's first token
+    std::fs::write(&ids, bytes).unwrap();
+    let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
+    one_line_error(&out, &["holds token id 100000", "448 token embeddings", "prepare again"]);
+}
+
+#[test]
+fn optimizer_moments_of_another_shape_are_refused_on_resume() {
+    let p = project("");
+    let out =
+        ftexp(p.path(), &["run", "exp.toml", "--set", "train.max_steps=2", "--set", "train.save_interval=1"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = p.path().join("experiments/t/v1");
+    let ckpt = run.join("checkpoints/step-000001");
+    let file = ckpt.join("optimizer.safetensors");
+    let mut moments = Tensor::read_safetensors(&file).unwrap();
+    let m = moments.iter_mut().find(|(n, _)| n.starts_with("m.")).unwrap();
+    m.1 = Tensor::zeros([3, 3], (Kind::Float, tch::Device::Cpu));
+    Tensor::write_safetensors(&moments, &file).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoints/final")).unwrap();
+    let mut info = run_json(&run);
+    info["status"] = "interrupted".into();
+    std::fs::write(run.join("run.json"), info.to_string()).unwrap();
+    let out = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
+    one_line_error(&out, &["step-000001", "[3, 3]"]);
+}
+
+#[test]
+fn a_run_that_fails_records_why() {
+    let p = project("max_grad_norm = 0.0\n");
+    let sets = [
+        "method.kind=full",
+        "train.learning_rate=1e6",
+        "train.warmup_iters=0",
+        "train.max_steps=12",
+        "train.weight_decay=0.01",
+    ];
+    let args: Vec<&str> = ["run", "exp.toml"].into_iter().chain(sets.iter().flat_map(|s| ["--set", *s])).collect();
+    let out = ftexp(p.path(), &args, &[]);
+    one_line_error(&out, &["the training loss became"]);
+    let info = run_json(&p.path().join("experiments/t/v1"));
+    assert_eq!(info["status"], "failed");
+    assert!(info["error"].as_str().unwrap().contains("the training loss became"), "{info}");
+    assert!(info["end_time"].is_string());
+}
