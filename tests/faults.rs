@@ -114,3 +114,49 @@ fn a_run_that_fails_records_why() {
     assert!(info["error"].as_str().unwrap().contains("the training loss became"), "{info}");
     assert!(info["end_time"].is_string());
 }
+
+/// A pid that no process has now: a child that has exited.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn runs_are_locked_and_resume_is_idempotent() {
+    let p = project("");
+    let out =
+        ftexp(p.path(), &["run", "exp.toml", "--set", "train.max_steps=4", "--set", "train.save_interval=1"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = p.path().join("experiments/t/v1");
+    // a completed run: --resume says so and changes nothing
+    let before = std::fs::read(run.join("run.json")).unwrap();
+    let out = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
+    one_line_error(&out, &["the run is completed; there is nothing to resume"]);
+    assert_eq!(std::fs::read(run.join("run.json")).unwrap(), before, "run.json unchanged");
+
+    // make it an interrupted run whose newest checkpoint is damaged, with debris of a killed save
+    std::fs::remove_dir_all(run.join("checkpoints/final")).unwrap();
+    let mut info = run_json(&run);
+    info["status"] = "interrupted".into();
+    std::fs::write(run.join("run.json"), info.to_string()).unwrap();
+    let newest = run.join("checkpoints/step-000003/optimizer.safetensors");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let debris = run.join(format!("checkpoints/.tmp-step-000004-{}", dead_pid()));
+    std::fs::create_dir(&debris).unwrap();
+
+    // while another process holds the run, a resume is refused
+    let held = ftexp::experiment::Experiment::open(&run).unwrap().lock().unwrap();
+    let out = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
+    one_line_error(&out, &["another ftexp process is training this run"]);
+    drop(held);
+
+    let out = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(crate::common::stdout(&out).contains("step-000002 (step 2)"), "fell back to the previous checkpoint");
+    assert!(stderr(&out).contains("skipped a damaged checkpoint") && stderr(&out).contains("step-000003"));
+    assert!(!debris.exists(), "a dead process's temporary directory is removed");
+    assert_eq!(run_json(&run)["status"], "completed");
+}

@@ -336,6 +336,7 @@ fn store(
 ) -> Result<(), Problems> {
     let io = |e: std::io::Error| Problems::one(format!("{}: cannot write the data cache: {e}", root.display()));
     std::fs::create_dir_all(root).map_err(io)?;
+    crate::experiment::clean_stale(root);
     let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(io)?;

@@ -49,19 +49,27 @@ pub fn save(
     let root = run_dir.join("checkpoints");
     let fail = |e: std::io::Error| Problems::one(format!("{}: cannot write the checkpoint: {e}", root.display()));
     std::fs::create_dir_all(&root).map_err(fail)?;
+    super::clean_stale(&root);
     let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(fail)?;
-    let detached: Vec<(String, Tensor)> = trained.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
-    Tensor::write_safetensors(&detached, tmp.join(TRAINED)).map_err(io(&tmp))?;
-    Tensor::write_safetensors(optimizer, tmp.join(OPTIMIZER)).map_err(io(&tmp))?;
-    std::fs::write(tmp.join(STATE), serde_json::to_string_pretty(state).expect("state serializes")).map_err(fail)?;
-    let target = root.join(name);
-    if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(fail)?;
+    let written = (|| {
+        let detached: Vec<(String, Tensor)> = trained.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+        Tensor::write_safetensors(&detached, tmp.join(TRAINED)).map_err(io(&tmp))?;
+        Tensor::write_safetensors(optimizer, tmp.join(OPTIMIZER)).map_err(io(&tmp))?;
+        std::fs::write(tmp.join(STATE), serde_json::to_string_pretty(state).expect("state serializes"))
+            .map_err(fail)?;
+        let target = root.join(name);
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(fail)?;
+        }
+        std::fs::rename(&tmp, &target).map_err(fail)?;
+        Ok(target)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    std::fs::rename(&tmp, &target).map_err(fail)?;
-    Ok(target)
+    written
 }
 
 pub fn read_state(dir: &Path) -> Result<TrainerState, Problems> {

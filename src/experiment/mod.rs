@@ -286,9 +286,53 @@ impl Experiment {
         Ok(Experiment { name, version, dir: dir.to_path_buf() })
     }
 
+    /// Takes the run's advisory lock (`.lock` in its directory), held until the returned value is
+    /// dropped: two processes never train into one run directory at once.
+    pub fn lock(&self) -> Result<RunLock, Problems> {
+        let path = self.dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Problems::one(format!("{}: cannot open: {e}", path.display())))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Problems::one(format!(
+                "{}: another ftexp process is training this run; wait for it to end or stop it",
+                self.dir.display()
+            )));
+        }
+        Ok(RunLock { _file: file })
+    }
+
     /// Writes `name` in the run directory through a temporary file, so readers never see half a file.
     pub fn write(&self, name: &str, contents: &str) -> Result<(), Problems> {
         write_atomic(&self.dir.join(name), contents.as_bytes())
+    }
+}
+
+/// A run's advisory lock; released when dropped (or when the process ends, however it ends).
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Removes the temporary files and directories (`.tmp-<name>-<pid>`, `.<name>.tmp-<pid>`) that processes
+/// which no longer run left in `dir` when they were killed while writing.
+pub fn clean_stale(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix('.')
+            .filter(|n| n.starts_with("tmp-") || n.contains(".tmp-"))
+            .and_then(|n| n.rsplit('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok());
+        // SAFETY: signal 0 only asks whether the process exists.
+        let alive = |pid: i32| unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM };
+        if pid.is_some_and(|pid| pid > 0 && !alive(pid)) {
+            let path = entry.path();
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
     }
 }
 
@@ -298,9 +342,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Problems> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         std::process::id()
     ));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| Problems::one(format!("{}: cannot write: {e}", path.display())))
+    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Problems::one(format!("{}: cannot write: {e}", path.display()))
+    })
 }
 
 fn git_state() -> (Option<String>, Option<bool>) {

@@ -19,7 +19,7 @@ use crate::data::Prepared;
 use crate::error::{guard, Problems};
 use crate::experiment::checkpoint::{self, TrainerState};
 use crate::experiment::metrics::{Metrics, Row};
-use crate::experiment::{self, BaseRecord, DataRecord, Experiment, RunStatus};
+use crate::experiment::{self, BaseRecord, DataRecord, Experiment, RunLock, RunStatus};
 use crate::{bail_user, methods};
 use trainer::{StepStats, Trainer};
 
@@ -92,7 +92,7 @@ pub fn run(c: &Config, start: Start) -> anyhow::Result<PathBuf> {
     let total = schedule::step_counts(&c.train, data.split("train").len()).total;
     let state = TrainerState { method: Some(c.method.kind), ..TrainerState::default() };
     let mut trainer = Trainer::new(built, c, data.split("train"), total, state);
-    let exp = open(c, start, &mut trainer)?;
+    let (exp, _lock) = open(c, start, &mut trainer)?;
     record_inputs(c, &exp, &trainer, &data)?;
     catch_interrupts();
     // A libtorch error anywhere in the loop (a panic from tch) fails the run like any other error.
@@ -117,34 +117,60 @@ pub fn run(c: &Config, start: Start) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The run directory: a new version, or the resumed run with the trainer restored from its newest
-/// complete checkpoint.
-fn open(c: &Config, start: Start, trainer: &mut Trainer) -> Result<Experiment, Problems> {
+/// The run directory, locked for this process: a new version, or the resumed run with the trainer
+/// restored from its newest complete checkpoint that reads back whole.
+fn open(c: &Config, start: Start, trainer: &mut Trainer) -> Result<(Experiment, RunLock), Problems> {
     match start {
         Start::New { experiments_root, tag, rerun_of } => {
             let exp = experiment::allocate(&experiments_root, &c.name)?;
+            let lock = exp.lock()?;
             exp.start(c, &trainer.built.placement.device_name())?;
             exp.update(|i| (i.tag, i.rerun_of) = (tag, rerun_of))?;
-            Ok(exp)
+            Ok((exp, lock))
         }
         Start::Resume { run_dir } => {
             let exp = Experiment::open(&run_dir)?;
-            let Some(ckpt) = checkpoint::list(&run_dir).pop() else {
+            let lock = exp.lock()?;
+            if exp.read_run_info()?.status == RunStatus::Completed {
                 return Err(Problems::one(format!(
-                    "{}: has no complete checkpoint to resume from; start a new run",
+                    "{}: the run is completed; there is nothing to resume (`ftexp rerun {}` runs it again as a new version)",
+                    run_dir.display(),
                     run_dir.display()
                 )));
-            };
-            trainer.restore(&ckpt)?;
+            }
+            experiment::clean_stale(&run_dir);
+            let ckpt = restore_newest(&run_dir, trainer)?;
             exp.update(|i| {
                 i.status = RunStatus::Running;
                 i.end_time = None;
+                i.error = None;
                 i.resumed_from = Some(ckpt.display().to_string());
             })?;
             println!("resuming {} from {} (step {})", exp.dir.display(), ckpt.display(), trainer.state.step);
-            Ok(exp)
+            Ok((exp, lock))
         }
     }
+}
+
+/// Restores the newest checkpoint of `run_dir` that reads back whole, skipping (and naming) damaged ones.
+fn restore_newest(run_dir: &Path, trainer: &mut Trainer) -> Result<PathBuf, Problems> {
+    let mut damaged = Vec::new();
+    for ckpt in checkpoint::list(run_dir).into_iter().rev() {
+        match trainer.restore(&ckpt) {
+            Ok(()) => {
+                for why in &damaged {
+                    eprintln!("warning: skipped a damaged checkpoint: {why}");
+                }
+                return Ok(ckpt);
+            }
+            Err(e) => damaged.push(e.to_string()),
+        }
+    }
+    let tried = if damaged.is_empty() { String::new() } else { format!(" (damaged: {})", damaged.join("; ")) };
+    Err(Problems::one(format!(
+        "{}: has no complete checkpoint to resume from{tried}; start a new run",
+        run_dir.display()
+    )))
 }
 
 /// Records what the run is made of: precision, data, base model files and parameter counts.
