@@ -518,6 +518,7 @@ impl Fetcher<'_> {
                 return Ok(cached);
             }
         }
+        self.check_names(name)?;
         let result = if !self.settings.progress {
             self.api_repo.download_with_progress(name, ())
         } else if std::io::stderr().is_terminal() {
@@ -542,6 +543,43 @@ impl Fetcher<'_> {
             ))),
             _ => Ok(path),
         }
+    }
+}
+
+impl Fetcher<'_> {
+    /// hf-hub names the cache files of a download after the commit (`x-repo-commit`) and the blob
+    /// (`x-linked-etag`, else `etag`) the hub sends with the file: a hostile mirror could send `../` there
+    /// and have files written outside the cache. Asks for those headers first and refuses any that is
+    /// not a 40-character hex commit id or a plain token. A hub that cannot be asked is left to hf-hub's
+    /// own error.
+    fn check_names(&self, name: &str) -> Result<(), Fail> {
+        let agent = ureq::AgentBuilder::new().redirects(0).build();
+        let mut request = agent.head(&self.api_repo.url(name));
+        if let Some(token) = &self.settings.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let response = match request.call() {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(_) => return Ok(()),
+        };
+        let refuse = |what: &str, value: &str| {
+            fail(format!(
+                "the hub at {} answered {name} of {} with the {what} `{value}`, which is not a plain name; refusing to write files named after it (check HF_ENDPOINT)",
+                self.ctx.endpoint, self.ctx.repo_id
+            ))
+        };
+        if let Some(commit) = response.header("x-repo-commit") {
+            if commit.len() != 40 || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(refuse("commit", commit));
+            }
+        }
+        if let Some(etag) = response.header("x-linked-etag").or_else(|| response.header("etag")) {
+            let plain = etag.trim_start_matches("W/").trim_matches('"');
+            if plain.is_empty() || !plain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(refuse("etag", etag));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde_json::{json, Value};
 
 use crate::error::Problems;
-use crate::experiment::{metrics, versions, RunInfo};
+use crate::experiment::{metrics, plot, versions, RunInfo};
 
 /// One run: where it is, how it went, its whole config and its results.
 #[derive(Debug, Clone, PartialEq)]
@@ -478,21 +478,22 @@ fn color(i: usize) -> RGBAColor {
 
 /// Draws the val-loss curves of `rows` into the PNG `path` (through a temporary file).
 pub fn plot(rows: &[RunRow], path: &Path) -> Result<(), Problems> {
-    crate::experiment::plot::write_png(path, |tmp| draw(tmp, rows))
+    plot::write_png(path, |tmp| draw(tmp, rows))
 }
 
 fn draw(path: &Path, rows: &[RunRow]) -> Result<(), Box<dyn std::error::Error>> {
     let labels = legend_labels(rows);
     let points: Vec<(f64, f64)> = rows.iter().flat_map(|r| &r.val_curve).map(|&(x, y)| (x as f64, y)).collect();
     let root = BitMapBackend::new(path, (1000, 620)).into_drawing_area();
-    let mut chart = crate::experiment::plot::loss_axes(&root, "ftexp report", "val loss (cross entropy)", &points)?;
+    let mut chart = plot::loss_axes(&root, "ftexp report", "val loss (cross entropy)", &points)?;
     let mut drawn = 0;
     for (i, (row, label)) in rows.iter().zip(&labels).enumerate() {
         if row.val_curve.is_empty() {
             continue;
         }
         let color = color(i);
-        let curve: Vec<(f64, f64)> = row.val_curve.iter().map(|&(s, v)| (s as f64, v)).collect();
+        let curve: Vec<(f64, f64)> =
+            row.val_curve.iter().filter(|p| plot::plottable(p.1)).map(|&(s, v)| (s as f64, v)).collect();
         chart
             .draw_series(LineSeries::new(curve.clone(), color.stroke_width(2)))?
             .label(label.as_str())

@@ -88,6 +88,11 @@ pub fn run_args(p: &Point) -> String {
     args.join(" ")
 }
 
+/// `line` as a recipe line make runs as written: make expands `$`, so each becomes `$$`.
+fn recipe(line: &str) -> String {
+    line.replace('$', "$$")
+}
+
 /// A Makefile with one target per point; each seed's data is prepared once before its points run.
 pub fn makefile(bin: &Path, config: &Path, points: &[Point]) -> String {
     let (bin, config) = (quote(&bin.display().to_string()), quote(&config.display().to_string()));
@@ -103,11 +108,12 @@ pub fn makefile(bin: &Path, config: &Path, points: &[Point]) -> String {
     for seed in &seeds {
         let name = seed.map_or("prepare".to_string(), |s| format!("prepare-seed-{s}"));
         let set = seed.map_or(String::new(), |s| format!(" --set seed={s}"));
-        out.push_str(&format!(".PHONY: {name}\n{name}:\n\t{bin} prepare {config}{set} --json > /dev/null\n"));
+        let line = recipe(&format!("{bin} prepare {config}{set} --json > /dev/null"));
+        out.push_str(&format!(".PHONY: {name}\n{name}:\n\t{line}\n"));
     }
     for (target, p) in targets.iter().zip(points) {
         let prep = p.seed.map_or("prepare".to_string(), |s| format!("prepare-seed-{s}"));
-        out.push_str(&format!("{target}: {prep}\n\t{bin} run {config} {}\n", run_args(p)));
+        out.push_str(&format!("{target}: {prep}\n\t{}\n", recipe(&format!("{bin} run {config} {}", run_args(p)))));
     }
     out
 }

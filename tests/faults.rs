@@ -160,3 +160,71 @@ fn runs_are_locked_and_resume_is_idempotent() {
     assert!(!debris.exists(), "a dead process's temporary directory is removed");
     assert_eq!(run_json(&run)["status"], "completed");
 }
+
+#[test]
+fn paths_from_files_and_grids_stay_where_they_belong() {
+    // a local shard index that points outside its checkpoint directory
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join("models/llama")).unwrap().flatten() {
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let index_path = dir.path().join("model.safetensors.index.json");
+    let mut index: Value = serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    let first = index["weight_map"].as_object().unwrap().keys().next().unwrap().clone();
+    index["weight_map"][&first] = "../../elsewhere/x.safetensors".into();
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let d = dir.path().display().to_string();
+    let out = ftexp(Path::new("."), &["generate", "--checkpoint", &d, "--prompt", "x"], &[]);
+    one_line_error(&out, &["names the shard `../../elsewhere/x.safetensors`", "not a file name"]);
+
+    // a grid value with `$` reaches `ftexp run` as written, not expanded by make
+    let p = project("");
+    let grid = "data.prompt_style=Q$HOME:{instruction}";
+    let mk = ftexp(p.path(), &["sweep", "exp.toml", "--grid", grid, "--makefile"], &[]);
+    assert!(mk.status.success(), "{}", stderr(&mk));
+    std::fs::write(p.path().join("sweep.mk"), &mk.stdout).unwrap();
+    let dry = std::process::Command::new("make").args(["-n", "-f", "sweep.mk"]).current_dir(p.path()).output().unwrap();
+    let commands = String::from_utf8_lossy(&dry.stdout);
+    assert!(commands.contains("--set 'data.prompt_style=Q$HOME:{instruction}'"), "{commands}");
+
+    // `rerun` from inside an experiment directory writes beside the run, not below the working directory
+    let data = p.path().join("rows.json").display().to_string();
+    let out =
+        ftexp(p.path(), &["run", "exp.toml", "--set", "train.max_steps=1", "--set", &format!("data.path={data}")], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ftexp(&p.path().join("experiments/t"), &["rerun", "v1"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p.path().join("experiments/t/v2/run.json").is_file());
+    assert!(!p.path().join("experiments/t/experiments").exists());
+}
+
+#[test]
+fn report_draws_tampered_losses_without_hanging() {
+    let p = project("");
+    assert!(ftexp(p.path(), &["run", "exp.toml", "--set", "train.max_steps=2"], &[]).status.success());
+    let run = p.path().join("experiments/t/v1");
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let mut lines: Vec<String> = metrics.lines().map(String::from).collect();
+    for (i, value) in [(1, "1e308"), (2, "-1e308")] {
+        let mut cells: Vec<String> = lines[i].split(',').map(String::from).collect();
+        cells[6] = value.into();
+        lines[i] = cells.join(",");
+    }
+    std::fs::write(run.join("metrics.csv"), lines.join("\n") + "\n").unwrap();
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args(["report", "experiments/t", "--png", "r.png"])
+        .current_dir(p.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("ftexp report did not finish within a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(p.path().join("r.png").is_file());
+}

@@ -27,13 +27,15 @@ struct FakeRepo {
     files: Vec<FakeFile>,
     /// When set, the repo is gated: everything but the storage route needs `Bearer <token>`.
     token: Option<String>,
+    /// A hostile mirror's answer for files: this commit header and this etag instead of the true ones.
+    hostile: Option<(String, String)>,
 }
 
 impl FakeRepo {
     fn new(id: &str, files: &[(&str, Vec<u8>)]) -> Self {
         let sha = format!("{:016x}{:016x}{:08x}", fnv(id.as_bytes(), 1), fnv(id.as_bytes(), 2), files.len());
         let files = files.iter().map(|(n, b)| FakeFile { name: n.to_string(), bytes: b.clone() }).collect();
-        FakeRepo { id: id.to_string(), sha, files, token: None }
+        FakeRepo { id: id.to_string(), sha, files, token: None, hostile: None }
     }
 
     fn file(&self, name: &str) -> Option<&FakeFile> {
@@ -240,11 +242,12 @@ fn route(path: &str, query: &str, range: Option<&str>, auth: Option<&str>, repos
             return Reply::error(404, "RevisionNotFound", "Invalid rev id");
         }
         let Some(file) = repo.file(name) else { return Reply::error(404, "EntryNotFound", "Entry not found") };
-        let commit = ("X-Repo-Commit".to_string(), repo.sha.clone());
+        let (sha, etag) = repo.hostile.clone().unwrap_or((repo.sha.clone(), format!("\"{}\"", etag_of(&file.bytes))));
+        let commit = ("X-Repo-Commit".to_string(), sha);
         if is_large(name) {
             let headers = vec![
                 commit,
-                ("X-Linked-Etag".into(), format!("\"{}\"", etag_of(&file.bytes))),
+                ("X-Linked-Etag".into(), etag),
                 ("X-Linked-Size".into(), file.bytes.len().to_string()),
                 ("ETag".into(), "\"pointer-etag\"".into()),
                 ("Location".into(), format!("http://127.0.0.1:{port}/storage/{id}/{name}")),
@@ -549,4 +552,30 @@ fn ensure_local_uses_directories_and_downloads_on_first_use() {
     // An unknown id says it might have been meant as a directory.
     let msg = one_line_error(ensure_local_with(&s, "test-org/missing", None, &d.out));
     assert!(msg.contains("not found") && msg.contains("local directory"), "{msg}");
+}
+
+#[test]
+fn a_hostile_mirror_cannot_write_outside_the_cache() {
+    let d = dirs();
+    for (commit, etag, culprit) in [
+        ("../../../escape", "\"abc\"", "commit `../../../escape`"),
+        ("0123456789abcdef0123456789abcdef01234567", "\"../../../../escape\"", "etag `\"../../../../escape\"`"),
+    ] {
+        let mut repo = FakeRepo::new("test-org/evil", &tiny_files());
+        repo.hostile = Some((commit.to_string(), etag.to_string()));
+        let hub = FakeHub::start(vec![repo]);
+        let err =
+            one_line_error(download_with(&settings(&hub.endpoint, &d.cache, None), "test-org/evil", None, &d.out));
+        assert!(err.contains(culprit) && err.contains("refusing"), "{err}");
+    }
+    let root = d.cache.parent().unwrap();
+    let mut everything = Vec::new();
+    all_files(root, &mut everything);
+    assert!(everything.iter().all(|p| !p.to_string_lossy().contains("escape")), "{everything:?}");
+    let outside: Vec<_> = std::fs::read_dir(root.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("escape"))
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
 }

@@ -29,6 +29,12 @@ pub fn write_png(path: &Path, draw: impl FnOnce(&Path) -> DrawResult) -> Result<
     std::fs::rename(&tmp, path).map_err(|e| Problems::one(format!("{}: cannot write: {e}", path.display())))
 }
 
+/// Whether a loss can be drawn: finite and within ±1e6 (a cross entropy never gets near; a tampered or
+/// diverged value would stretch the axis until drawing it never ends).
+pub fn plottable(loss: f64) -> bool {
+    loss.is_finite() && loss.abs() <= 1e6
+}
+
 /// Axes for loss against the optimizer step, fitted to `points`.
 pub fn loss_axes<'a, 'b>(
     root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
@@ -40,7 +46,7 @@ pub fn loss_axes<'a, 'b>(
     let (lo, hi) = points
         .iter()
         .map(|p| p.1)
-        .filter(|v| v.is_finite())
+        .filter(|v| plottable(*v))
         .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
     let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo, hi) };
     let pad = ((hi - lo) * 0.05).max(1e-3);
@@ -61,8 +67,10 @@ pub fn loss_png(path: &Path, title: &str, rows: &[Row]) -> Result<(), Problems> 
 }
 
 fn draw(path: &Path, title: &str, rows: &[Row]) -> DrawResult {
-    let train: Vec<(f64, f64)> = rows.iter().filter_map(|r| Some((r.step as f64, r.train_loss?))).collect();
-    let val: Vec<(f64, f64)> = rows.iter().filter_map(|r| Some((r.step as f64, r.val_loss?))).collect();
+    let train: Vec<(f64, f64)> =
+        rows.iter().filter_map(|r| Some((r.step as f64, r.train_loss.filter(|v| plottable(*v))?))).collect();
+    let val: Vec<(f64, f64)> =
+        rows.iter().filter_map(|r| Some((r.step as f64, r.val_loss.filter(|v| plottable(*v))?))).collect();
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     let mut chart = loss_axes(&root, title, "loss (cross entropy)", &[&train[..], &val[..]].concat())?;
     chart

@@ -21,7 +21,16 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, Problems> {
         let map = json["weight_map"]
             .as_object()
             .ok_or_else(|| Problems::one(format!("{}: no `weight_map` object", index.display())))?;
-        let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+        let names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        // Shards are files of this directory: a name with a path in it could point anywhere.
+        if let Some(bad) = names.iter().find(|n| n.is_empty() || n.contains(['/', '\\']) || **n == ".." || **n == ".") {
+            return Err(Problems::one(format!(
+                "{}: names the shard `{bad}`, which is not a file name in {}; an index lists only file names",
+                index.display(),
+                dir.display()
+            )));
+        }
+        let mut files: Vec<PathBuf> = names.iter().map(|f| dir.join(f)).collect();
         files.sort();
         files.dedup();
         for f in &files {

@@ -65,8 +65,10 @@ pub fn rerun(run_dir: &Path, seed: Option<u64>) -> anyhow::Result<PathBuf> {
     }
     let sets: Vec<String> = seed.map(|s| format!("seed={s}")).into_iter().collect();
     let config = crate::config::resolve(&saved, &sets)?.config;
-    // The saved file sits two levels below the experiments directory.
-    let root = run_dir.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_default();
+    // The saved file sits two levels below the experiments directory, wherever this command runs from.
+    let canonical =
+        run_dir.canonicalize().map_err(|e| Problems::one(format!("{}: cannot read: {e}", run_dir.display())))?;
+    let root = canonical.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_default();
     let rerun_of = Some(run_dir.display().to_string());
     run(&config, Start::New { experiments_root: root, tag: None, rerun_of })
 }
