@@ -228,3 +228,50 @@ fn report_draws_tampered_losses_without_hanging() {
     assert!(child.wait().unwrap().success());
     assert!(p.path().join("r.png").is_file());
 }
+
+#[test]
+fn a_run_is_used_on_exactly_its_base_and_its_data() {
+    let p = project("");
+    let full = ["run", "exp.toml", "--set", "name=\"pre\"", "--set", "method.kind=full", "--set", "train.max_steps=1"];
+    assert!(ftexp(p.path(), &full, &[]).status.success());
+    let chained = ["run", "exp.toml", "--set", "model.checkpoint=experiment:pre", "--set", "train.max_steps=2"];
+    let out = ftexp(p.path(), &chained, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "experiments/t/v1", "--json"];
+        args.extend_from_slice(extra);
+        ftexp(p.path(), &args, &[])
+    };
+    let loss = |out: &std::process::Output| -> f64 {
+        assert!(out.status.success(), "{}", stderr(out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["loss"].as_f64().unwrap()
+    };
+    let before = loss(&eval(&[]));
+
+    // the base experiment gains a newer version: the chained run still uses the one it trained on
+    let out = ftexp(p.path(), &["rerun", "experiments/pre/v1", "--seed", "9"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p.path().join("experiments/pre/v2/checkpoints/final/model").is_dir());
+    assert_eq!(loss(&eval(&[])), before, "evaluated on pre/v1, as trained");
+
+    // a changed base file is refused, naming it, unless the user says otherwise
+    let config = p.path().join("experiments/pre/v1/checkpoints/final/model/config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen('{', "{\"note\": \"edited\", ", 1)).unwrap();
+    one_line_error(&eval(&[]), &["pre/v1/checkpoints/final/model/config.json: changed", "--allow-changed-base"]);
+    assert_eq!(loss(&eval(&["--allow-changed-base"])), before);
+    std::fs::write(&config, text).unwrap();
+
+    // the data file re-saved in another order: the run's own prepared splits are used while cached …
+    let mut records: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(p.path().join("rows.json")).unwrap()).unwrap();
+    records.reverse();
+    std::fs::write(p.path().join("rows.json"), serde_json::to_string(&records).unwrap()).unwrap();
+    assert_eq!(loss(&eval(&["--allow-changed-base"])), before, "the run's cached test split");
+    // … and once they are gone, the changed file is an error, not a silently different test split
+    std::fs::remove_dir_all(p.path().join("data/.cache")).unwrap();
+    one_line_error(&eval(&["--allow-changed-base"]), &["rows.json: changed since the run prepared its splits"]);
+    let out = ftexp(p.path(), &["rerun", "experiments/t/v1", "--allow-changed-base"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rows.json changed since experiments/t/v1 prepared its data"), "{}", stderr(&out));
+}

@@ -47,3 +47,12 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// `--allow-changed-base`, for commands that use a run on the base it was trained on.
+#[derive(clap::Args)]
+pub struct BaseArg {
+    /// Use the run's base model even when its files changed since the run was trained on it (the run's
+    /// trained weights may then compute something else than they did).
+    #[arg(long)]
+    pub allow_changed_base: bool,
+}

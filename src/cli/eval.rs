@@ -3,11 +3,11 @@ use std::path::{Path, PathBuf};
 
 use ftexp::device::Placement;
 use ftexp::error::Problems;
-use ftexp::eval::{self, EvalRequest, RunEval};
+use ftexp::eval::{self, EvalRequest, LoadOptions, RunEval};
 use ftexp::model::Gpt;
 use ftexp::tokenizer::Tokenizer;
 
-use super::args::{print_json, DeviceArgs, JsonArg};
+use super::args::{print_json, BaseArg, DeviceArgs, JsonArg};
 
 /// Loss and perplexity of a run on one of its data splits (and, with --generate, the exact-match rate
 /// of greedy answers), or of a base checkpoint on a text file.
@@ -39,6 +39,8 @@ pub struct Args {
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
+    base_files: BaseArg,
+    #[command(flatten)]
     json: JsonArg,
 }
 
@@ -53,13 +55,13 @@ pub fn load_checkpoint(dir: &Path, d: &DeviceArgs) -> Result<(Gpt, Tokenizer), P
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
     if let Some(dir) = &a.run {
-        let req = EvalRequest {
-            split: &a.split,
-            generate: a.generate,
-            base: a.base,
+        let load = LoadOptions {
             step: a.step,
+            base: a.base,
             device: Some(a.device.device),
+            allow_changed_base: a.base_files.allow_changed_base,
         };
+        let req = EvalRequest { split: &a.split, generate: a.generate, load };
         let r = eval::evaluate_run(dir, &req)?;
         return if a.json.json { print_json(&r) } else { print_run(&r) };
     }

@@ -3,9 +3,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use ftexp::data::{prompt, Record};
+use ftexp::eval::LoadOptions;
 use ftexp::generate::{timed, Sampling, Streamer};
 
-use super::args::DeviceArgs;
+use super::args::{BaseArg, DeviceArgs};
 
 /// Generate text from a checkpoint: one prefill, then one token per step, streamed to stdout.
 #[derive(clap::Args)]
@@ -42,6 +43,8 @@ pub struct Args {
     seed: u64,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    base: BaseArg,
     /// Print {"ids": [...], "text": "...", timings} for the generated part instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -49,7 +52,13 @@ pub struct Args {
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
     let (model, tokenizer, text) = if a.checkpoint.join("run.json").is_file() {
-        let run = ftexp::eval::load_run(&a.checkpoint, a.step, false, Some(a.device.device))?;
+        let load = LoadOptions {
+            step: a.step,
+            base: false,
+            device: Some(a.device.device),
+            allow_changed_base: a.base.allow_changed_base,
+        };
+        let run = ftexp::eval::load_run(&a.checkpoint, load)?;
         let record = Record { instruction: a.prompt.clone(), input: a.input, output: String::new() };
         let text = if a.raw { a.prompt } else { prompt::render(&run.config.data.prompt_style, &record) };
         (run.model, run.tokenizer, text)

@@ -1,8 +1,11 @@
 //! `ftexp rerun`.
 use std::path::PathBuf;
 
-/// Run a finished experiment again from its saved config.toml, into a new version: on the same machine
-/// and thread count the same seed gives the same metrics.csv (but the timing columns).
+use super::args::BaseArg;
+
+/// Run a finished experiment again from its saved config.toml, on the base it was trained on, into a new
+/// version: on the same machine and thread count the same seed gives the same metrics.csv (but the
+/// timing columns).
 #[derive(clap::Args)]
 pub struct Args {
     /// The run directory, experiments/<name>/v<N>.
@@ -10,9 +13,11 @@ pub struct Args {
     /// Use another seed (another split, data order and initialisation).
     #[arg(long)]
     seed: Option<u64>,
+    #[command(flatten)]
+    base: BaseArg,
 }
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
-    ftexp::train::rerun(&a.run_dir, a.seed)?;
+    ftexp::train::rerun(&a.run_dir, a.seed, a.base.allow_changed_base)?;
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use ftexp::experiment::{self, EXPERIMENTS_DIR};
 use ftexp::train::{self, Start};
 
-use super::args::ConfigArgs;
+use super::args::{BaseArg, ConfigArgs};
 
 /// Fine-tune: prepare the data, load the base model, train, and write experiments/<name>/v<N>/.
 #[derive(clap::Args)]
@@ -21,6 +21,8 @@ pub struct Args {
     /// A label recorded in run.json (sweeps tag each run with its grid point).
     #[arg(long)]
     tag: Option<String>,
+    #[command(flatten)]
+    base: BaseArg,
 }
 
 pub fn exec(mut a: Args) -> anyhow::Result<()> {
@@ -30,15 +32,16 @@ pub fn exec(mut a: Args) -> anyhow::Result<()> {
     let root = PathBuf::from(EXPERIMENTS_DIR);
     match a.resume {
         None => {
-            let start = Start::New { experiments_root: root, tag: a.tag, rerun_of: None };
-            train::run(&a.config.resolve()?.config, start)?;
+            let start = Start::New { experiments_root: root, tag: a.tag };
+            train::run(&a.config.resolve()?.config, start, false)?;
         }
         Some(dir) if dir.is_empty() => {
             let name = a.config.resolve()?.config.name;
-            train::resume(&experiment::newest(&root, &name).map_err(|e| e.prefixed("--resume"))?)?;
+            let run_dir = experiment::newest(&root, &name).map_err(|e| e.prefixed("--resume"))?;
+            train::resume(&run_dir, a.base.allow_changed_base)?;
         }
         Some(dir) => {
-            train::resume(&PathBuf::from(dir))?;
+            train::resume(&PathBuf::from(dir), a.base.allow_changed_base)?;
         }
     }
     Ok(())

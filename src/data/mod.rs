@@ -26,6 +26,26 @@ pub fn prepare_for(config: &Config) -> Result<Prepared, Problems> {
     prepare(&inputs(config, &tokenizer, &dir.join("tokenizer.json")), Path::new(prepare::CACHE_DIR))
 }
 
+/// A run's prepared data: its cache entry `recorded_key` while the cache holds it, else prepared again —
+/// which must give the same key, or the data file changed and the run's splits are not what it was
+/// trained and tested on.
+pub fn prepare_for_run(config: &Config, recorded_key: Option<&str>) -> Result<Prepared, Problems> {
+    let root = Path::new(prepare::CACHE_DIR);
+    if let Some(p) = recorded_key.and_then(|key| prepare::load_entry(root, key)) {
+        return Ok(p);
+    }
+    let p = prepare_for(config)?;
+    match recorded_key {
+        Some(key) if key != p.key => Err(Problems::one(format!(
+            "{}: changed since the run prepared its splits from it (cache key {key}, now {}), and those splits are no longer in {}: records the run trained on could be in its test split now; restore the file, or run the experiment again",
+            config.data.path,
+            p.key,
+            root.display()
+        ))),
+        _ => Ok(p),
+    }
+}
+
 /// The statistics of `config`'s prepared data when the cache already holds it; `None` when it must be
 /// prepared first. Reads the tokenizer's files but tokenizes nothing and downloads nothing.
 pub fn cached_stats(config: &Config) -> Result<Option<BTreeMap<String, SplitStats>>, Problems> {

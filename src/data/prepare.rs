@@ -134,6 +134,12 @@ pub fn cached_stats(cache_root: &Path, key: &str) -> Result<Option<BTreeMap<Stri
     })
 }
 
+/// The complete cache entry `key`, when the cache holds one.
+pub fn load_entry(cache_root: &Path, key: &str) -> Option<Prepared> {
+    let dir = cache_root.join(key);
+    dir.join("stats.json").is_file().then(|| load(&dir, key).ok()).flatten()
+}
+
 /// Prepares the data set, or reuses the cache entry with the same key.
 pub fn prepare(inputs: &Inputs, cache_root: &Path) -> Result<Prepared, Problems> {
     let key = cache_key(inputs)?;

@@ -26,19 +26,30 @@ pub struct LoadedRun {
     pub checkpoint: Option<PathBuf>,
 }
 
-/// Loads the run in `dir`; `device` overrides the one it trained on.
-pub fn load_run(
-    dir: &Path,
-    step: Option<u64>,
-    base: bool,
-    device: Option<DeviceSetting>,
-) -> Result<LoadedRun, Problems> {
+/// How to load a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// The checkpoint of this step instead of the final one.
+    pub step: Option<u64>,
+    /// The base model alone.
+    pub base: bool,
+    /// Another device than the one the run trained on.
+    pub device: Option<DeviceSetting>,
+    /// Use the run's base even when its files changed since the run was trained on it.
+    pub allow_changed_base: bool,
+}
+
+/// Loads the run in `dir`, on exactly the base it was trained on.
+pub fn load_run(dir: &Path, o: LoadOptions) -> Result<LoadedRun, Problems> {
     let exp = Experiment::open(dir)?;
     let mut config = crate::config::resolve(&exp.dir.join("config.toml"), &[])?.config;
-    if let Some(d) = device.filter(|d| *d != DeviceSetting::Auto) {
+    if let Some(d) = o.device.filter(|d| *d != DeviceSetting::Auto) {
         config.model.device = d;
     }
-    let mut built = methods::build(&config)?;
+    let info = exp.read_run_info()?;
+    let base_dir = methods::recorded_base(&info, config.model.init, o.allow_changed_base)?;
+    let mut built = methods::build_on(&config, base_dir.as_deref())?;
+    let (step, base) = (o.step, o.base);
     let checkpoint = if base {
         None
     } else {
@@ -81,17 +92,15 @@ pub struct EvalRequest<'a> {
     pub split: &'a str,
     /// Also the exact-match rate of greedy answers.
     pub generate: bool,
-    /// The base model instead of the fine-tuned one.
-    pub base: bool,
-    pub step: Option<u64>,
-    pub device: Option<DeviceSetting>,
+    pub load: LoadOptions,
 }
 
 /// Evaluates a split of the run in `dir` and records the result in its run.json (under the split's
 /// name, or `<split>_base` for the base model).
 pub fn evaluate_run(dir: &Path, req: &EvalRequest) -> Result<RunEval, Problems> {
-    let mut run = load_run(dir, req.step, req.base, req.device)?;
-    let data = crate::data::prepare_for(&run.config)?;
+    let mut run = load_run(dir, req.load)?;
+    let recorded = Experiment::open(dir)?.read_run_info()?.data.map(|d| d.cache_key);
+    let data = crate::data::prepare_for_run(&run.config, recorded.as_deref())?;
     let samples = data.split(req.split);
     if samples.is_empty() {
         return Err(Problems::one(format!("{}: the {} split is empty", dir.display(), req.split)));
@@ -102,12 +111,12 @@ pub fn evaluate_run(dir: &Path, req: &EvalRequest) -> Result<RunEval, Problems> 
         let loss = mean_loss(&mut run.model, samples, micro, None);
         (loss, req.generate.then(|| exact_match(&run.model, &run.tokenizer, samples, 3)))
     })?;
-    let model = match (&run.checkpoint, req.base) {
+    let model = match (&run.checkpoint, req.load.base) {
         (_, true) => "base model".to_string(),
         (Some(c), false) => c.display().to_string(),
         (None, false) => String::new(),
     };
-    let key = if req.base { format!("{}_base", req.split) } else { req.split.to_string() };
+    let key = if req.load.base { format!("{}_base", req.split) } else { req.split.to_string() };
     let record = Evaluation {
         model: model.clone(),
         samples: samples.len(),

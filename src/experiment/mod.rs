@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod metrics;
 pub mod plot;
+pub mod provenance;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -143,12 +144,14 @@ pub struct DataRecord {
     pub split_sizes: BTreeMap<String, usize>,
 }
 
-/// The base model a run started from, with the SHA-256 of each of its files.
+/// The base model a run started from: the directory `model.checkpoint` resolved to (a hub repo's
+/// download, or one version of an experiment), and a record of each of its files. Later uses of the run
+/// load exactly this directory and check its files first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BaseRecord {
     pub checkpoint: String,
     pub dir: PathBuf,
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, provenance::FileRecord>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

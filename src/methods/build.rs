@@ -8,7 +8,7 @@ use super::Trainable;
 use crate::config::{Config, Init, ModelConfig, ModelType};
 use crate::device::Placement;
 use crate::error::Problems;
-use crate::experiment::checkpoint;
+use crate::experiment::{checkpoint, provenance, RunInfo};
 use crate::model::spec::ModelSpec;
 use crate::model::{self, Gpt};
 use crate::source::{self, BaseModel};
@@ -27,6 +27,22 @@ pub struct Built {
 
 /// Loads the base model of `c` on its device (downloading it on first use) and applies the method.
 pub fn build(c: &Config) -> Result<Built, Problems> {
+    build_on(c, None)
+}
+
+/// The base directory a run recorded, its files checked against the record (unless
+/// `allow_changed`); `None` for a run trained from scratch or recorded without one.
+pub fn recorded_base(info: &RunInfo, init: Init, allow_changed: bool) -> Result<Option<PathBuf>, Problems> {
+    let Some(base) = info.base.as_ref().filter(|_| init == Init::Pretrained) else { return Ok(None) };
+    if !allow_changed {
+        provenance::verify(&base.dir, &base.files)?;
+    }
+    Ok(Some(base.dir.clone()))
+}
+
+/// [`build`] on the base in `base` when given (a run's recorded base), instead of the one
+/// `model.checkpoint` names today.
+pub fn build_on(c: &Config, base: Option<&Path>) -> Result<Built, Problems> {
     let placement = Placement::resolve(c.model.device, c.model.precision);
     placement.check_available().map_err(|why| {
         Problems::one(format!("model.device = \"{}\" but {why}; use --set model.device=cpu", c.model.device))
@@ -37,14 +53,23 @@ pub fn build(c: &Config) -> Result<Built, Problems> {
         let spec = ModelSpec::from_json(&json).map_err(|e| Problems::one(format!("[model.architecture]: {e}")))?;
         (model::random(spec, c.seed, kind, placement.device), tokenizer_dir.clone(), json, tokenizer_dir)
     } else {
-        let dir = BaseModel::parse(&c.model).locate(true)?;
+        let dir = match base {
+            Some(dir) => dir.to_path_buf(),
+            None => BaseModel::parse(&c.model).locate(true)?,
+        };
         let model = model::load(&dir, kind, placement.device)?;
         let json = std::fs::read_to_string(dir.join("config.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
-        (model, dir, json.unwrap_or_default(), source::tokenizer_dir(&c.model, true)?)
+        let tokenizer_dir = match (&c.model.tokenizer, base) {
+            (None, Some(dir)) => dir.to_path_buf(),
+            _ => source::tokenizer_dir(&c.model, true)?,
+        };
+        (model, dir, json.unwrap_or_default(), tokenizer_dir)
     };
     super::check_fits(&model.spec, &c.method)
         .map_err(|msg| Problems::one(format!("{msg} ({})", base_dir.display())))?;
-    check_vocab(&Tokenizer::from_dir(&tokenizer_dir)?, &tokenizer_dir, &model.spec, &base_dir)?;
+    if c.model.init == Init::Pretrained {
+        check_vocab(&Tokenizer::from_dir(&tokenizer_dir)?, &tokenizer_dir, &model.spec, &base_dir)?;
+    }
     super::apply(&mut model, &c.method, c.seed, placement.trainable_kind());
     let trainable = super::trainable(&mut model, c.method.kind, placement.trainable_kind());
     Ok(Built { model, trainable, base_dir, tokenizer_dir, config_json, placement })

@@ -5,7 +5,7 @@ mod build;
 
 use tch::{Kind, Tensor};
 
-pub use build::{build, check_vocab, load_trained, random_architecture, Built};
+pub use build::{build, build_on, check_vocab, load_trained, random_architecture, recorded_base, Built};
 
 use crate::config::{MethodConfig, MethodKind};
 use crate::experiment::ParamCount;

@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-
 use crate::config::Config;
 use crate::data::Prepared;
 use crate::error::{guard, Problems};
@@ -38,27 +36,46 @@ fn catch_interrupts() {
     }
 }
 
-/// How to start: a new version, or continuing a run directory from its newest checkpoint.
+/// How to start: a new version, a new version of an earlier run on its base, or continuing a run
+/// directory from its newest checkpoint.
 pub enum Start {
     New {
         experiments_root: PathBuf,
-        /// Recorded in run.json: the sweep point (`--tag`) and the run reproduced (`ftexp rerun`).
+        /// Recorded in run.json: the sweep point (`--tag`).
         tag: Option<String>,
-        rerun_of: Option<String>,
+    },
+    /// `ftexp rerun`: the run in `of` again, on exactly the base it was trained on.
+    Rerun {
+        experiments_root: PathBuf,
+        of: PathBuf,
     },
     Resume {
         run_dir: PathBuf,
     },
 }
 
-/// Continues the run in `run_dir` from its newest complete checkpoint, with the config it started with.
-pub fn resume(run_dir: &Path) -> anyhow::Result<PathBuf> {
-    let saved = crate::config::resolve(&run_dir.join("config.toml"), &[])?.config;
-    run(&saved, Start::Resume { run_dir: run_dir.to_path_buf() })
+impl Start {
+    /// The run.json of the run this start continues or reproduces.
+    fn recorded(&self) -> Result<Option<experiment::RunInfo>, Problems> {
+        match self {
+            Start::New { .. } => Ok(None),
+            Start::Rerun { of: dir, .. } | Start::Resume { run_dir: dir } => {
+                Experiment::open(dir)?.read_run_info().map(Some)
+            }
+        }
+    }
 }
 
-/// Runs `run_dir`'s saved config again into a new version beside it (with another seed if given).
-pub fn rerun(run_dir: &Path, seed: Option<u64>) -> anyhow::Result<PathBuf> {
+/// Continues the run in `run_dir` from its newest complete checkpoint, with the config, the base and the
+/// prepared data it started with.
+pub fn resume(run_dir: &Path, allow_changed_base: bool) -> anyhow::Result<PathBuf> {
+    let saved = crate::config::resolve(&run_dir.join("config.toml"), &[])?.config;
+    run(&saved, Start::Resume { run_dir: run_dir.to_path_buf() }, allow_changed_base)
+}
+
+/// Runs `run_dir`'s saved config again into a new version beside it (with another seed if given), on
+/// the base it was trained on; the data is prepared again from the file as it is now.
+pub fn rerun(run_dir: &Path, seed: Option<u64>, allow_changed_base: bool) -> anyhow::Result<PathBuf> {
     let saved = run_dir.join("config.toml");
     if !saved.is_file() {
         bail_user!("{}: not a run directory (no config.toml)", run_dir.display());
@@ -69,12 +86,11 @@ pub fn rerun(run_dir: &Path, seed: Option<u64>) -> anyhow::Result<PathBuf> {
     let canonical =
         run_dir.canonicalize().map_err(|e| Problems::one(format!("{}: cannot read: {e}", run_dir.display())))?;
     let root = canonical.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_default();
-    let rerun_of = Some(run_dir.display().to_string());
-    run(&config, Start::New { experiments_root: root, tag: None, rerun_of })
+    run(&config, Start::Rerun { experiments_root: root, of: run_dir.to_path_buf() }, allow_changed_base)
 }
 
 /// Runs the experiment; returns its directory. Errors leave the run marked `failed`.
-pub fn run(c: &Config, start: Start) -> anyhow::Result<PathBuf> {
+pub fn run(c: &Config, start: Start, allow_changed_base: bool) -> anyhow::Result<PathBuf> {
     if c.train.devices > 1 {
         bail_user!(
             "train.devices = {}: training on several devices is not supported yet; set train.devices = 1",
@@ -85,12 +101,7 @@ pub fn run(c: &Config, start: Start) -> anyhow::Result<PathBuf> {
     if !rules.is_empty() {
         return Err(Problems(rules.into_iter().map(|(key, msg)| format!("`{key}` {msg}")).collect()).into());
     }
-    let data = crate::data::prepare_for(c)?;
-    if data.split("train").is_empty() {
-        bail_user!("{}: no training samples left after preparation; see `ftexp prepare`", c.data.path);
-    }
-    let built = methods::build(c)?;
-    data.check_ids(built.model.spec.vocab_size)?;
+    let (data, built) = inputs(c, &start, allow_changed_base)?;
     let total = schedule::step_counts(&c.train, data.split("train").len()).total;
     let state = TrainerState { method: Some(c.method.kind), ..TrainerState::default() };
     let mut trainer = Trainer::new(built, c, data.split("train"), total, state);
@@ -119,15 +130,55 @@ pub fn run(c: &Config, start: Start) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The prepared data and the built model of a run: for a resumed run its own prepared splits and its
+/// recorded base, for a rerun its recorded base.
+fn inputs(c: &Config, start: &Start, allow_changed_base: bool) -> Result<(Prepared, methods::Built), Problems> {
+    let recorded = start.recorded()?;
+    let recorded_key = recorded.as_ref().and_then(|i| i.data.as_ref()).map(|d| d.cache_key.clone());
+    let data = match start {
+        Start::Resume { .. } => crate::data::prepare_for_run(c, recorded_key.as_deref())?,
+        _ => crate::data::prepare_for(c)?,
+    };
+    if let (Start::Rerun { of, .. }, Some(key)) = (start, recorded_key.filter(|k| *k != data.key)) {
+        eprintln!(
+            "note: {} changed since {} prepared its data (cache key {key}, now {}): this run trains on the file as it is now",
+            c.data.path,
+            of.display(),
+            data.key
+        );
+    }
+    if data.split("train").is_empty() {
+        let dropped: usize = data.stats.values().map(|s| s.dropped).sum();
+        return Err(Problems::one(format!(
+            "{}: no training samples left after preparation ({dropped} records dropped as longer than data.max_seq_length = {} tokens); raise max_seq_length, or set data.long_samples = \"truncate\"; see `ftexp prepare`",
+            c.data.path, c.data.max_seq_length
+        )));
+    }
+    let base = match &recorded {
+        Some(info) => methods::recorded_base(info, c.model.init, allow_changed_base)?,
+        None => None,
+    };
+    let built = methods::build_on(c, base.as_deref())?;
+    data.check_ids(built.model.spec.vocab_size)?;
+    Ok((data, built))
+}
+
 /// The run directory, locked for this process: a new version, or the resumed run with the trainer
 /// restored from its newest complete checkpoint that reads back whole.
 fn open(c: &Config, start: Start, trainer: &mut Trainer) -> Result<(Experiment, RunLock), Problems> {
     match start {
-        Start::New { experiments_root, tag, rerun_of } => {
+        Start::New { experiments_root, tag } => {
             let exp = experiment::allocate(&experiments_root, &c.name)?;
             let lock = exp.lock()?;
             exp.start(c, &trainer.built.placement.device_name())?;
-            exp.update(|i| (i.tag, i.rerun_of) = (tag, rerun_of))?;
+            exp.update(|i| i.tag = tag)?;
+            Ok((exp, lock))
+        }
+        Start::Rerun { experiments_root, of } => {
+            let exp = experiment::allocate(&experiments_root, &c.name)?;
+            let lock = exp.lock()?;
+            exp.start(c, &trainer.built.placement.device_name())?;
+            exp.update(|i| i.rerun_of = Some(of.display().to_string()))?;
             Ok((exp, lock))
         }
         Start::Resume { run_dir } => {
@@ -189,7 +240,7 @@ fn record_inputs(c: &Config, exp: &Experiment, trainer: &Trainer, data: &Prepare
         i.base = Some(BaseRecord {
             checkpoint: c.model.checkpoint.clone(),
             dir: built.base_dir.clone(),
-            files: base_hashes(&built.base_dir),
+            files: experiment::provenance::record(&built.base_dir),
         });
         i.parameters = Some(counts);
     })
@@ -299,25 +350,6 @@ fn log_step(
         experiment::plot::loss_png(&exp.dir.join("loss.png"), &finish::title(exp, c), &metrics.rows)?;
     }
     Ok(())
-}
-
-fn sha256(path: &Path) -> Option<String> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).ok()?;
-    Some(format!("{:x}", hasher.finalize()))
-}
-
-/// The SHA-256 of the base's config, tokenizer and weight files.
-fn base_hashes(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| (n.ends_with(".json") || n.ends_with(".safetensors")) && !n.starts_with('.'))
-        .filter_map(|n| Some((n.clone(), sha256(&dir.join(&n))?)))
-        .collect()
 }
 
 /// Peak resident memory of this process in MiB (Linux).
