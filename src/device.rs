@@ -54,6 +54,32 @@ impl Placement {
         Ok(())
     }
 
+    /// The memory tensors on this device can use, when known: the machine's memory for the CPU.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        if self.device.is_cuda() {
+            return None;
+        }
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kb: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
+    /// Bytes per element of the weights.
+    pub fn weight_bytes(&self) -> u64 {
+        if self.weight_kind() == Kind::Float {
+            4
+        } else {
+            2
+        }
+    }
+
     pub fn device_name(&self) -> String {
         name(self.device)
     }

@@ -81,6 +81,7 @@ pub fn make(r: &Resolved) -> Result<Plan, Problems> {
     };
     if let Ok(spec) = &spec {
         methods::check_fits(spec, &c.method).map_err(Problems::one)?;
+        methods::check_memory(spec, &c.method, &placement).map_err(Problems::one)?;
     }
     let (architecture, architecture_missing) = match spec {
         Ok(spec) => (Some(summarize(&spec, &c.method)), None),

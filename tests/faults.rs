@@ -275,3 +275,67 @@ fn a_run_is_used_on_exactly_its_base_and_its_data() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("rows.json changed since experiments/t/v1 prepared its data"), "{}", stderr(&out));
 }
+
+#[test]
+fn messages_name_the_real_cause() {
+    let p = project("");
+    let prepare = |p: &Path| ftexp(p, &["prepare", "exp.toml"], &[]);
+    let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(p.path().join("rows.json")).unwrap()).unwrap();
+    // one pretty-printed object holding the records
+    let wrapped = serde_json::to_string_pretty(&serde_json::json!({"data": rows[..2]})).unwrap();
+    std::fs::write(p.path().join("rows.json"), wrapped).unwrap();
+    one_line_error(&prepare(p.path()), &["holds one JSON object (its `data` holds a list of 2 records"]);
+    // a byte-order mark is not an error
+    let array = serde_json::to_string(&rows).unwrap();
+    std::fs::write(p.path().join("rows.json"), format!("\u{feff}{array}")).unwrap();
+    assert!(prepare(p.path()).status.success(), "{}", stderr(&prepare(p.path())));
+    // a byte that is not UTF-8, on line 3
+    let lines: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+    let mut bytes = format!("{}\n{}\n", lines[0], lines[1]).into_bytes();
+    bytes.extend_from_slice(b"{\"instruction\": \"x\xff\", \"output\": \"y\"}\n");
+    std::fs::write(p.path().join("rows.json"), bytes).unwrap();
+    one_line_error(&prepare(p.path()), &["rows.json:3: not UTF-8 text"]);
+    std::fs::write(p.path().join("rows.json"), &array).unwrap();
+    // every sample longer than max_seq_length
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "data.max_seq_length=4"], &[]);
+    one_line_error(&out, &["no training samples left", "dropped as longer than data.max_seq_length = 4 tokens"]);
+    // sizes far beyond any run
+    let out = ftexp(p.path(), &["plan", "exp.toml", "--set", "train.batch_size=4611686018427387904"], &[]);
+    assert!(stderr(&out).contains("`train.batch_size` is 4611686018427387904; it must be at most 1048576"));
+    // a dangling `experiments` link
+    std::os::unix::fs::symlink(p.path().join("nowhere"), p.path().join("experiments")).unwrap();
+    one_line_error(&ftexp(p.path(), &["run", "exp.toml"], &[]), &["experiments is a link to", "does not exist"]);
+}
+
+#[test]
+fn damaged_weights_and_models_too_large_are_named() {
+    // a base whose frozen weight holds NaN: the base is blamed, not the learning rate
+    let p = project("");
+    let base = p.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("models/llama")).unwrap().flatten() {
+        std::fs::copy(entry.path(), base.join(entry.file_name())).unwrap();
+    }
+    let shard = base.join("model-00001-of-00005.safetensors");
+    let mut tensors = Tensor::read_safetensors(&shard).unwrap();
+    tensors[0].1 = tensors[0].1.full_like(f64::NAN);
+    Tensor::write_safetensors(&tensors, &shard).unwrap();
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "model.checkpoint=base"], &[]);
+    one_line_error(&out, &["holds NaN or infinite values", "the base checkpoint base is damaged"]);
+
+    // a model whose weights alone exceed this machine's memory is refused before anything is allocated
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("models/llama/config.json")).unwrap()).unwrap();
+    config["hidden_size"] = 131072.into();
+    config["intermediate_size"] = 524288.into();
+    config["num_attention_heads"] = 1024.into();
+    config["num_key_value_heads"] = 1024.into();
+    config["num_hidden_layers"] = 100.into();
+    std::fs::create_dir(p.path().join("huge")).unwrap();
+    std::fs::write(p.path().join("huge/config.json"), config.to_string()).unwrap();
+    let sets = ["--set", "model.checkpoint=huge", "--set", "model.init=random", "--set", "method.kind=full"];
+    let plan: Vec<&str> = ["plan", "exp.toml"].into_iter().chain(sets).collect();
+    one_line_error(&ftexp(p.path(), &plan, &[]), &["parameters need", "GiB", "more than the"]);
+    let bench: Vec<&str> = ["bench", "exp.toml", "--synthetic", "--steps", "1"].into_iter().chain(sets).collect();
+    one_line_error(&ftexp(p.path(), &bench, &[]), &["parameters need", "GiB", "more than the"]);
+}

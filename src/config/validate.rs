@@ -179,7 +179,25 @@ fn check_train(c: &Config, bad: &mut impl FnMut(&str, String)) {
             bad(key, "is 0; it must be at least 1".into());
         }
     }
-    let per_step = c.train.micro_batch_size * c.train.devices;
+    // Upper bounds far above any real run, so sizes never overflow on their way to a tensor shape.
+    let bounded = [
+        ("data.max_seq_length", c.data.max_seq_length, 1 << 20),
+        ("method.lora_r", c.method.lora_r, 1 << 16),
+        ("method.adapter_prompt_length", c.method.adapter_prompt_length, 1 << 16),
+        ("train.epochs", c.train.epochs, 1 << 20),
+        ("train.batch_size", c.train.batch_size, 1 << 20),
+        ("train.micro_batch_size", c.train.micro_batch_size, 1 << 20),
+        ("train.devices", c.train.devices, 1 << 16),
+        ("train.eval_iters", c.train.eval_iters, 1 << 30),
+    ];
+    let optional = [("train.max_steps", c.train.max_steps), ("train.epoch_size", c.train.epoch_size)];
+    let optional = optional.into_iter().filter_map(|(key, v)| Some((key, v?, 1 << 40)));
+    for (key, value, max) in bounded.into_iter().chain(optional) {
+        if value > max {
+            bad(key, format!("is {value}; it must be at most {max}"));
+        }
+    }
+    let per_step = c.train.micro_batch_size.saturating_mul(c.train.devices);
     if per_step > 0 && !c.train.batch_size.is_multiple_of(per_step) {
         bad(
             "train.batch_size",

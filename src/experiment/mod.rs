@@ -28,6 +28,13 @@ pub struct Experiment {
 /// each get their own version and never overwrite one another.
 pub fn allocate(root: &Path, name: &str) -> Result<Experiment, Problems> {
     check_name(name).map_err(|msg| Problems::one(format!("experiment name {msg}")))?;
+    if let Some(target) = std::fs::read_link(root).ok().filter(|_| !root.exists()) {
+        return Err(Problems::one(format!(
+            "{} is a link to {}, which does not exist; create that directory or remove the link",
+            root.display(),
+            target.display()
+        )));
+    }
     let parent = root.join(name);
     std::fs::create_dir_all(&parent).map_err(|e| Problems::one(format!("{}: cannot create: {e}", parent.display())))?;
     let mut version = versions(&parent).last().copied().unwrap_or(0) + 1;

@@ -51,12 +51,19 @@ pub fn build_on(c: &Config, base: Option<&Path>) -> Result<Built, Problems> {
     let (mut model, base_dir, config_json, tokenizer_dir) = if c.model.init == Init::Random {
         let (json, tokenizer_dir) = random_architecture(&c.model, true)?;
         let spec = ModelSpec::from_json(&json).map_err(|e| Problems::one(format!("[model.architecture]: {e}")))?;
+        super::check_memory(&spec, &c.method, &placement)
+            .map_err(|e| Problems::one(format!("model.init = \"random\": {e}")))?;
         (model::random(spec, c.seed, kind, placement.device), tokenizer_dir.clone(), json, tokenizer_dir)
     } else {
         let dir = match base {
             Some(dir) => dir.to_path_buf(),
             None => BaseModel::parse(&c.model).locate(true)?,
         };
+        let config = dir.join("config.json");
+        if let Ok(spec) = ModelSpec::from_file(&config) {
+            super::check_memory(&spec, &c.method, &placement)
+                .map_err(|e| Problems::one(format!("{}: {e}", config.display())))?;
+        }
         let model = model::load(&dir, kind, placement.device)?;
         let json = std::fs::read_to_string(dir.join("config.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
         let tokenizer_dir = match (&c.model.tokenizer, base) {

@@ -8,6 +8,7 @@ use tch::{Kind, Tensor};
 pub use build::{build, build_on, check_vocab, load_trained, random_architecture, recorded_base, Built};
 
 use crate::config::{MethodConfig, MethodKind};
+use crate::device::Placement;
 use crate::experiment::ParamCount;
 use crate::model::layout::{self, Param};
 use crate::model::spec::ModelSpec;
@@ -41,6 +42,25 @@ pub fn check_fits(spec: &ModelSpec, m: &MethodConfig) -> Result<(), String> {
             m.adapter_start_layer,
             spec.n_layer,
             spec.n_layer - 1
+        ));
+    }
+    Ok(())
+}
+
+/// `Err` with what to change when the weights of `spec` with method `m` alone need more memory than
+/// the device has (checked before anything is allocated; the full estimate is `ftexp plan`'s).
+pub fn check_memory(spec: &ModelSpec, m: &MethodConfig, placement: &Placement) -> Result<(), String> {
+    let Some(available) = placement.memory_bytes() else { return Ok(()) };
+    let params = count(spec, m).total as u64;
+    let needed = params.saturating_mul(placement.weight_bytes());
+    if needed > available {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(format!(
+            "the model's {params} parameters need {:.1} GiB in {} alone, more than the {:.1} GiB of memory of {}; use a smaller model, a 16-bit model.precision, or another device",
+            gib(needed),
+            placement.precision,
+            gib(available),
+            placement.device_name()
         ));
     }
     Ok(())

@@ -248,6 +248,8 @@ fn record_inputs(c: &Config, exp: &Experiment, trainer: &Trainer, data: &Prepare
 
 /// Where a run's loop stands, for logging.
 struct Progress {
+    /// The first step this process runs.
+    first_step: u64,
     clock: Instant,
     elapsed_before: f64,
     tokens_before: u64,
@@ -265,6 +267,7 @@ fn train_loop(c: &Config, trainer: &mut Trainer, exp: &Experiment, data: &Prepar
     let total = trainer.schedule.total;
     let mut metrics = Metrics::open(&exp.dir, (trainer.state.step > 0).then_some(trainer.state.step))?;
     let progress = Progress {
+        first_step: trainer.state.step + 1,
         clock: Instant::now(),
         elapsed_before: trainer.state.elapsed_s,
         tokens_before: trainer.state.tokens,
@@ -288,6 +291,14 @@ fn train_loop(c: &Config, trainer: &mut Trainer, exp: &Experiment, data: &Prepar
         let loss = stats.loss.double_value(&[]);
         if !loss.is_finite() {
             progress.bar.abandon();
+            // Weights no step has changed yet that are not finite come from the base, not the learning rate.
+            let untouched = step == progress.first_step;
+            if let Some(name) = trainer.non_finite_weight(untouched) {
+                bail_user!(
+                    "step {step}: the training loss became {loss} because the weight {name} holds NaN or infinite values; the base checkpoint {} is damaged: download or export it again",
+                    trainer.built.base_dir.display()
+                );
+            }
             let kept = last_good.as_ref().map_or("no checkpoint was saved yet".to_string(), |p| {
                 format!("the last good checkpoint is {}", p.display())
             });

@@ -101,6 +101,20 @@ impl<'a> Trainer<'a> {
         stats
     }
 
+    /// The name of a weight holding NaN or infinite values: among the frozen ones, or all with `all`.
+    pub fn non_finite_weight(&mut self, all: bool) -> Option<String> {
+        let mut found = None;
+        self.built.model.visit(&mut |name, t| {
+            if found.is_none() && (all || !t.requires_grad()) {
+                let finite = tch::no_grad(|| t.isfinite().all().int64_value(&[]) != 0);
+                if !finite {
+                    found = Some(name.to_string());
+                }
+            }
+        });
+        found
+    }
+
     /// Saves the trained tensors, the optimizer's moments and the trainer's position as checkpoint
     /// `name` of the run in `run_dir`.
     pub fn save(&self, run_dir: &Path, name: &str) -> Result<PathBuf, Problems> {
