@@ -501,3 +501,34 @@ fn bench_on_random_weights_needs_only_the_checkpoint_config_json() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("config.json: not found"), "{}", stderr(&out));
 }
+
+/// Runs made before MLP layers had named fields (their tensors `mlp.0` …) and before run.json recorded
+/// file sizes and times still load, resume and evaluate the same.
+#[test]
+fn runs_written_before_named_mlp_fields_still_load() {
+    let p = project("llama", "lora", "");
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "method.lora_mlp=true", "--set", "train.max_steps=2"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = run_dir(p.path(), 1);
+    let eval = || {
+        let out = ftexp(p.path(), &["eval", &dir.display().to_string(), "--json"], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["loss"].as_f64().unwrap()
+    };
+    let before = eval();
+    let old =
+        |n: &str| n.replace(".mlp.gate.", ".mlp.0.").replace(".mlp.up.", ".mlp.1.").replace(".mlp.down.", ".mlp.2.");
+    for file in ["trained.safetensors", "optimizer.safetensors"] {
+        let path = dir.join("checkpoints/final").join(file);
+        let tensors: Vec<(String, Tensor)> =
+            Tensor::read_safetensors(&path).unwrap().into_iter().map(|(n, t)| (old(&n), t)).collect();
+        assert!(tensors.iter().any(|(n, _)| n.contains(".mlp.2.")), "{file} has MLP tensors");
+        Tensor::write_safetensors(&tensors, &path).unwrap();
+    }
+    let mut run: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    for record in run["base"]["files"].as_object_mut().unwrap().values_mut() {
+        *record = record["sha256"].clone();
+    }
+    std::fs::write(dir.join("run.json"), run.to_string()).unwrap();
+    assert_eq!(eval(), before);
+}

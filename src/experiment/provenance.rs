@@ -10,12 +10,31 @@ use sha2::{Digest, Sha256};
 use crate::error::Problems;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(from = "Recorded")]
 pub struct FileRecord {
     pub sha256: String,
     pub bytes: u64,
     /// Seconds since the epoch; a file with the same size and time is taken as unchanged without
     /// hashing it again (as make and rsync do).
     pub modified: u64,
+}
+
+/// A file's record as run.json holds it: runs made before ftexp recorded sizes and times hold the
+/// SHA-256 alone (their files are then hashed to be checked).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Recorded {
+    Full { sha256: String, bytes: u64, modified: u64 },
+    Sha(String),
+}
+
+impl From<Recorded> for FileRecord {
+    fn from(r: Recorded) -> FileRecord {
+        match r {
+            Recorded::Full { sha256, bytes, modified } => FileRecord { sha256, bytes, modified },
+            Recorded::Sha(sha256) => FileRecord { sha256, bytes: u64::MAX, modified: 0 },
+        }
+    }
 }
 
 fn stamp(path: &Path) -> Option<(u64, u64)> {

@@ -82,6 +82,21 @@ pub fn build_on(c: &Config, base: Option<&Path>) -> Result<Built, Problems> {
     Ok(Built { model, trainable, base_dir, tokenizer_dir, config_json, placement })
 }
 
+/// The name a tensor had in checkpoints written before MLP layers had named fields: their linears were
+/// numbered in order, gate, up, down for SwiGLU MLPs (`swiglu`) and up, down otherwise.
+pub fn legacy_name(name: &str, swiglu: bool) -> Option<String> {
+    let order: &[&str] = if swiglu { &["gate", "up", "down"] } else { &["up", "down"] };
+    order.iter().enumerate().find_map(|(i, part)| {
+        let new = format!(".mlp.{part}.");
+        name.contains(&new).then(|| name.replace(&new, &format!(".mlp.{i}.")))
+    })
+}
+
+/// Whether these tensors belong to a SwiGLU model (only SwiGLU MLPs have a gate).
+pub fn is_swiglu<'a>(names: impl IntoIterator<Item = &'a str>) -> bool {
+    names.into_iter().any(|n| n.contains(".mlp.gate."))
+}
+
 /// `Err` naming both files when the tokenizer in `tokenizer_dir` makes ids the model in `model_dir` has no
 /// embedding for.
 pub fn check_vocab(
@@ -106,9 +121,11 @@ pub fn check_vocab(
 pub fn load_trained(trainable: &[Trainable], dir: &Path) -> Result<(), Problems> {
     let saved: std::collections::HashMap<String, Tensor> =
         checkpoint::read_tensors(&dir.join(checkpoint::TRAINED))?.into_iter().collect();
+    let swiglu = is_swiglu(trainable.iter().map(|t| t.name.as_str()));
     tch::no_grad(|| {
         for t in trainable {
-            let src = saved.get(&t.name).ok_or_else(|| {
+            let old = legacy_name(&t.name, swiglu);
+            let src = saved.get(&t.name).or_else(|| saved.get(old.as_ref()?)).ok_or_else(|| {
                 Problems::one(format!("{}: has no tensor {}; was it made with another method?", dir.display(), t.name))
             })?;
             if src.size() != t.tensor.size() {

@@ -5,7 +5,9 @@ mod build;
 
 use tch::{Kind, Tensor};
 
-pub use build::{build, build_on, check_vocab, load_trained, random_architecture, recorded_base, Built};
+pub use build::{
+    build, build_on, check_vocab, is_swiglu, legacy_name, load_trained, random_architecture, recorded_base, Built,
+};
 
 use crate::config::{MethodConfig, MethodKind};
 use crate::device::Placement;

@@ -104,9 +104,14 @@ impl AdamW {
         let step = map.remove("step").filter(|t| t.numel() == 1).ok_or("no step in the optimizer state")?;
         self.step = u64::try_from(step.f_int64_value(&[]).map_err(|e| e.to_string())?)
             .map_err(|_| "a negative step in the optimizer state")?;
+        let swiglu = crate::methods::is_swiglu(self.params.iter().map(|(n, _)| n.as_str()));
         for (i, (n, p)) in self.params.iter().enumerate() {
+            let old = crate::methods::legacy_name(n, swiglu);
             let mut take = |which: &str| -> Result<Tensor, String> {
-                let t = map.remove(&format!("{which}.{n}")).ok_or(format!("no moment for {n}"))?;
+                let t = map
+                    .remove(&format!("{which}.{n}"))
+                    .or_else(|| map.remove(&format!("{which}.{}", old.as_ref()?)))
+                    .ok_or(format!("no moment for {n}"))?;
                 if t.size() != p.size() || t.kind() != Kind::Float {
                     return Err(format!(
                         "the moment {which}.{n} is {:?} {:?}, the tensor it belongs to {:?} (fp32 expected)",
