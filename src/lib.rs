@@ -3,7 +3,7 @@
 //! One module per pipeline stage, each importing only the stages listed before it (`tests/layers.rs`
 //! checks this):
 //! `error` → `config` → `device` → `experiment` → `hub` → `source` → `tokenizer` → `data` → `model` →
-//! `methods` → `generate` → `eval` → `train` → `plan`, `report`, `sweep`.
+//! `methods` → `generate` → `eval` → `train` → `plan`, `report`, `sweep`, `export`.
 //! The command line (`src/main.rs`, `src/cli/`) is the binary's, not the library's.
 pub mod config;
 pub mod data;
@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod experiment;
+pub mod export;
 pub mod generate;
 pub mod hub;
 pub mod methods;

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["generate"],
     &["eval"],
     &["train"],
-    &["plan", "report", "sweep"],
+    &["plan", "report", "sweep", "export"],
 ];
 
 fn rank(module: &str) -> Option<usize> {

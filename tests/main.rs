@@ -3,6 +3,7 @@ mod common;
 mod config;
 mod data;
 mod experiment;
+mod export;
 mod faults;
 mod hub;
 mod layers;

@@ -5,6 +5,7 @@ mod bench;
 mod download;
 mod env;
 mod eval;
+mod export;
 mod generate;
 mod keys;
 mod plan;
@@ -40,6 +41,7 @@ enum Command {
     Download(download::Args),
     Generate(generate::Args),
     Eval(eval::Args),
+    Export(export::Args),
     Report(report::Args),
     Tokenizer(tokenizer::Args),
     Keys(keys::Args),
@@ -57,6 +59,7 @@ fn exec(command: Command) -> Result<()> {
         Command::Download(a) => download::exec(a),
         Command::Generate(a) => generate::exec(a),
         Command::Eval(a) => eval::exec(a),
+        Command::Export(a) => export::exec(a),
         Command::Report(a) => report::exec(a),
         Command::Tokenizer(a) => tokenizer::exec(a),
         Command::Keys(a) => keys::exec(a),

@@ -24,6 +24,10 @@ pub struct LoadedRun {
     pub model: Gpt,
     pub tokenizer: Tokenizer,
     pub checkpoint: Option<PathBuf>,
+    pub base_dir: PathBuf,
+    pub tokenizer_dir: PathBuf,
+    /// The base's `config.json`.
+    pub config_json: serde_json::Value,
 }
 
 /// How to load a run.
@@ -71,7 +75,15 @@ pub fn load_run(dir: &Path, o: LoadOptions) -> Result<LoadedRun, Problems> {
     };
     built.model.training = false;
     let tokenizer = Tokenizer::from_dir(&built.tokenizer_dir)?;
-    Ok(LoadedRun { config, model: built.model, tokenizer, checkpoint })
+    Ok(LoadedRun {
+        config,
+        model: built.model,
+        tokenizer,
+        checkpoint,
+        base_dir: built.base_dir,
+        tokenizer_dir: built.tokenizer_dir,
+        config_json: built.config_json,
+    })
 }
 
 /// What `ftexp eval RUN` measured.

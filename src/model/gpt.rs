@@ -275,6 +275,21 @@ impl Gpt {
         out
     }
 
+    /// Removes every method tensor (after they were folded into the weights), leaving the base layout.
+    pub fn strip_method(&mut self) {
+        let linears = self.blocks.iter_mut().flat_map(|b| {
+            b.adapter = None;
+            [&mut b.q, &mut b.k, &mut b.v, &mut b.o, &mut b.mlp.up, &mut b.mlp.down]
+                .into_iter()
+                .chain(b.mlp.gate.as_mut())
+        });
+        for lin in linears.chain([&mut self.head]) {
+            (lin.lora, lin.adapter_v2) = (None, None);
+        }
+        self.layout = layout::tensors(&self.spec, None);
+        self.lora = LoraScaling::default();
+    }
+
     /// Points a tied head at the (possibly replaced) embedding again.
     pub fn retie(&mut self) {
         if self.spec.tie_embeddings {

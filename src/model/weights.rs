@@ -58,6 +58,17 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, Problems> {
     Err(Problems::one(format!("{}: no model.safetensors or model.safetensors.index.json found", dir.display())))
 }
 
+/// The number format the checkpoint in `dir` stores its weights in (that of its first tensor).
+pub fn stored_kind(dir: &Path) -> Option<Kind> {
+    let file = weight_files(dir).ok()?.into_iter().next()?;
+    let handle = std::fs::File::open(&file).ok()?;
+    // SAFETY: read only, as in `load`.
+    let mmap = unsafe { memmap2::Mmap::map(&handle) }.ok()?;
+    let (_, metadata) = SafeTensors::read_metadata(&mmap).ok()?;
+    let dtype = metadata.tensors().values().next()?.dtype;
+    kind_of(dtype, "", &file).ok()
+}
+
 fn kind_of(dtype: Dtype, name: &str, file: &Path) -> Result<Kind, Problems> {
     Ok(match dtype {
         Dtype::F32 => Kind::Float,

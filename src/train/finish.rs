@@ -2,8 +2,6 @@
 //! the exported model of a `full` run, and the results in run.json.
 use std::path::Path;
 
-use tch::Tensor;
-
 use super::trainer::Trainer;
 use super::{peak_rss_mib, Progress};
 use crate::config::{Config, MethodKind};
@@ -12,6 +10,7 @@ use crate::error::Problems;
 use crate::eval::mean_loss;
 use crate::experiment::metrics::Metrics;
 use crate::experiment::{plot, Experiment, Results};
+use crate::methods::export::{write_hub, HubExport, DEFAULT_SHARD_BYTES};
 use crate::methods::Built;
 
 /// The title of a run's loss plot.
@@ -63,23 +62,14 @@ pub(super) fn finish(
     exp.update(|i| i.results = Some(results))
 }
 
-/// Writes the trained model as a hub-layout checkpoint (config.json, model.safetensors, tokenizer
-/// files), usable as `--checkpoint` and as `model.checkpoint = "experiment:<name>"`.
+/// Writes the trained model as a hub-layout checkpoint (config.json, safetensors, tokenizer files) in
+/// the kind it trained in, usable as `--checkpoint` and as `model.checkpoint = "experiment:<name>"`.
 fn export_model(built: &mut Built, dir: &Path) -> Result<(), Problems> {
-    let fail = |e: String| Problems::one(format!("{}: cannot export the model: {e}", dir.display()));
-    let tmp = dir.with_file_name(".model.tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| fail(e.to_string()))?;
-    let weights: Vec<(String, Tensor)> =
-        built.model.hub_weights().into_iter().map(|(n, t)| (n, t.detach().contiguous())).collect();
-    Tensor::write_safetensors(&weights, tmp.join("model.safetensors")).map_err(|e| fail(e.to_string()))?;
-    let config = serde_json::to_string_pretty(&built.config_json).expect("json");
-    std::fs::write(tmp.join("config.json"), config).map_err(|e| fail(e.to_string()))?;
-    for name in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
-        let src = built.tokenizer_dir.join(name);
-        if src.is_file() {
-            std::fs::copy(&src, tmp.join(name)).map_err(|e| fail(e.to_string()))?;
-        }
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| fail(e.to_string()))
+    let export = HubExport {
+        config_json: &built.config_json,
+        tokenizer_dir: &built.tokenizer_dir,
+        dtype: built.model.kind(),
+        max_shard_bytes: DEFAULT_SHARD_BYTES,
+    };
+    write_hub(&mut built.model, &export, dir)
 }

@@ -1,0 +1,80 @@
+//! `ftexp export`.
+use std::path::PathBuf;
+
+use ftexp::export::{export_run, ExportRequest};
+use tch::Kind;
+
+use super::args::{print_json, BaseArg, JsonArg};
+
+/// Write a run's fine-tuned model as a hub checkpoint (safetensors, config.json, tokenizer files):
+/// `full` runs as trained, `lora` runs with W + (alpha/r)·B·A merged into every targeted weight. It loads
+/// in transformers (`AutoModelForCausalLM.from_pretrained(DIR)`) and as `ftexp --checkpoint DIR`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run directory, experiments/<name>/v<N>.
+    run_dir: PathBuf,
+    /// The checkpoint of this step instead of the final one.
+    #[arg(long)]
+    step: Option<u64>,
+    /// The layout to write: hf (the hub's, as transformers saves it).
+    #[arg(long, default_value = "hf", value_parser = ["hf"])]
+    format: String,
+    /// The directory to create (it must not exist yet).
+    #[arg(long)]
+    out: PathBuf,
+    /// The number format of the weights: bf16, fp16 or fp32. Default: the base checkpoint's own.
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<Kind>,
+    /// The largest safetensors file, in bytes (suffixes KB, MB, GB): larger models are sharded.
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    max_shard_size: u64,
+    #[command(flatten)]
+    base: BaseArg,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+fn parse_dtype(s: &str) -> Result<Kind, String> {
+    match s {
+        "bf16" => Ok(Kind::BFloat16),
+        "fp16" => Ok(Kind::Half),
+        "fp32" => Ok(Kind::Float),
+        _ => Err(format!("\"{s}\" is not bf16, fp16 or fp32")),
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let upper = s.trim().to_uppercase();
+    let (digits, unit) = match upper.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => upper.split_at(i),
+        None => (upper.as_str(), ""),
+    };
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(format!("\"{s}\" is not a size like 5GB, 500MB or 1000000")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("\"{s}\" is not a size like 5GB, 500MB or 1000000"))
+}
+
+pub fn exec(a: Args) -> anyhow::Result<()> {
+    let req = ExportRequest {
+        step: a.step,
+        dtype: a.dtype,
+        max_shard_bytes: a.max_shard_size,
+        allow_changed_base: a.base.allow_changed_base,
+    };
+    let done = export_run(&a.run_dir, &a.out, &req)?;
+    if a.json.json {
+        return print_json(&done);
+    }
+    println!("{} → {} ({}, {} parameters)", a.run_dir.display(), done.out.display(), done.dtype, done.parameters);
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `ftexp export`: a run's model as a hub checkpoint that computes what the run computes.
+use std::path::Path;
+
+use ftexp::eval::{load_run, LoadOptions};
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+use crate::common::{fixtures, ftexp, stderr};
+
+fn project(family: &str, kind: &str) -> tempfile::TempDir {
+    let rows: Vec<Value> = (0..40)
+        .map(|i| serde_json::json!({"instruction": format!("Double {}.", i % 8), "input": "", "output": format!("{} cups", 2 * (i % 8))}))
+        .collect();
+    let config = format!(
+        "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\n[method]\nkind = \"{kind}\"\nlora_key = true\nlora_projection = true\nlora_mlp = true\nlora_head = true\nadapter_start_layer = 0\n[train]\nlearning_rate = 0.02\nmax_steps = 3\nbatch_size = 4\nmicro_batch_size = 2\nwarmup_iters = 1\n",
+        fixtures().join("models").join(family).display(),
+    );
+    crate::common::tree(&[("exp.toml", &config), ("rows.json", &serde_json::to_string(&rows).unwrap())])
+}
+
+fn export(p: &Path, out: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["export", "experiments/t/v1", "--out", out];
+    args.extend_from_slice(extra);
+    ftexp(p, &args, &[])
+}
+
+/// The largest logit difference between the run's model and the exported checkpoint.
+fn logit_difference(p: &Path, out: &str) -> (f64, f64) {
+    let ids = Tensor::from_slice(&[3i64, 17, 42, 99, 7, 250, 11, 5]).unsqueeze(0);
+    // the run records its base by absolute path here (the fixture's), so no working directory is needed
+    let run = load_run(&p.join("experiments/t/v1"), LoadOptions::default()).unwrap();
+    let exported = ftexp::model::load(&p.join(out), Kind::Float, Device::Cpu).unwrap();
+    let (want, got) = tch::no_grad(|| (run.model.forward(&ids, None), exported.forward(&ids, None)));
+    ((&got - &want).abs().max().double_value(&[]), want.abs().max().double_value(&[]))
+}
+
+#[test]
+fn a_lora_run_exports_merged_for_every_family() {
+    for family in ["llama", "falcon-7b-style", "gpt-neox", "qwen2"] {
+        let p = project(family, "lora");
+        let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
+        assert!(out.status.success(), "{family}: {}", stderr(&out));
+        let done = export(p.path(), "hf", &[]);
+        assert!(done.status.success(), "{family}: {}", stderr(&done));
+        let (diff, scale) = logit_difference(p.path(), "hf");
+        println!("{family}: max |Δlogit| {diff:.2e} (max |logit| {scale:.2})");
+        assert!(diff <= 1e-4 * scale.max(1.0), "{family}: exported logits differ by {diff}");
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(p.path().join("hf/config.json")).unwrap()).unwrap();
+        assert_eq!(config["tie_word_embeddings"], false, "{family}: the head's LoRA unties it");
+        assert_eq!(config["dtype"], "float32", "{family}: the base's own dtype");
+        for f in ["tokenizer.json", "model.safetensors"] {
+            assert!(p.path().join("hf").join(f).is_file(), "{family}: {f}");
+        }
+    }
+}
+
+#[test]
+fn export_writes_the_asked_dtype_and_shards() {
+    let p = project("gpt-neox", "lora");
+    assert!(ftexp(p.path(), &["run", "exp.toml"], &[]).status.success());
+    let out = export(p.path(), "bf16", &["--dtype", "bf16"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tensors = Tensor::read_safetensors(p.path().join("bf16/model.safetensors")).unwrap();
+    assert!(tensors.iter().all(|(_, t)| t.kind() == Kind::BFloat16));
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.path().join("bf16/config.json")).unwrap()).unwrap();
+    assert_eq!((config["dtype"].as_str(), config["torch_dtype"].as_str()), (Some("bfloat16"), Some("bfloat16")));
+
+    let out = export(p.path(), "sharded", &["--max-shard-size", "40KB"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.path().join("sharded/model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let files: std::collections::BTreeSet<&str> =
+        index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
+    assert!(files.len() > 1, "{files:?}");
+    assert!(!p.path().join("sharded/model.safetensors").exists());
+    let (diff, scale) = logit_difference(p.path(), "sharded");
+    assert!(diff <= 1e-4 * scale.max(1.0), "sharded export differs by {diff}");
+
+    // an existing directory is never overwritten
+    let again = export(p.path(), "sharded", &[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+}
+
+#[test]
+fn adapter_runs_are_refused_and_nothing_is_written() {
+    let p = project("llama", "adapter_v2");
+    assert!(ftexp(p.path(), &["run", "exp.toml"], &[]).status.success());
+    let out = export(p.path(), "hf", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("adapter prompts") && err.contains("method.kind = \"lora\""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!p.path().join("hf").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(p.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
