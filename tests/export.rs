@@ -8,14 +8,11 @@ use tch::{Device, Kind, Tensor};
 use crate::common::{fixtures, ftexp, stderr};
 
 fn project(family: &str, kind: &str) -> tempfile::TempDir {
-    let rows: Vec<Value> = (0..40)
-        .map(|i| serde_json::json!({"instruction": format!("Double {}.", i % 8), "input": "", "output": format!("{} cups", 2 * (i % 8))}))
-        .collect();
     let config = format!(
         "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\n[method]\nkind = \"{kind}\"\nlora_key = true\nlora_projection = true\nlora_mlp = true\nlora_head = true\nadapter_start_layer = 0\n[train]\nlearning_rate = 0.02\nmax_steps = 3\nbatch_size = 4\nmicro_batch_size = 2\nwarmup_iters = 1\n",
         fixtures().join("models").join(family).display(),
     );
-    crate::common::tree(&[("exp.toml", &config), ("rows.json", &serde_json::to_string(&rows).unwrap())])
+    crate::common::doubling_project(&config)
 }
 
 fn export(p: &Path, out: &str, extra: &[&str]) -> std::process::Output {

@@ -8,14 +8,11 @@ use tch::{Kind, Tensor};
 use crate::common::{fixtures, ftexp, stderr};
 
 fn project(extra: &str) -> tempfile::TempDir {
-    let rows: Vec<Value> = (0..40)
-        .map(|i| serde_json::json!({"instruction": format!("Double {}.", i % 8), "input": "", "output": format!("{} cups", 2 * (i % 8))}))
-        .collect();
     let config = format!(
         "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\n[method]\nkind = \"lora\"\n[train]\nlearning_rate = 0.01\nmax_steps = 4\nbatch_size = 4\nmicro_batch_size = 2\nwarmup_iters = 1\neval_interval = 2\neval_iters = 1\nsave_interval = 2\n{extra}",
         fixtures().join("models/llama").display(),
     );
-    crate::common::tree(&[("exp.toml", &config), ("rows.json", &serde_json::to_string(&rows).unwrap())])
+    crate::common::doubling_project(&config)
 }
 
 fn run_json(dir: &Path) -> Value {

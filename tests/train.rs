@@ -28,15 +28,12 @@ fn trainable_counts_match_litgpt_for_llama_2_7b() {
 
 /// A project whose config trains a fixture on repeated small data.
 fn project(family: &str, kind: &str, extra: &str) -> tempfile::TempDir {
-    let rows: Vec<Value> = (0..40)
-        .map(|i| serde_json::json!({"instruction": format!("Double {}.", i % 8), "input": "", "output": format!("{} cups", 2 * (i % 8))}))
-        .collect();
     let config = format!(
         "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\nsplit = {{ train = 0.8, val = 0.1, test = 0.1 }}\n[method]\nkind = \"{kind}\"\nlora_dropout = 0.1\nadapter_start_layer = 0\n[train]\nlearning_rate = {lr}\nmax_steps = 12\nbatch_size = 4\nmicro_batch_size = 2\nwarmup_iters = 2\neval_interval = 4\neval_iters = 2\nsave_interval = 5\nlog_interval = 1\nweight_decay = 0.01\n{extra}",
         fixtures().join("models").join(family).display(),
         lr = if kind == "adapter" { 0.2 } else { 0.01 }
     );
-    tree(&[("exp.toml", &config), ("rows.json", &serde_json::to_string(&rows).unwrap())])
+    crate::common::doubling_project(&config)
 }
 
 fn run_dir(p: &Path, v: u32) -> PathBuf {

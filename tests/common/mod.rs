@@ -41,3 +41,12 @@ pub fn stderr(o: &Output) -> String {
 
 /// A minimal valid config body: the two required keys.
 pub const REQUIRED: &str = "[model]\ncheckpoint = \"org/model\"\n[data]\npath = \"data.json\"\n";
+
+/// A project of `config` (as `exp.toml`) and `rows.json`: 40 Alpaca records doubling numbers
+/// ("Double 3." → "6 cups"), small data a fixture learns in a few steps.
+pub fn doubling_project(config: &str) -> tempfile::TempDir {
+    let rows: Vec<serde_json::Value> = (0..40)
+        .map(|i| serde_json::json!({"instruction": format!("Double {}.", i % 8), "input": "", "output": format!("{} cups", 2 * (i % 8))}))
+        .collect();
+    tree(&[("exp.toml", config), ("rows.json", &serde_json::to_string(&rows).unwrap())])
+}
