@@ -5,7 +5,10 @@
 SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 TORCH_VERSION := 2.11.0
-TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)
+# transformers and peft load ftexp's exports in the tests (scripts/check_export.py).
+TRANSFORMERS_VERSION := 5.24.0
+PEFT_VERSION := 0.21.2
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-transformers-$(TRANSFORMERS_VERSION)-peft-$(PEFT_VERSION)
 BIN := target/release/ftexp
 
 # torch-sys finds libtorch through the venv's python (`python` on PATH when VIRTUAL_ENV is set).
@@ -19,7 +22,8 @@ setup: $(TORCH_STAMP)
 
 $(TORCH_STAMP):
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q torch==$(TORCH_VERSION)
+	$(VENV)/bin/pip install --disable-pip-version-check -q torch==$(TORCH_VERSION) \
+		transformers==$(TRANSFORMERS_VERSION) peft==$(PEFT_VERSION)
 	touch $@
 
 build: setup

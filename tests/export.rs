@@ -21,14 +21,43 @@ fn export(p: &Path, out: &str, extra: &[&str]) -> std::process::Output {
     ftexp(p, &args, &[])
 }
 
-/// The largest logit difference between the run's model and the exported checkpoint.
-fn logit_difference(p: &Path, out: &str) -> (f64, f64) {
-    let ids = Tensor::from_slice(&[3i64, 17, 42, 99, 7, 250, 11, 5]).unsqueeze(0);
+const IDS: [i64; 8] = [3, 17, 42, 99, 7, 250, 11, 5];
+
+/// The run's own logits for [`IDS`] `(time, vocab)`.
+fn run_logits(p: &Path) -> Tensor {
     // the run records its base by absolute path here (the fixture's), so no working directory is needed
     let run = load_run(&p.join("experiments/t/v1"), LoadOptions::default()).unwrap();
+    tch::no_grad(|| run.model.forward(&Tensor::from_slice(&IDS).unsqueeze(0), None).squeeze_dim(0))
+}
+
+/// The largest logit difference between the run's model and the exported checkpoint loaded by ftexp.
+fn logit_difference(p: &Path, out: &str) -> (f64, f64) {
+    let want = run_logits(p);
     let exported = ftexp::model::load(&p.join(out), Kind::Float, Device::Cpu).unwrap();
-    let (want, got) = tch::no_grad(|| (run.model.forward(&ids, None), exported.forward(&ids, None)));
+    let got = tch::no_grad(|| exported.forward(&Tensor::from_slice(&IDS).unsqueeze(0), None).squeeze_dim(0));
     ((&got - &want).abs().max().double_value(&[]), want.abs().max().double_value(&[]))
+}
+
+/// Runs `scripts/check_export.py` with the project's venv (transformers, peft) and returns its JSON.
+fn python(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/check_export.py"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "check_export.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The largest difference between `logits` from Python and `want`.
+fn python_difference(logits: &Value, want: &Tensor) -> f64 {
+    let rows: Vec<Vec<f32>> = serde_json::from_value(logits.clone()).unwrap();
+    let flat: Vec<f32> = rows.concat();
+    let got = Tensor::from_slice(&flat).view([rows.len() as i64, -1]);
+    (&got - want.to_kind(Kind::Float)).abs().max().double_value(&[])
 }
 
 #[test]
@@ -40,8 +69,15 @@ fn a_lora_run_exports_merged_for_every_family() {
         let done = export(p.path(), "hf", &[]);
         assert!(done.status.success(), "{family}: {}", stderr(&done));
         let (diff, scale) = logit_difference(p.path(), "hf");
-        println!("{family}: max |Δlogit| {diff:.2e} (max |logit| {scale:.2})");
+        let ids = serde_json::to_string(&IDS).unwrap();
+        let hf_dir = p.path().join("hf").display().to_string();
+        let transformers = python_difference(&python(&["hf", &hf_dir, &ids], &[])["logits"], &run_logits(p.path()));
+        println!("{family}: max |Δlogit| ftexp {diff:.2e}, transformers {transformers:.2e} (max |logit| {scale:.2})");
         assert!(diff <= 1e-4 * scale.max(1.0), "{family}: exported logits differ by {diff}");
+        assert!(
+            transformers <= 1e-4 * (scale / 20.0).max(1.0),
+            "{family}: transformers' logits differ by {transformers}"
+        );
         let config: Value =
             serde_json::from_str(&std::fs::read_to_string(p.path().join("hf/config.json")).unwrap()).unwrap();
         assert_eq!(config["tie_word_embeddings"], false, "{family}: the head's LoRA unties it");
