@@ -78,6 +78,30 @@ fn a_lora_run_exports_merged_for_every_family() {
             transformers <= 1e-4 * (scale / 20.0).max(1.0),
             "{family}: transformers' logits differ by {transformers}"
         );
+
+        // the same run as a PEFT adapter on the base: the same logits, and merged, the same weights
+        let done = export(p.path(), "peft", &["--format", "peft"]);
+        assert!(done.status.success(), "{family}: {}", stderr(&done));
+        let base = fixtures().join("models").join(family).display().to_string();
+        let peft_dir = p.path().join("peft").display().to_string();
+        let checked = python(&["peft", &base, &peft_dir, &ids], &[("HF_DIR", &hf_dir)]);
+        let peft = python_difference(&checked["logits"], &run_logits(p.path()));
+        // PEFT merges a LoRA of a tied head into the one matrix the head shares with the embedding, so its
+        // merged embedding changes too (the run's, and our export's, do not): compare the rest there.
+        let tied = serde_json::from_str::<Value>(
+            &std::fs::read_to_string(fixtures().join("models").join(family).join("config.json")).unwrap(),
+        )
+        .unwrap()["tie_word_embeddings"]
+            == true;
+        let mut merged = checked["merged"].as_object().unwrap().clone();
+        merged.retain(|k, _| !(tied && (k.contains("embed") || k.contains("word_embeddings"))));
+        let (worst, name) = merged
+            .iter()
+            .map(|(k, v)| (v.as_f64().unwrap(), k.clone()))
+            .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a });
+        println!("{family}: peft max |Δlogit| {peft:.2e}, merged weights max |Δ| {worst:.2e} ({name})");
+        assert!(peft <= 1e-4 * (scale / 20.0).max(1.0), "{family}: peft's logits differ by {peft}");
+        assert!(worst <= 1e-5, "{family}: merge_and_unload differs from the hf export by {worst} in {name}");
         let config: Value =
             serde_json::from_str(&std::fs::read_to_string(p.path().join("hf/config.json")).unwrap()).unwrap();
         assert_eq!(config["tie_word_embeddings"], false, "{family}: the head's LoRA unties it");

@@ -1,14 +1,15 @@
 //! `ftexp export`.
 use std::path::PathBuf;
 
-use ftexp::export::{export_run, ExportRequest};
+use ftexp::export::{export_run, ExportRequest, Format};
 use tch::Kind;
 
 use super::args::{print_json, BaseArg, JsonArg};
 
 /// Write a run's fine-tuned model as a hub checkpoint (safetensors, config.json, tokenizer files):
 /// `full` runs as trained, `lora` runs with W + (alpha/r)·B·A merged into every targeted weight. It loads
-/// in transformers (`AutoModelForCausalLM.from_pretrained(DIR)`) and as `ftexp --checkpoint DIR`.
+/// in transformers (`AutoModelForCausalLM.from_pretrained(DIR)`) and as `ftexp --checkpoint DIR`. Or,
+/// with --format peft, a LoRA run's adapter (`PeftModel.from_pretrained(base, DIR)`).
 #[derive(clap::Args)]
 pub struct Args {
     /// The run directory, experiments/<name>/v<N>.
@@ -16,9 +17,9 @@ pub struct Args {
     /// The checkpoint of this step instead of the final one.
     #[arg(long)]
     step: Option<u64>,
-    /// The layout to write: hf (the hub's, as transformers saves it).
-    #[arg(long, default_value = "hf", value_parser = ["hf"])]
-    format: String,
+    /// hf: a hub checkpoint with the method merged in; peft: a LoRA run's adapter for peft.
+    #[arg(long, value_enum, default_value = "hf")]
+    format: Format,
     /// The directory to create (it must not exist yet).
     #[arg(long)]
     out: PathBuf,
@@ -66,6 +67,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
     let req = ExportRequest {
+        format: a.format,
         step: a.step,
         dtype: a.dtype,
         max_shard_bytes: a.max_shard_size,

@@ -2,15 +2,17 @@
 //! folded into the weights they change (LoRA: `W + (alpha / r)·B·A`), written in the hub layout —
 //! safetensors (sharded above a size, with `model.safetensors.index.json`), `config.json`,
 //! `generation_config.json` and the tokenizer files.
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-use crate::config::MethodKind;
+use crate::config::{MethodConfig, MethodKind};
 use crate::error::Problems;
+use crate::model::gpt::fuse;
 use crate::model::layout::{At, Module, Param};
-use crate::model::Gpt;
+use crate::model::{Gpt, TensorSpec};
 
 /// How to write a hub checkpoint.
 pub struct HubExport<'a> {
@@ -138,4 +140,105 @@ fn write_shards(weights: &[(String, Tensor)], max_bytes: u64, dir: &Path) -> Res
     let total: u64 = weights.iter().map(|(_, t)| bytes(t)).sum();
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).map_err(|e| e.to_string())
+}
+
+/// A LoRA run's adapter in PEFT's format, into the new directory `out`: `adapter_config.json` and
+/// `adapter_model.safetensors` (`base_model.model.<module>.lora_A.weight` …). A fused q/k/v projection
+/// (Falcon, GPT-NeoX) is one PEFT module: its A stacks the A of each targeted part, its B puts each
+/// part's B in that part's rows (interleaved per key/value group) and columns, and `rank_pattern` and
+/// `alpha_pattern` keep the scale alpha / r.
+pub fn write_peft(model: &mut Gpt, m: &MethodConfig, base_name: &str, out: &Path) -> Result<(), Problems> {
+    if out.exists() {
+        return Err(Problems::one(format!("{}: already exists; export into a new directory", out.display())));
+    }
+    let modules = tch::no_grad(|| peft_modules(model, m));
+    let mut tensors = Vec::new();
+    let (mut targets, mut rank_pattern, mut alpha_pattern) =
+        (Vec::new(), serde_json::Map::new(), serde_json::Map::new());
+    for p in &modules {
+        tensors.push((format!("base_model.model.{}.lora_A.weight", p.module), p.a.shallow_clone()));
+        tensors.push((format!("base_model.model.{}.lora_B.weight", p.module), p.b.shallow_clone()));
+        let local = p.module.rsplit('.').next().unwrap_or(&p.module).to_string();
+        if p.parts > 1 {
+            rank_pattern.insert(local.clone(), (m.lora_r * p.parts).into());
+            alpha_pattern.insert(local.clone(), (m.lora_alpha * p.parts as f64).into());
+        }
+        if !targets.contains(&local) {
+            targets.push(local);
+        }
+    }
+    let config = serde_json::json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name,
+        "r": m.lora_r, "lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout,
+        "target_modules": targets, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
+        "bias": "none", "fan_in_fan_out": false, "inference_mode": true, "modules_to_save": null,
+    });
+    let fail = |e: String| Problems::one(format!("{}: cannot export the adapter: {e}", out.display()));
+    let tmp = out.with_file_name(format!(".peft.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| fail(e.to_string()))?;
+    let written = Tensor::write_safetensors(&tensors, tmp.join("adapter_model.safetensors"))
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+            std::fs::write(tmp.join("adapter_config.json"), text).map_err(|e| e.to_string())
+        })
+        .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| e.to_string()));
+    if let Err(msg) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(fail(msg));
+    }
+    Ok(())
+}
+
+/// One PEFT LoRA module: its hub module path, A `(r × parts, in)`, B `(out, r × parts)`.
+struct PeftModule {
+    module: String,
+    a: Tensor,
+    b: Tensor,
+    parts: u64,
+}
+
+fn peft_modules(model: &mut Gpt, m: &MethodConfig) -> Vec<PeftModule> {
+    let spec = model.spec.clone();
+    let targets: Vec<Module> =
+        model.layout.iter().filter(|t| t.at.param == Param::LoraA).map(|t| t.at.module).collect();
+    let mut fused: BTreeMap<String, [Option<(Tensor, Tensor)>; 3]> = BTreeMap::new();
+    let mut out = Vec::new();
+    for module in targets {
+        let a = model.slot(At { module, param: Param::LoraA }).detach().to_kind(Kind::Float);
+        let b = model.slot(At { module, param: Param::LoraB }).detach().to_kind(Kind::Float);
+        let weight = TensorSpec { at: At { module, param: Param::Weight }, shape: vec![] };
+        let hub = weight.hub_name(&spec).expect("linear layers have hub names");
+        // PEFT names modules as transformers builds them; from version 5 on every family's output head
+        // is `lm_head` (GPT-NeoX checkpoints still store it as `embed_out.weight`).
+        let path = match module {
+            Module::Head => "lm_head".to_string(),
+            _ => hub.name.trim_end_matches(".weight").to_string(),
+        };
+        match hub.fused_part {
+            None => out.push(PeftModule { module: path, a, b, parts: 1 }),
+            Some(part) => fused.entry(path).or_default()[part] = Some((a, b)),
+        }
+    }
+    let r = m.lora_r as i64;
+    let rows =
+        [spec.n_head * spec.head_size, spec.n_query_groups * spec.head_size, spec.n_query_groups * spec.head_size];
+    for (path, parts) in fused {
+        let present: Vec<usize> = (0..3).filter(|&p| parts[p].is_some()).collect();
+        let n = present.len() as i64;
+        let a =
+            Tensor::cat(&present.iter().map(|&p| parts[p].as_ref().unwrap().0.shallow_clone()).collect::<Vec<_>>(), 0);
+        // Each part's rows of B: its own B in its own columns, zeros elsewhere.
+        let block = |p: usize| {
+            let full = Tensor::zeros([rows[p], r * n], (Kind::Float, a.device()));
+            if let Some(j) = present.iter().position(|&q| q == p) {
+                full.narrow(1, j as i64 * r, r).copy_(&parts[p].as_ref().unwrap().1);
+            }
+            full
+        };
+        let b = fuse(&spec, &block(0), &block(1), &block(2));
+        out.push(PeftModule { module: path, a, b, parts: n as u64 });
+    }
+    out
 }

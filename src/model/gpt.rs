@@ -449,7 +449,7 @@ pub fn fused_part(spec: &ModelSpec, fused: &Tensor, part: usize) -> Tensor {
 }
 
 /// The inverse of [`fused_part`]: per key/value group, its query heads, its key, its value.
-fn fuse(spec: &ModelSpec, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+pub fn fuse(spec: &ModelSpec, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     let (groups, hs) = (spec.n_query_groups, spec.head_size);
     let per_group = spec.n_head / groups;
     let trailing: Vec<i64> = q.size()[1..].to_vec();
