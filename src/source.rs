@@ -72,7 +72,7 @@ fn experiment_model(name: &str, version: Option<u32>) -> Result<PathBuf, Problem
     let dir = parent.join(format!("v{version}/checkpoints/final/model"));
     if !dir.join("config.json").is_file() {
         return Err(Problems::one(format!(
-            "model.checkpoint = \"{checkpoint}\": {} has no exported model; only completed `full` runs can be the base of another run",
+            "model.checkpoint = \"{checkpoint}\": {} has no exported model; a run is the base of another when it exported one: `full` runs do, LoRA runs with export.format = \"hf\" (or `ftexp export RUN --out DIR` and model.checkpoint = DIR)",
             parent.join(format!("v{version}")).display()
         )));
     }

@@ -159,3 +159,23 @@ fn adapter_runs_are_refused_and_nothing_is_written() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_run_exports_when_it_completes_and_a_lora_run_can_be_a_base() {
+    let p = project("llama", "lora");
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "export.format=hf", "--set", "export.dtype=fp32"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (diff, scale) = logit_difference(p.path(), "experiments/t/v1/checkpoints/final/model");
+    assert!(diff <= 1e-4 * scale.max(1.0), "the export at the end of the run differs by {diff}");
+    // … so the LoRA run is the base of another
+    let chained = ["run", "exp.toml", "--set", "model.checkpoint=experiment:t", "--set", "name=\"next\""];
+    let out = ftexp(p.path(), &chained, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "export.format=peft"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p.path().join("experiments/t/v2/checkpoints/final/peft/adapter_config.json").is_file());
+    // formats a method cannot have are config errors, reported before anything runs
+    let out = ftexp(p.path(), &["plan", "exp.toml", "--set", "export.format=peft", "--set", "method.kind=full"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("`export.format` is \"peft\" but method.kind is \"full\""), "{}", stderr(&out));
+}

@@ -1,8 +1,8 @@
 //! `ftexp export`.
 use std::path::PathBuf;
 
-use ftexp::export::{export_run, ExportRequest, Format};
-use tch::Kind;
+use ftexp::config::{ExportDtype, ExportFormat};
+use ftexp::export::{export_run, ExportRequest};
 
 use super::args::{print_json, BaseArg, JsonArg};
 
@@ -18,14 +18,14 @@ pub struct Args {
     #[arg(long)]
     step: Option<u64>,
     /// hf: a hub checkpoint with the method merged in; peft: a LoRA run's adapter for peft.
-    #[arg(long, value_enum, default_value = "hf")]
-    format: Format,
+    #[arg(long, default_value = "hf", value_parser = |s: &str| s.parse::<ExportFormat>())]
+    format: ExportFormat,
     /// The directory to create (it must not exist yet).
     #[arg(long)]
     out: PathBuf,
     /// The number format of the weights: bf16, fp16 or fp32. Default: the base checkpoint's own.
-    #[arg(long, value_parser = parse_dtype)]
-    dtype: Option<Kind>,
+    #[arg(long, value_parser = |s: &str| s.parse::<ExportDtype>())]
+    dtype: Option<ExportDtype>,
     /// The largest safetensors file, in bytes (suffixes KB, MB, GB): larger models are sharded.
     #[arg(long, default_value = "5GB", value_parser = parse_size)]
     max_shard_size: u64,
@@ -33,15 +33,6 @@ pub struct Args {
     base: BaseArg,
     #[command(flatten)]
     json: JsonArg,
-}
-
-fn parse_dtype(s: &str) -> Result<Kind, String> {
-    match s {
-        "bf16" => Ok(Kind::BFloat16),
-        "fp16" => Ok(Kind::Half),
-        "fp32" => Ok(Kind::Float),
-        _ => Err(format!("\"{s}\" is not bf16, fp16 or fp32")),
-    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -77,6 +68,6 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
     if a.json.json {
         return print_json(&done);
     }
-    println!("{} → {} ({}, {} parameters)", a.run_dir.display(), done.out.display(), done.dtype, done.parameters);
+    println!("{} → {} ({} export, {})", a.run_dir.display(), done.out.display(), done.format, done.dtype);
     Ok(())
 }

@@ -113,6 +113,25 @@ choices! {
     }
 }
 
+choices! {
+    /// The layout a run's model is exported in.
+    ExportFormat {
+        /// A hub checkpoint, as transformers saves one: the method merged into the weights.
+        Hf = "hf",
+        /// A PEFT LoRA adapter beside the base (LoRA runs).
+        Peft = "peft",
+    }
+}
+
+choices! {
+    /// The number format of exported weights.
+    ExportDtype {
+        Bf16 = "bf16",
+        Fp16 = "fp16",
+        Fp32 = "fp32",
+    }
+}
+
 /// `model.device`: `auto`, `cpu`, `cuda` (GPU 0) or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

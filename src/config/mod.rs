@@ -9,7 +9,10 @@ mod validate;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use choices::{DataFormat, DeviceSetting, Init, LongSamples, LrSchedule, MethodKind, ModelType, Precision};
+pub use choices::{
+    DataFormat, DeviceSetting, ExportDtype, ExportFormat, Init, LongSamples, LrSchedule, MethodKind, ModelType,
+    Precision,
+};
 use figment::Figment;
 pub use layers::{parse_literal, Layer, Origin};
 pub use schema::{

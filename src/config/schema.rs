@@ -3,7 +3,10 @@
 //! reference all read this table, so they cannot drift apart.
 use serde::{Deserialize, Serialize};
 
-use super::choices::{DataFormat, DeviceSetting, Init, LongSamples, LrSchedule, MethodKind, ModelType, Precision};
+use super::choices::{
+    DataFormat, DeviceSetting, ExportDtype, ExportFormat, Init, LongSamples, LrSchedule, MethodKind, ModelType,
+    Precision,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
@@ -159,6 +162,10 @@ pub const KEYS: &[KeyDoc] = &[
         "Every this many optimizer steps a checkpoint is saved (and always at the end)."),
     key!("train.log_interval", Int, Some("1"),
         "Every this many optimizer steps a row is written to `metrics.csv` and a progress line is printed."),
+    key!("export.format", Choice(ExportFormat::NAMES), None,
+        "Export the model when the run completes, as `ftexp export` does: `hf`, a hub checkpoint with the method merged in (into `checkpoints/final/model/`, which also makes the run usable as `model.checkpoint = \"experiment:<name>\"`), or `peft`, a LoRA run's adapter (into `checkpoints/final/peft/`). Unset: only `full` runs export, as `hf`."),
+    key!("export.dtype", Choice(ExportDtype::NAMES), None,
+        "The number format of exported weights. Unset: the base checkpoint's own."),
 ];
 
 pub fn find(key: &str) -> Option<&'static KeyDoc> {
@@ -181,6 +188,23 @@ pub struct Config {
     pub data: DataConfig,
     pub method: MethodConfig,
     pub train: TrainConfig,
+    #[serde(default, skip_serializing_if = "ExportConfig::is_empty")]
+    pub export: ExportConfig,
+}
+
+/// What a run exports when it completes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExportConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ExportFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<ExportDtype>,
+}
+
+impl ExportConfig {
+    pub fn is_empty(&self) -> bool {
+        *self == ExportConfig::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

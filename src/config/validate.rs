@@ -1,6 +1,6 @@
 //! Checks: per layer (unknown keys, wrong types) and on the merged config (values that make no sense
 //! together). Every problem is collected, so a user fixes a file in one go.
-use super::choices::{DeviceSetting, Init, MethodKind};
+use super::choices::{DeviceSetting, ExportFormat, Init, MethodKind};
 use super::layers::{remove_path, Layer};
 use super::schema::{self, Kind, KEYS, PROMPT_STYLES};
 use super::{Config, Resolved};
@@ -60,7 +60,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 fn suggestion(key: &str) -> String {
     let leaf = key.rsplit('.').next().unwrap_or(key);
     let same_leaf = KEYS.iter().find(|k| k.key.rsplit('.').next() == Some(leaf)).map(|k| k.key);
-    let tables = ["model", "model.architecture", "data", "data.split", "data.columns", "method", "train"];
+    let tables = ["model", "model.architecture", "data", "data.split", "data.columns", "method", "train", "export"];
     let candidates = KEYS.iter().map(|k| k.key).chain(tables);
     match same_leaf.or_else(|| did_you_mean(key, candidates)) {
         Some(best) => format!("did you mean `{best}`?"),
@@ -244,6 +244,17 @@ fn check_method(c: &Config, bad: &mut impl FnMut(&str, String)) {
             "method.kind",
             "is \"lora\" but every lora_* target is false; enable at least one, e.g. method.lora_query = true".into(),
         );
+    }
+    match (c.export.format, m.kind) {
+        (Some(ExportFormat::Peft), kind) if kind != MethodKind::Lora => bad(
+            "export.format",
+            format!("is \"peft\" but method.kind is \"{kind}\": PEFT adapters hold LoRA runs; use export.format = \"hf\" or unset it"),
+        ),
+        (Some(_), kind) if kind.has_adapter_prompts() => bad(
+            "export.format",
+            format!("is set but method.kind is \"{kind}\": its adapter prompts have no place in an exported model; unset export.format"),
+        ),
+        _ => {}
     }
     if let Some(layers) = c.model.architecture.num_hidden_layers.filter(|_| m.kind.has_adapter_prompts()) {
         if m.adapter_start_layer >= layers {

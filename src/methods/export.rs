@@ -8,11 +8,13 @@ use std::path::Path;
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-use crate::config::{MethodConfig, MethodKind};
+use crate::config::{Config, ExportDtype, ExportFormat, MethodConfig, MethodKind};
 use crate::error::Problems;
 use crate::model::gpt::fuse;
 use crate::model::layout::{At, Module, Param};
+use crate::model::weights::stored_kind;
 use crate::model::{Gpt, TensorSpec};
+use crate::source::BaseModel;
 
 /// How to write a hub checkpoint.
 pub struct HubExport<'a> {
@@ -22,6 +24,55 @@ pub struct HubExport<'a> {
     pub dtype: Kind,
     /// Safetensors files hold at most this many bytes (one tensor larger than that gets a file alone).
     pub max_shard_bytes: u64,
+}
+
+/// What an export reads besides the model: the run's config and where its base came from.
+pub struct Source<'a> {
+    pub config: &'a Config,
+    pub base_dir: &'a Path,
+    pub tokenizer_dir: &'a Path,
+    /// The base's `config.json`.
+    pub config_json: &'a Value,
+}
+
+/// Exports a run's `model` in `format` into the new directory `out` — `hf`: the method merged in, in
+/// `dtype` or the base checkpoint's own; `peft`: a LoRA run's adapter — and returns the number format
+/// written.
+pub fn export(
+    model: &mut Gpt,
+    src: &Source,
+    format: ExportFormat,
+    dtype: Option<ExportDtype>,
+    max_shard_bytes: u64,
+    out: &Path,
+) -> Result<Kind, Problems> {
+    let method = &src.config.method;
+    if format == ExportFormat::Peft {
+        if method.kind != MethodKind::Lora {
+            return Err(Problems::one(format!(
+                "method.kind is \"{}\"; --format peft writes LoRA adapters: export this run with --format hf",
+                method.kind
+            )));
+        }
+        // The hub repo id when the base came from the hub, else the directory it was loaded from.
+        let base_name = match BaseModel::parse(&src.config.model) {
+            BaseModel::Hub { repo, .. } => repo,
+            _ => src.base_dir.display().to_string(),
+        };
+        write_peft(model, method, &base_name, out)?;
+        return Ok(Kind::Float);
+    }
+    merge(model, method.kind)?;
+    let kind = match dtype {
+        Some(ExportDtype::Bf16) => Kind::BFloat16,
+        Some(ExportDtype::Fp16) => Kind::Half,
+        Some(ExportDtype::Fp32) => Kind::Float,
+        None => stored_kind(src.base_dir).unwrap_or(model.kind()),
+    };
+    let hub =
+        HubExport { config_json: src.config_json, tokenizer_dir: src.tokenizer_dir, dtype: kind, max_shard_bytes };
+    write_hub(model, &hub, out)?;
+    Ok(kind)
 }
 
 /// The shard size the hub's own tools default to.

@@ -1,17 +1,15 @@
 //! The end of a completed run: the final val and test losses, the last plot, the `final` checkpoint,
 //! the exported model of a `full` run, and the results in run.json.
-use std::path::Path;
 
 use super::trainer::Trainer;
 use super::{peak_rss_mib, Progress};
-use crate::config::{Config, MethodKind};
+use crate::config::{Config, ExportFormat, MethodKind};
 use crate::data::Prepared;
 use crate::error::Problems;
 use crate::eval::mean_loss;
 use crate::experiment::metrics::Metrics;
 use crate::experiment::{plot, Experiment, Results};
-use crate::methods::export::{write_hub, HubExport, DEFAULT_SHARD_BYTES};
-use crate::methods::Built;
+use crate::methods::export::{export, Source, DEFAULT_SHARD_BYTES};
 
 /// The title of a run's loss plot.
 pub fn title(exp: &Experiment, c: &Config) -> String {
@@ -36,8 +34,18 @@ pub(super) fn finish(
     }
     plot::loss_png(&exp.dir.join("loss.png"), &title(exp, c), &metrics.rows)?;
     let final_dir = trainer.save(&exp.dir, "final")?;
-    if c.method.kind == MethodKind::Full {
-        export_model(&mut trainer.built, &final_dir.join("model"))?;
+    // `full` runs always leave a hub checkpoint (so they can be the base of another run).
+    let format = c.export.format.or((c.method.kind == MethodKind::Full).then_some(ExportFormat::Hf));
+    if let Some(format) = format {
+        let out = final_dir.join(if format == ExportFormat::Hf { "model" } else { "peft" });
+        let built = &mut trainer.built;
+        let src = Source {
+            config: c,
+            base_dir: &built.base_dir,
+            tokenizer_dir: &built.tokenizer_dir,
+            config_json: &built.config_json,
+        };
+        export(&mut built.model, &src, format, c.export.dtype, DEFAULT_SHARD_BYTES, &out)?;
     }
     let state = &trainer.state;
     let results = Results {
@@ -60,16 +68,4 @@ pub(super) fn finish(
         results.tokens_per_s
     );
     exp.update(|i| i.results = Some(results))
-}
-
-/// Writes the trained model as a hub-layout checkpoint (config.json, safetensors, tokenizer files) in
-/// the kind it trained in, usable as `--checkpoint` and as `model.checkpoint = "experiment:<name>"`.
-fn export_model(built: &mut Built, dir: &Path) -> Result<(), Problems> {
-    let export = HubExport {
-        config_json: &built.config_json,
-        tokenizer_dir: &built.tokenizer_dir,
-        dtype: built.model.kind(),
-        max_shard_bytes: DEFAULT_SHARD_BYTES,
-    };
-    write_hub(&mut built.model, &export, dir)
 }
