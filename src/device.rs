@@ -54,10 +54,16 @@ impl Placement {
         Ok(())
     }
 
-    /// The memory tensors on this device can use, when known: the machine's memory for the CPU.
+    /// The memory tensors on this device can use, when known: the machine's memory for the CPU, the
+    /// card's as `nvidia-smi` reports it for a GPU.
     pub fn memory_bytes(&self) -> Option<u64> {
-        if self.device.is_cuda() {
-            return None;
+        if let Device::Cuda(index) = self.device {
+            let out = std::process::Command::new("nvidia-smi")
+                .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits", &format!("--id={index}")])
+                .output()
+                .ok()?;
+            let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+            return Some(mib << 20);
         }
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
         let kb: u64 = meminfo

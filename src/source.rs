@@ -47,6 +47,14 @@ impl BaseModel {
         }
     }
 
+    /// For `experiment:<name>[/vN]`, the run directory it names.
+    pub fn experiment_run(&self) -> Option<Result<PathBuf, Problems>> {
+        match self {
+            BaseModel::Experiment { name, version } => Some(experiment_run(name, *version)),
+            _ => None,
+        }
+    }
+
     /// Where the model's files are or will be, without looking further (for `ftexp plan`).
     pub fn expected_dir(&self) -> PathBuf {
         match self {
@@ -57,27 +65,33 @@ impl BaseModel {
     }
 }
 
-fn experiment_model(name: &str, version: Option<u32>) -> Result<PathBuf, Problems> {
+/// The run directory `experiment:<name>[/vN]` names: that version, or the newest completed one.
+fn experiment_run(name: &str, version: Option<u32>) -> Result<PathBuf, Problems> {
     let parent = Path::new(EXPERIMENTS_DIR).join(name);
-    let checkpoint = match version {
-        Some(v) => format!("experiment:{name}/v{v}"),
-        None => format!("experiment:{name}"),
-    };
     let Some(version) = version.or_else(|| newest_completed(Path::new(EXPERIMENTS_DIR), name)) else {
         return Err(Problems::one(format!(
-            "model.checkpoint = \"{checkpoint}\": no completed run of \"{name}\" under {}; run it first",
+            "model.checkpoint = \"experiment:{name}\": no completed run of \"{name}\" under {}; run it first",
             parent.display()
         )));
     };
-    let dir = parent.join(format!("v{version}/checkpoints/final/model"));
+    Ok(parent.join(format!("v{version}")))
+}
+
+fn experiment_model(name: &str, version: Option<u32>) -> Result<PathBuf, Problems> {
+    let run = experiment_run(name, version)?;
+    let dir = run.join(EXPORTED_MODEL);
     if !dir.join("config.json").is_file() {
         return Err(Problems::one(format!(
-            "model.checkpoint = \"{checkpoint}\": {} has no exported model; a run is the base of another when it exported one: `full` runs do, LoRA runs with export.format = \"hf\" (or `ftexp export RUN --out DIR` and model.checkpoint = DIR)",
-            parent.join(format!("v{version}")).display()
+            "model.checkpoint = \"experiment:{name}{}\": {} has no exported model; a run is the base of another when it exported one: `full` runs do, LoRA runs with export.format = \"hf\" (or `ftexp export RUN --out DIR` and model.checkpoint = DIR)",
+            version.map_or(String::new(), |v| format!("/v{v}")),
+            run.display()
         )));
     }
     Ok(dir)
 }
+
+/// Where in a run directory its exported hub checkpoint is.
+pub const EXPORTED_MODEL: &str = "checkpoints/final/model";
 
 /// The directory of the tokenizer to use: `model.tokenizer`, else the base model's.
 pub fn tokenizer_dir(m: &ModelConfig, allow_download: bool) -> Result<PathBuf, Problems> {

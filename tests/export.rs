@@ -25,14 +25,22 @@ const IDS: [i64; 8] = [3, 17, 42, 99, 7, 250, 11, 5];
 
 /// The run's own logits for [`IDS`] `(time, vocab)`.
 fn run_logits(p: &Path) -> Tensor {
+    run_logits_of(p, "experiments/t/v1")
+}
+
+fn run_logits_of(p: &Path, run: &str) -> Tensor {
     // the run records its base by absolute path here (the fixture's), so no working directory is needed
-    let run = load_run(&p.join("experiments/t/v1"), LoadOptions::default()).unwrap();
+    let run = load_run(&p.join(run), LoadOptions::default()).unwrap();
     tch::no_grad(|| run.model.forward(&Tensor::from_slice(&IDS).unsqueeze(0), None).squeeze_dim(0))
 }
 
 /// The largest logit difference between the run's model and the exported checkpoint loaded by ftexp.
 fn logit_difference(p: &Path, out: &str) -> (f64, f64) {
-    let want = run_logits(p);
+    logit_difference_of(p, "experiments/t/v1", out)
+}
+
+fn logit_difference_of(p: &Path, run: &str, out: &str) -> (f64, f64) {
+    let want = run_logits_of(p, run);
     let exported = ftexp::model::load(&p.join(out), Kind::Float, Device::Cpu).unwrap();
     let got = tch::no_grad(|| exported.forward(&Tensor::from_slice(&IDS).unsqueeze(0), None).squeeze_dim(0));
     ((&got - &want).abs().max().double_value(&[]), want.abs().max().double_value(&[]))
@@ -174,6 +182,14 @@ fn a_run_exports_when_it_completes_and_a_lora_run_can_be_a_base() {
     let out = ftexp(p.path(), &["run", "exp.toml", "--set", "export.format=peft"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(p.path().join("experiments/t/v2/checkpoints/final/peft/adapter_config.json").is_file());
+    // a LoRA run that exported no hub checkpoint is merged and exported on first use as a base
+    assert!(!p.path().join("experiments/t/v2/checkpoints/final/model").exists());
+    let chained = ["run", "exp.toml", "--set", "model.checkpoint=experiment:t/v2", "--set", "name=\"later\""];
+    let out = ftexp(p.path(), &chained, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("LoRA merged"), "{}", stderr(&out));
+    let (diff, scale) = logit_difference_of(p.path(), "experiments/t/v2", "experiments/t/v2/checkpoints/final/model");
+    assert!(diff <= 1e-4 * scale.max(1.0), "the first-use export differs by {diff}");
     // formats a method cannot have are config errors, reported before anything runs
     let out = ftexp(p.path(), &["plan", "exp.toml", "--set", "export.format=peft", "--set", "method.kind=full"], &[]);
     assert_eq!(out.status.code(), Some(2));

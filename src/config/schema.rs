@@ -163,7 +163,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!("train.log_interval", Int, Some("1"),
         "Every this many optimizer steps a row is written to `metrics.csv` and a progress line is printed."),
     key!("export.format", Choice(ExportFormat::NAMES), None,
-        "Export the model when the run completes, as `ftexp export` does: `hf`, a hub checkpoint with the method merged in (into `checkpoints/final/model/`, which also makes the run usable as `model.checkpoint = \"experiment:<name>\"`), or `peft`, a LoRA run's adapter (into `checkpoints/final/peft/`). Unset: only `full` runs export, as `hf`."),
+        "Export the model when the run completes, as `ftexp export` does: `hf`, a hub checkpoint with the method merged in (into `checkpoints/final/model/`, where `model.checkpoint = \"experiment:<name>\"` finds it), or `peft`, a LoRA run's adapter (into `checkpoints/final/peft/`). Unset: `full` runs export as `hf`; a LoRA run exports as `hf` on first use as another run's base."),
     key!("export.dtype", Choice(ExportDtype::NAMES), None,
         "The number format of exported weights. Unset: the base checkpoint's own."),
 ];

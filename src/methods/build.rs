@@ -57,7 +57,7 @@ pub fn build_on(c: &Config, base: Option<&Path>) -> Result<Built, Problems> {
     } else {
         let dir = match base {
             Some(dir) => dir.to_path_buf(),
-            None => BaseModel::parse(&c.model).locate(true)?,
+            None => locate_base(&c.model)?,
         };
         let config = dir.join("config.json");
         if let Ok(spec) = ModelSpec::from_file(&config) {
@@ -115,6 +115,47 @@ pub fn check_vocab(
         )));
     }
     Ok(())
+}
+
+/// The base's directory; a completed LoRA run named as `experiment:<name>` that has not exported its
+/// model yet exports it now, once, into its own run directory.
+pub fn locate_base(m: &ModelConfig) -> Result<PathBuf, Problems> {
+    let base = BaseModel::parse(m);
+    let missing = match base.locate(true) {
+        Ok(dir) => return Ok(dir),
+        Err(missing) => missing,
+    };
+    let Some(Ok(run_dir)) = base.experiment_run() else { return Err(missing) };
+    let out = run_dir.join(source::EXPORTED_MODEL);
+    let config = crate::config::resolve(&run_dir.join("config.toml"), &[])?.config;
+    if config.method.kind != crate::config::MethodKind::Lora || !out.parent().is_some_and(Path::is_dir) {
+        return Err(missing);
+    }
+    let info = crate::experiment::Experiment::open(&run_dir)?.read_run_info()?;
+    let mut built = build_on(&config, recorded_base(&info, config.model.init, false)?.as_deref())?;
+    load_trained(&built.trainable, &run_dir.join("checkpoints/final"))?;
+    eprintln!("exporting {} (LoRA merged) into {}, once, to use it as a base", run_dir.display(), out.display());
+    let src = super::export::Source {
+        config: &config,
+        base_dir: &built.base_dir,
+        tokenizer_dir: &built.tokenizer_dir,
+        config_json: &built.config_json,
+    };
+    let format = crate::config::ExportFormat::Hf;
+    let written = super::export::export(
+        &mut built.model,
+        &src,
+        format,
+        config.export.dtype,
+        super::export::DEFAULT_SHARD_BYTES,
+        &out,
+    );
+    // Another run chaining on it at the same time may have exported it first.
+    match written {
+        Ok(_) => Ok(out),
+        Err(_) if out.join("config.json").is_file() => Ok(out),
+        Err(e) => Err(e),
+    }
 }
 
 /// Copies the tensors of a checkpoint's `trained.safetensors` into `trainable`.

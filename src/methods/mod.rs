@@ -7,7 +7,8 @@ pub mod export;
 use tch::{Kind, Tensor};
 
 pub use build::{
-    build, build_on, check_vocab, is_swiglu, legacy_name, load_trained, random_architecture, recorded_base, Built,
+    build, build_on, check_vocab, is_swiglu, legacy_name, load_trained, locate_base, random_architecture,
+    recorded_base, Built,
 };
 
 use crate::config::{MethodConfig, MethodKind};

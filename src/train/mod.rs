@@ -134,6 +134,10 @@ pub fn run(c: &Config, start: Start, allow_changed_base: bool) -> anyhow::Result
 /// recorded base, for a rerun its recorded base.
 fn inputs(c: &Config, start: &Start, allow_changed_base: bool) -> Result<(Prepared, methods::Built), Problems> {
     let recorded = start.recorded()?;
+    if recorded.is_none() && c.model.init == crate::config::Init::Pretrained && c.model.tokenizer.is_none() {
+        // The base's tokenizer prepares the data: find the base (downloading or exporting it) first.
+        methods::locate_base(&c.model)?;
+    }
     let recorded_key = recorded.as_ref().and_then(|i| i.data.as_ref()).map(|d| d.cache_key.clone());
     let data = match start {
         Start::Resume { .. } => crate::data::prepare_for_run(c, recorded_key.as_deref())?,
