@@ -151,13 +151,14 @@ fn export_writes_the_asked_dtype_and_shards() {
 }
 
 #[test]
-fn adapter_runs_are_refused_and_nothing_is_written() {
+fn adapter_runs_export_only_what_a_hub_checkpoint_can_hold() {
+    // trained gates: the prompts act, and a hub checkpoint has no place for them
     let p = project("llama", "adapter_v2");
     assert!(ftexp(p.path(), &["run", "exp.toml"], &[]).status.success());
     let out = export(p.path(), "hf", &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("adapter prompts") && err.contains("method.kind = \"lora\""), "{err}");
+    assert!(err.contains("acts through a trained gate") && err.contains("method.kind = \"lora\""), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!p.path().join("hf").exists());
     let leftovers: Vec<_> = std::fs::read_dir(p.path())
@@ -166,6 +167,43 @@ fn adapter_runs_are_refused_and_nothing_is_written() {
         .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // closed gates and no bias on the head: scales and biases fold into the linears, with the bias flags
+    for family in ["llama", "gpt-neox", "qwen2"] {
+        let p = project(family, "adapter_v2");
+        assert!(ftexp(p.path(), &["run", "exp.toml"], &[]).status.success());
+        let file = p.path().join("experiments/t/v1/checkpoints/final/trained.safetensors");
+        let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(&file)
+            .unwrap()
+            .into_iter()
+            .map(
+                |(n, t)| {
+                    if n.ends_with("adapter_gate") || n == "head.adapter_bias" {
+                        (n, t.zeros_like())
+                    } else {
+                        (n, t)
+                    }
+                },
+            )
+            .collect();
+        Tensor::write_safetensors(&tensors, &file).unwrap();
+        let out = export(p.path(), "hf", &[]);
+        if family == "qwen2" {
+            let err = stderr(&out);
+            assert!(err.contains("layers.0.o") && err.contains("Qwen2 checkpoint cannot hold"), "{err}");
+            continue;
+        }
+        assert!(out.status.success(), "{family}: {}", stderr(&out));
+        let (diff, scale) = logit_difference(p.path(), "hf");
+        let ids = serde_json::to_string(&IDS).unwrap();
+        let hf_dir = p.path().join("hf").display().to_string();
+        let transformers = python_difference(&python(&["hf", &hf_dir, &ids], &[])["logits"], &run_logits(p.path()));
+        println!("{family} adapter_v2: max |Δlogit| ftexp {diff:.2e}, transformers {transformers:.2e}");
+        assert!(diff <= 1e-4 * scale.max(1.0) && transformers <= 1e-4 * (scale / 20.0).max(1.0), "{family}");
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(p.path().join("hf/config.json")).unwrap()).unwrap();
+        assert_eq!(config["attention_bias"], true, "{family}");
+    }
 }
 
 #[test]

@@ -11,7 +11,8 @@ use tch::{Kind, Tensor};
 use crate::config::{Config, ExportDtype, ExportFormat, MethodConfig, MethodKind};
 use crate::error::Problems;
 use crate::model::gpt::fuse;
-use crate::model::layout::{At, Module, Param};
+use crate::model::layout::{At, Module, Param, Proj};
+use crate::model::spec::{Family, Mlp as MlpKind};
 use crate::model::weights::stored_kind;
 use crate::model::{Gpt, TensorSpec};
 use crate::source::BaseModel;
@@ -62,15 +63,15 @@ pub fn export(
         write_peft(model, method, &base_name, out)?;
         return Ok(Kind::Float);
     }
-    merge(model, method.kind)?;
+    let mut config_json = src.config_json.clone();
+    merge(model, method.kind, &mut config_json)?;
     let kind = match dtype {
         Some(ExportDtype::Bf16) => Kind::BFloat16,
         Some(ExportDtype::Fp16) => Kind::Half,
         Some(ExportDtype::Fp32) => Kind::Float,
         None => stored_kind(src.base_dir).unwrap_or(model.kind()),
     };
-    let hub =
-        HubExport { config_json: src.config_json, tokenizer_dir: src.tokenizer_dir, dtype: kind, max_shard_bytes };
+    let hub = HubExport { config_json: &config_json, tokenizer_dir: src.tokenizer_dir, dtype: kind, max_shard_bytes };
     write_hub(model, &hub, out)?;
     Ok(kind)
 }
@@ -84,17 +85,133 @@ const TOKENIZER_FILES: [&str; 4] =
 
 /// Folds the tensors of `method` into the model's weights and removes them, so the model computes the
 /// same with base tensors alone. Adapter prompts have no place in a hub checkpoint: refused.
-pub fn merge(model: &mut Gpt, method: MethodKind) -> Result<(), Problems> {
+pub fn merge(model: &mut Gpt, method: MethodKind, config_json: &mut Value) -> Result<(), Problems> {
+    if method.has_adapter_prompts() {
+        check_gates_closed(model, method)?;
+    }
     match method {
-        MethodKind::Full => Ok(()),
-        MethodKind::Lora => {
-            tch::no_grad(|| merge_lora(model));
-            model.strip_method();
-            Ok(())
+        MethodKind::Full | MethodKind::Adapter => {}
+        MethodKind::Lora => tch::no_grad(|| merge_lora(model)),
+        MethodKind::AdapterV2 => tch::no_grad(|| fold_adapter_v2(model, config_json))?,
+    }
+    model.strip_method();
+    Ok(())
+}
+
+/// Adapter prompts act through their gates; a hub checkpoint has no place for them, so a model can be
+/// exported only while every gate is exactly zero (the prompts then change nothing).
+fn check_gates_closed(model: &mut Gpt, method: MethodKind) -> Result<(), Problems> {
+    let gates: Vec<At> = model.layout.iter().filter(|t| t.at.param == Param::AdapterGate).map(|t| t.at).collect();
+    for at in gates {
+        let largest = tch::no_grad(|| model.slot(at).abs().max().double_value(&[]));
+        if largest != 0.0 {
+            let layer = match at.module {
+                Module::Adapter(i) => i,
+                _ => 0,
+            };
+            return Err(Problems::one(format!(
+                "method.kind = \"{method}\": the adapter prompt of layer {layer} acts through a trained gate (largest |gate| {largest:.3e}), and a hub checkpoint has no place for adapter prompts; export runs of method.kind = \"lora\" or \"full\""
+            )));
         }
-        MethodKind::Adapter | MethodKind::AdapterV2 => Err(Problems::one(format!(
-            "method.kind = \"{method}\": its adapter prompts (attended through trained gates) cannot be written as a hub checkpoint, which has no place for them; export runs of method.kind = \"lora\" or \"full\""
-        ))),
+    }
+    Ok(())
+}
+
+/// Adapter v2 computes `s ⊙ (W·x + b + c)` on each linear layer: written as `W' = diag(s)·W` and
+/// `b' = s ⊙ (b + c)`, with the family's bias flags set in `config.json` where a bias is needed and the
+/// hub class can hold one; a bias it cannot hold is refused.
+fn fold_adapter_v2(model: &mut Gpt, config_json: &mut Value) -> Result<(), Problems> {
+    let spec = model.spec.clone();
+    let modules: Vec<Module> =
+        model.layout.iter().filter(|t| t.at.param == Param::AdapterScale).map(|t| t.at.module).collect();
+    let (mut qkv_bias, mut proj_bias) = (spec.qkv_bias, spec.proj_bias);
+    for module in modules {
+        let scale = model.slot(At { module, param: Param::AdapterScale }).to_kind(Kind::Float); // (out,)
+        let shift = model.slot(At { module, param: Param::AdapterBias }).to_kind(Kind::Float); // (out,)
+        let has_bias = match module {
+            Module::Linear(_, Proj::Q | Proj::K | Proj::V) => spec.qkv_bias,
+            Module::Linear(..) => spec.proj_bias,
+            _ => false,
+        };
+        let old_bias = if has_bias {
+            model.slot(At { module, param: Param::Bias }).to_kind(Kind::Float)
+        } else {
+            shift.zeros_like()
+        };
+        let bias = &scale * (old_bias + &shift);
+        let needed = has_bias || bias.abs().max().double_value(&[]) != 0.0;
+        if needed && !has_bias {
+            let expressible = match (spec.family, module) {
+                (_, Module::Head) => false,
+                (Family::Qwen2, _) => false,
+                (_, Module::Linear(_, Proj::Q | Proj::K | Proj::V)) => true,
+                (_, Module::Linear(..)) => true,
+                _ => false,
+            };
+            if !expressible {
+                return Err(Problems::one(format!(
+                    "method.kind = \"adapter_v2\": its trained bias on {} would need a bias that a {:?} checkpoint cannot hold there; export runs of method.kind = \"lora\" or \"full\"",
+                    TensorSpec { at: At { module, param: Param::Weight }, shape: vec![] }.name().trim_end_matches(".weight"),
+                    spec.family
+                )));
+            }
+            match module {
+                Module::Linear(_, Proj::Q | Proj::K | Proj::V) => qkv_bias = true,
+                _ => proj_bias = true,
+            }
+        }
+        if module == Module::Head && spec.tie_embeddings {
+            model.spec.tie_embeddings = false;
+            model.head.weight = model.embed.copy();
+        }
+        let w = model.slot(At { module, param: Param::Weight });
+        *w = (w.to_kind(Kind::Float) * scale.unsqueeze(1)).to_kind(w.kind()); // diag(s)·W: rows scaled
+        let kind = w.kind();
+        if needed {
+            *model.slot(At { module, param: Param::Bias }) = bias.to_kind(kind);
+        }
+    }
+    settle_biases(model, config_json, qkv_bias, proj_bias);
+    Ok(())
+}
+
+/// Gives the linears the biases the family's flags decide once some need one (Llama's and Falcon's
+/// flags cover all of them): zeros where the run had none, and the flags in `config.json`.
+fn settle_biases(model: &mut Gpt, config_json: &mut Value, qkv_bias: bool, proj_bias: bool) {
+    let spec = model.spec.clone();
+    let any = qkv_bias || proj_bias;
+    let (qkv_bias, proj_bias) = match spec.family {
+        Family::GptNeox | Family::Qwen2 => (qkv_bias, proj_bias),
+        Family::Llama | Family::Falcon => (any, any),
+    };
+    let device = model.device();
+    for block in 0..spec.n_layer as usize {
+        let projections = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+        for proj in projections.into_iter().filter(|p| *p != Proj::Gate || spec.mlp == MlpKind::SwiGlu) {
+            let on = if matches!(proj, Proj::Q | Proj::K | Proj::V) { qkv_bias } else { proj_bias };
+            let module = Module::Linear(block, proj);
+            if on && !model.slot(At { module, param: Param::Bias }).defined() {
+                let w = model.slot(At { module, param: Param::Weight });
+                let (rows, kind) = (w.size()[0], w.kind());
+                *model.slot(At { module, param: Param::Bias }) = Tensor::zeros([rows], (kind, device));
+            }
+        }
+    }
+    (model.spec.qkv_bias, model.spec.proj_bias) = (qkv_bias, proj_bias);
+    if let Some(obj) = config_json.as_object_mut() {
+        match spec.family {
+            Family::Llama => {
+                obj.insert("attention_bias".into(), any.into());
+                obj.insert("mlp_bias".into(), any.into());
+            }
+            Family::Falcon => {
+                obj.insert("bias".into(), any.into());
+            }
+            Family::GptNeox => {
+                obj.insert("attention_bias".into(), qkv_bias.into());
+            }
+            Family::Qwen2 => {}
+        }
     }
 }
 
