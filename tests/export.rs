@@ -233,3 +233,23 @@ fn a_run_exports_when_it_completes_and_a_lora_run_can_be_a_base() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("`export.format` is \"peft\" but method.kind is \"full\""), "{}", stderr(&out));
 }
+
+#[test]
+fn an_export_is_a_base_that_evaluates_like_its_run() {
+    let p = project("qwen2", "lora");
+    assert!(ftexp(p.path(), &["run", "exp.toml"], &[]).status.success());
+    assert!(export(p.path(), "hf", &[]).status.success());
+    // a new run on the export, same data and seed: its base model is the first run's fine-tuned one
+    let on_export =
+        ["run", "exp.toml", "--set", "model.checkpoint=hf", "--set", "name=\"again\"", "--set", "train.max_steps=1"];
+    let out = ftexp(p.path(), &on_export, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let loss = |args: &[&str]| -> f64 {
+        let out = ftexp(p.path(), args, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["loss"].as_f64().unwrap()
+    };
+    let run = loss(&["eval", "experiments/t/v1", "--json"]);
+    let base = loss(&["eval", "experiments/again/v1", "--base", "--json"]);
+    assert!((run - base).abs() <= 1e-5 * run.abs().max(1.0), "{run} vs {base}");
+}
