@@ -28,6 +28,8 @@ pub struct LoadedRun {
     pub tokenizer_dir: PathBuf,
     /// The base's `config.json`.
     pub config_json: serde_json::Value,
+    /// The cache key of the data the run prepared, as its run.json records it.
+    pub data_key: Option<String>,
 }
 
 /// How to load a run.
@@ -83,6 +85,7 @@ pub fn load_run(dir: &Path, o: LoadOptions) -> Result<LoadedRun, Problems> {
         base_dir: built.base_dir,
         tokenizer_dir: built.tokenizer_dir,
         config_json: built.config_json,
+        data_key: info.data.map(|d| d.cache_key),
     })
 }
 
@@ -111,8 +114,7 @@ pub struct EvalRequest<'a> {
 /// name, or `<split>_base` for the base model).
 pub fn evaluate_run(dir: &Path, req: &EvalRequest) -> Result<RunEval, Problems> {
     let mut run = load_run(dir, req.load)?;
-    let recorded = Experiment::open(dir)?.read_run_info()?.data.map(|d| d.cache_key);
-    let data = crate::data::prepare_for_run(&run.config, recorded.as_deref())?;
+    let data = crate::data::prepare_for_run(&run.config, run.data_key.as_deref())?;
     let samples = data.split(req.split);
     if samples.is_empty() {
         return Err(Problems::one(format!("{}: the {} split is empty", dir.display(), req.split)));
