@@ -8,7 +8,9 @@ TORCH_VERSION := 2.11.0
 # transformers and peft load ftexp's exports in the tests (scripts/check_export.py).
 TRANSFORMERS_VERSION := 5.24.0
 PEFT_VERSION := 0.21.2
-TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-transformers-$(TRANSFORMERS_VERSION)-peft-$(PEFT_VERSION)
+# The CUDA headers the wheel lacks, for the NCCL part of the c10d bridge (csrc/dist.cpp).
+CUDA_HEADERS := nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-transformers-$(TRANSFORMERS_VERSION)-peft-$(PEFT_VERSION)-cuda-headers-13.0
 BIN := target/release/ftexp
 
 # torch-sys finds libtorch through the venv's python (`python` on PATH when VIRTUAL_ENV is set).
@@ -16,15 +18,25 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup build test lint demo sweep clean-venv bench bench-train bench-generate bench-data
+.PHONY: setup gloo-headers build test lint demo sweep clean-venv bench bench-train bench-generate bench-data bench-devices
 
-setup: $(TORCH_STAMP)
+setup: $(TORCH_STAMP) gloo-headers
 
 $(TORCH_STAMP):
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q torch==$(TORCH_VERSION) \
-		transformers==$(TRANSFORMERS_VERSION) peft==$(PEFT_VERSION)
+		transformers==$(TRANSFORMERS_VERSION) peft==$(PEFT_VERSION) $(CUDA_HEADERS)
 	touch $@
+
+# Gloo's headers (Debian's libgloo-dev), which the torch wheel leaves out: training on several CPU
+# processes needs them at build time.
+gloo-headers:
+	@test -f /usr/include/gloo/algorithm.h || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -qq libgloo-dev >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libgloo-dev; }; \
+	  else \
+	    echo "note: several CPU processes (train.devices > 1 on the CPU) need Gloo's headers: run 'sudo apt-get install libgloo-dev', then make build"; \
+	  fi; }
 
 build: setup
 	cargo build --release
@@ -65,3 +77,7 @@ bench-generate: build
 
 bench-data: build
 	bash bench/data.sh
+
+# Data-parallel training on the CPU: 1 process with all threads vs train.devices = 2 (bench/devices.sh).
+bench-devices: build
+	bash bench/devices.sh

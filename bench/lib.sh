@@ -90,3 +90,20 @@ bench_timed() {
   awk '{printf "%s %.2f\n", $1, $2 + $3}' "$out.raw" >"$out"
   rm -f "$out.raw"
 }
+
+# Makes sure the pythia-14m shaped bench model and its data are in the work dir $1, making them with
+# $2/make_bench_model.py (../shared/bench) when missing. $3 names the bench in messages.
+bench_ensure_model() {
+  local work=$1 shared=$2 name=$3 py
+  if [ -f "$work/data.json" ] && [ -f "$work/checkpoints/EleutherAI/pythia-14m/model.safetensors" ]; then
+    return 0
+  fi
+  py=$(bench_find_python torch,transformers,tokenizers,safetensors)
+  if [ -z "$py" ] || [ ! -f "$shared/make_bench_model.py" ]; then
+    echo "$name: the bench model is missing in $work and cannot be made here:" >&2
+    echo "  run $shared/litgpt_baseline.sh $work none (or set BENCH_SHARED / BENCH_PYTHON)" >&2
+    bench_python_hint >&2
+    exit 1
+  fi
+  "$py" "$shared/make_bench_model.py" "$work" >/dev/null
+}

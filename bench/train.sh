@@ -37,16 +37,7 @@ ck="$work/checkpoints/EleutherAI/pythia-14m"
 
 [ -x "$bin" ] || { echo "bench-train: $bin not found; run 'make build' first" >&2; exit 1; }
 mkdir -p "$work"
-if [ ! -f "$work/data.json" ] || [ ! -f "$ck/model.safetensors" ]; then
-  py=$(bench_find_python torch,transformers,tokenizers,safetensors)
-  if [ -z "$py" ] || [ ! -f "$shared/make_bench_model.py" ]; then
-    echo "bench-train: the bench model is missing in $work and cannot be made here:" >&2
-    echo "  run $shared/litgpt_baseline.sh $work none (or set BENCH_SHARED / BENCH_PYTHON)" >&2
-    bench_python_hint >&2
-    exit 1
-  fi
-  "$py" "$shared/make_bench_model.py" "$work" >/dev/null
-fi
+bench_ensure_model "$work" "$shared" bench-train
 have_litgpt=0
 [ -x "$work/venv/bin/litgpt" ] && [ -f "$shared/litgpt_baseline.sh" ] && have_litgpt=1
 

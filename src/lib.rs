@@ -2,12 +2,13 @@
 //!
 //! One module per pipeline stage, each importing only the stages listed before it (`tests/layers.rs`
 //! checks this):
-//! `error` → `config` → `device` → `experiment` → `hub` → `source` → `tokenizer` → `data` → `model` →
+//! `error` → `config` → `device` → `dist` → `experiment` → `hub` → `source` → `tokenizer` → `data` → `model` →
 //! `methods` → `generate` → `eval` → `train` → `plan`, `report`, `sweep`, `export`.
 //! The command line (`src/main.rs`, `src/cli/`) is the binary's, not the library's.
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod experiment;

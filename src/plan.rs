@@ -40,6 +40,11 @@ pub struct Plan {
     pub architecture_missing: Option<String>,
     pub data: Option<SplitSizes>,
     pub data_missing: Option<String>,
+    /// Processes training together (`train.devices`, or the launcher's WORLD_SIZE under torchrun).
+    pub world_size: u64,
+    /// Each process's device.
+    pub rank_devices: Vec<String>,
+    /// Micro-batches each process runs per optimizer step, with no communication in between.
     pub gradient_accumulation_iters: u64,
     pub epoch_size: Option<u64>,
     pub steps_per_epoch: Option<u64>,
@@ -92,6 +97,10 @@ pub fn make(r: &Resolved) -> Result<Plan, Problems> {
         Err(e) => (None, Some(e.to_string())),
     };
     let t = &c.train;
+    let world = match crate::dist::Rank::from_env()? {
+        Some(rank) => rank.world as u64,
+        None => t.devices,
+    };
     let counts = data.as_ref().map(|d| step_counts(t, d.train));
     let total_steps = t.max_steps.or(counts.map(|c| c.total));
     let epoch_size = t.epoch_size.or(counts.map(|c| c.epoch_size));
@@ -103,7 +112,9 @@ pub fn make(r: &Resolved) -> Result<Plan, Problems> {
         architecture_missing,
         data,
         data_missing,
-        gradient_accumulation_iters: t.batch_size / (t.micro_batch_size * t.devices).max(1),
+        world_size: world,
+        rank_devices: (0..world as usize).map(|rank| rank_device(&placement, rank, world)).collect(),
+        gradient_accumulation_iters: t.batch_size / (t.micro_batch_size * world).max(1),
         epoch_size,
         steps_per_epoch: epoch_size.map(|e| (e / t.batch_size).max(1)),
         total_steps,
@@ -112,6 +123,16 @@ pub fn make(r: &Resolved) -> Result<Plan, Problems> {
         save_steps: every(t.save_interval, total_steps),
         max_tokens_per_step: t.batch_size * c.data.max_seq_length,
     })
+}
+
+/// Rank `rank`'s device: GPU `rank` of this machine on CUDA, else the CPU (`threads` of its cores).
+fn rank_device(placement: &Placement, rank: usize, world: u64) -> String {
+    if placement.device.is_cuda() {
+        return format!("cuda:{rank}");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / world.max(1) as usize).max(1);
+    format!("cpu ({threads} thread{})", if threads == 1 { "" } else { "s" })
 }
 
 /// The records (or, for a text corpus, the blocks of tokens in the prepared cache) of the data set.
@@ -222,11 +243,7 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
         _ => {}
     }
     let t = &r.config.train;
-    let _ = writeln!(
-        out,
-        "gradient accumulation:      {} micro-batches of {} per optimizer step (batch_size {} ÷ ({} × {} devices))",
-        plan.gradient_accumulation_iters, t.micro_batch_size, t.batch_size, t.micro_batch_size, t.devices
-    );
+    write_processes(&mut out, plan, t);
     let samples = plan.epoch_size.map(|e| format!("{} samples", thousands(e)));
     let _ = writeln!(out, "epoch size:                 {}", samples.unwrap_or_else(|| opt(None)));
     let _ = writeln!(out, "optimizer steps per epoch:  {}", opt(plan.steps_per_epoch));
@@ -272,4 +289,26 @@ pub fn to_json(r: &Resolved, plan: &Plan) -> serde_json::Value {
         "sources": r.sources,
         "plan": plan,
     })
+}
+
+/// The processes of the run and the micro-batches each runs per optimizer step.
+fn write_processes(out: &mut String, plan: &Plan, t: &crate::config::TrainConfig) {
+    if plan.world_size > 1 {
+        let _ = writeln!(
+            out,
+            "processes:                  {} ({}), gradients added up once per optimizer step",
+            plan.world_size,
+            plan.rank_devices.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "gradient accumulation:      {} micro-batches of {} per optimizer step{} (batch_size {} ÷ ({} × {} devices))",
+        plan.gradient_accumulation_iters,
+        t.micro_batch_size,
+        if plan.world_size > 1 { " on each process" } else { "" },
+        t.batch_size,
+        t.micro_batch_size,
+        plan.world_size
+    );
 }

@@ -8,6 +8,7 @@ const LAYERS: &[&[&str]] = &[
     &["error"],
     &["config"],
     &["device"],
+    &["dist"],
     &["experiment"],
     &["hub"],
     &["source"],

@@ -2,6 +2,7 @@
 mod common;
 mod config;
 mod data;
+mod devices;
 mod experiment;
 mod export;
 mod faults;

@@ -200,15 +200,6 @@ fn an_adapter_start_past_the_last_layer_is_refused() {
 }
 
 #[test]
-fn more_than_one_device_is_refused() {
-    let p = project("llama", "lora", "devices = 2\n");
-    let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("train.devices = 2"), "{}", stderr(&out));
-    assert!(!p.path().join("experiments/t").exists(), "no run directory for a refused run");
-}
-
-#[test]
 fn the_seed_falcon_config_runs_on_cpu_with_a_tiny_falcon() {
     let dir = tempfile::tempdir().unwrap();
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/falcon7b-adapter.toml");

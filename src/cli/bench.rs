@@ -1,7 +1,9 @@
 //! `ftexp bench`.
 use std::path::Path;
 
+use ftexp::dist::Rank;
 use ftexp::train::bench::{self, Report};
+use ftexp::train::launch;
 
 use super::args::{print_json, ConfigArgs, JsonArg};
 
@@ -23,8 +25,16 @@ pub struct Args {
 }
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
-    let resolved = a.config.resolve()?;
-    let r = bench::run(&resolved.config, a.steps, a.synthetic)?;
+    let config = a.config.resolve()?.config;
+    let rank = Rank::from_env()?.filter(|r| r.world > 1);
+    if config.train.devices > 1 && rank.is_none() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return Ok(launch::spawn_local(config.train.devices as usize, &args)?);
+    }
+    let r = bench::run(&config, a.steps, a.synthetic)?;
+    if rank.is_some_and(|r| r.rank > 0) {
+        return Ok(());
+    }
     if a.json.json {
         print_json(&r)
     } else {
@@ -39,7 +49,15 @@ fn render(config: &Path, r: &Report) -> String {
     let last = r.losses.last().copied().unwrap_or(f64::NAN);
     let mut memory = r.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0} MiB (peak RSS of the process)"));
     if let Some(gpu) = r.peak_gpu_mib {
-        memory = format!("{gpu:.0} MiB on the GPU (nvidia-smi, CUDA context included); {memory}");
+        memory = match r.gpu_memory_source {
+            Some("allocator") => format!("{gpu:.0} MiB on the GPU (tensors, CUDA caching allocator); {memory}"),
+            _ => format!("{gpu:.0} MiB on the GPU (nvidia-smi, CUDA context included); {memory}"),
+        };
+    }
+    if r.world_size > 1 {
+        let ranks: Vec<String> = r.rank_peak_mib.iter().map(|m| format!("{m:.0}")).collect();
+        let sync = r.allreduce_ms_per_step.map_or(String::new(), |ms| format!("; gradient allreduce {ms:.1} ms/step"));
+        memory = format!("{memory}\nprocesses:     {} (peak MiB by rank: {}){sync}", r.world_size, ranks.join(", "));
     }
     let mfu = match r.mfu {
         Some(m) => format!("MFU {:.1}%", 100.0 * m),
@@ -50,7 +68,7 @@ fn render(config: &Path, r: &Report) -> String {
          data:          {}\n\
          real tokens:   {} of {} in the micro-batches ({:.0}% not padding)\n\
          time:          {:.2} s\n\
-         tokens/s:      {:.0}\n\
+         tokens/s:      {:.0} (all processes together)\n\
          loss:          step 1 {first:.4} → step {} {last:.4}\n\
          peak memory:   {memory}\n\
          model FLOP/s:  {:.3} TFLOP/s ({mfu})\n\

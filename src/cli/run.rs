@@ -1,8 +1,10 @@
 //! `ftexp run`.
 use std::path::PathBuf;
 
+use ftexp::dist::Rank;
+use ftexp::error::Problems;
 use ftexp::experiment::{self, EXPERIMENTS_DIR};
-use ftexp::train::{self, Start};
+use ftexp::train::{self, launch, Start};
 
 use super::args::{BaseArg, ConfigArgs};
 
@@ -30,19 +32,51 @@ pub fn exec(mut a: Args) -> anyhow::Result<()> {
         a.config.sets.push(format!("seed={seed}"));
     }
     let root = PathBuf::from(EXPERIMENTS_DIR);
+    // A process of a group a launcher (this command, torchrun, …) started trains; otherwise a run on
+    // several devices starts one process per device.
+    let in_group = Rank::from_env()?.is_some_and(|r| r.world > 1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
     match a.resume {
         None => {
+            let config = a.config.resolve()?.config;
+            if config.train.devices > 1 && !in_group {
+                // Once here, so the processes find the data prepared and the base in place.
+                train::prepare_shared(&config)?;
+                return Ok(launch::spawn_local(config.train.devices as usize, &args)?);
+            }
             let start = Start::New { experiments_root: root, tag: a.tag };
-            train::run(&a.config.resolve()?.config, start, false)?;
-        }
-        Some(dir) if dir.is_empty() => {
-            let name = a.config.resolve()?.config.name;
-            let run_dir = experiment::newest(&root, &name).map_err(|e| e.prefixed("--resume"))?;
-            train::resume(&run_dir, a.base.allow_changed_base)?;
+            train::run(&config, start, false)?;
         }
         Some(dir) => {
-            train::resume(&PathBuf::from(dir), a.base.allow_changed_base)?;
+            let overrides = resume_overrides(&a.config.sets)?;
+            let run_dir = if dir.is_empty() {
+                let name = a.config.resolve()?.config.name;
+                experiment::newest(&root, &name).map_err(|e| e.prefixed("--resume"))?
+            } else {
+                PathBuf::from(dir)
+            };
+            let devices = train::resumed_config(&run_dir, &overrides)?.train.devices;
+            if devices > 1 && !in_group {
+                return Ok(launch::spawn_local(devices as usize, &args)?);
+            }
+            train::resume(&run_dir, &overrides, a.base.allow_changed_base)?;
         }
     }
     Ok(())
+}
+
+/// The `--set`s a resumed run accepts: how many devices continue it, and how long they wait for each
+/// other; everything else stays as the run was started.
+fn resume_overrides(sets: &[String]) -> Result<Vec<String>, Problems> {
+    const ALLOWED: [&str; 2] = ["train.devices", "train.sync_timeout_s"];
+    for set in sets {
+        let key = set.split('=').next().unwrap_or_default().trim();
+        if !ALLOWED.contains(&key) {
+            return Err(Problems::one(format!(
+                "--set {set}: a resumed run keeps the config it started with; only {} can change (start a new run to change {key})",
+                ALLOWED.join(" and ")
+            )));
+        }
+    }
+    Ok(sets.to_vec())
 }

@@ -168,6 +168,7 @@ fn check_train(c: &Config, bad: &mut impl FnMut(&str, String)) {
         ("train.batch_size", c.train.batch_size),
         ("train.micro_batch_size", c.train.micro_batch_size),
         ("train.devices", c.train.devices),
+        ("train.sync_timeout_s", c.train.sync_timeout_s),
         ("train.eval_interval", c.train.eval_interval),
         ("train.eval_iters", c.train.eval_iters),
         ("train.save_interval", c.train.save_interval),
@@ -188,6 +189,7 @@ fn check_train(c: &Config, bad: &mut impl FnMut(&str, String)) {
         ("train.batch_size", c.train.batch_size, 1 << 20),
         ("train.micro_batch_size", c.train.micro_batch_size, 1 << 20),
         ("train.devices", c.train.devices, 1 << 16),
+        ("train.sync_timeout_s", c.train.sync_timeout_s, 1 << 20),
         ("train.eval_iters", c.train.eval_iters, 1 << 30),
     ];
     let optional = [("train.max_steps", c.train.max_steps), ("train.epoch_size", c.train.epoch_size)];

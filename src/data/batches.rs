@@ -48,11 +48,54 @@ pub fn make(samples: &[&Sample], device: Device) -> Batch {
     }
 }
 
+/// The sizes of one micro-batch, known on the host before any tensor is made.
+#[derive(Debug, Clone, Copy)]
+pub struct MicroBatch {
+    /// Non-padding tokens.
+    pub real_tokens: i64,
+    pub supervised: i64,
+    /// Positions of the input tensor, padding included.
+    pub width: i64,
+    pub rows: i64,
+}
+
+impl MicroBatch {
+    fn of(samples: &[&Sample]) -> MicroBatch {
+        let supervised = |s: &Sample| s.labels.iter().skip(1).filter(|&&l| l != IGNORE).count() as i64;
+        MicroBatch {
+            real_tokens: samples.iter().map(|s| s.input_ids.len() as i64).sum(),
+            supervised: samples.iter().map(|s| supervised(s)).sum(),
+            width: samples.iter().map(|s| s.input_ids.len()).max().unwrap_or(2).max(2) as i64 - 1,
+            rows: samples.len() as i64,
+        }
+    }
+}
+
+/// One optimizer step's micro-batches: the sizes of all of them, and the tensors of this rank's share.
+pub struct StepBatches {
+    pub all: Vec<MicroBatch>,
+    pub mine: Vec<Batch>,
+}
+
+impl StepBatches {
+    /// Supervised tokens of the whole step, on every rank: the loss's denominator.
+    pub fn supervised(&self) -> i64 {
+        self.all.iter().map(|b| b.supervised).sum()
+    }
+}
+
 /// The micro-batches of one optimizer step: the next `batch_size` samples of the run, sorted by
 /// length before they are cut into micro-batches of `micro_batch_size`, so each pads as little as
 /// possible. Grouping does not change the step: every supervised token of it weighs the same in the
-/// loss and the gradient.
-pub fn for_step(train: &[Sample], order: &mut Order, seen: &mut u64, t: &TrainConfig, device: Device) -> Vec<Batch> {
+/// loss and the gradient. Of `world` ranks, rank `rank` makes micro-batches `rank`, `rank + world`, …
+pub fn for_step(
+    train: &[Sample],
+    order: &mut Order,
+    seen: &mut u64,
+    t: &TrainConfig,
+    device: Device,
+    (rank, world): (usize, usize),
+) -> StepBatches {
     let mut picked: Vec<&Sample> = (0..t.batch_size)
         .map(|_| {
             let s = &train[order.get(*seen)];
@@ -61,7 +104,11 @@ pub fn for_step(train: &[Sample], order: &mut Order, seen: &mut u64, t: &TrainCo
         })
         .collect();
     picked.sort_by_key(|s| s.input_ids.len());
-    picked.chunks(t.micro_batch_size.max(1) as usize).map(|b| make(b, device)).collect()
+    let chunks: Vec<&[&Sample]> = picked.chunks(t.micro_batch_size.max(1) as usize).collect();
+    StepBatches {
+        all: chunks.iter().map(|c| MicroBatch::of(c)).collect(),
+        mine: chunks.iter().skip(rank).step_by(world.max(1)).map(|c| make(c, device)).collect(),
+    }
 }
 
 /// The training order: pass `p` over the train split is a shuffle seeded by the run seed and `p`, so

@@ -19,13 +19,27 @@ pub fn supervised_loss(model: &Gpt, batch: &Batch, reduction: tch::Reduction) ->
 
 /// Mean loss over supervised tokens of `samples` in micro-batches of `micro`, at most `max_batches`.
 pub fn mean_loss(model: &mut Gpt, samples: &[Sample], micro: usize, max_batches: Option<usize>) -> Option<f64> {
+    let (sum, count) = loss_sums(model, samples, micro, max_batches, (0, 1));
+    (count > 0).then(|| sum / count as f64)
+}
+
+/// The summed loss and the supervised-token count of rank `rank`'s share (micro-batches `rank`,
+/// `rank + world`, …) of the micro-batches [`mean_loss`] averages over; the ranks' sums add up to it.
+pub fn loss_sums(
+    model: &mut Gpt,
+    samples: &[Sample],
+    micro: usize,
+    max_batches: Option<usize>,
+    (rank, world): (usize, usize),
+) -> (f64, i64) {
     if samples.is_empty() {
-        return None;
+        return (0.0, 0);
     }
     let was = std::mem::replace(&mut model.training, false);
     let (mut sum, mut count) = (Tensor::zeros([], (Kind::Float, model.device())), 0i64);
     tch::no_grad(|| {
-        for chunk in samples.chunks(micro).take(max_batches.unwrap_or(usize::MAX)) {
+        let chunks = samples.chunks(micro.max(1)).take(max_batches.unwrap_or(usize::MAX));
+        for chunk in chunks.skip(rank).step_by(world.max(1)) {
             let refs: Vec<&Sample> = chunk.iter().collect();
             let batch = batches::make(&refs, model.device());
             sum += supervised_loss(model, &batch, tch::Reduction::Sum);
@@ -33,7 +47,7 @@ pub fn mean_loss(model: &mut Gpt, samples: &[Sample], micro: usize, max_batches:
         }
     });
     model.training = was;
-    (count > 0).then(|| sum.double_value(&[]) / count as f64)
+    (sum.double_value(&[]), count)
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

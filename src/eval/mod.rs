@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use measures::{exact_match, mean_loss, perplexity, supervised_loss, ExactMatch, Perplexity};
+pub use measures::{exact_match, loss_sums, mean_loss, perplexity, supervised_loss, ExactMatch, Perplexity};
 
 use crate::config::{Config, DeviceSetting};
 use crate::device::Placement;

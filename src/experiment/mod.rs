@@ -135,6 +135,9 @@ pub struct RunInfo {
     pub parameters: Option<ParamCount>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub results: Option<Results>,
+    /// The processes of a run on several devices.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub world: Option<World>,
     /// Why a failed run failed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
@@ -165,6 +168,14 @@ pub struct BaseRecord {
 pub struct ParamCount {
     pub total: i64,
     pub trainable: i64,
+}
+
+/// The processes that trained a run together.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct World {
+    pub size: usize,
+    /// Each rank's `host/device`, by rank.
+    pub ranks: Vec<String>,
 }
 
 /// What a completed run measured.
@@ -235,6 +246,7 @@ impl Experiment {
             base: None,
             parameters: None,
             results: None,
+            world: None,
             error: None,
             evaluations: BTreeMap::new(),
         };
@@ -374,7 +386,7 @@ fn git_state() -> (Option<String>, Option<bool>) {
     (commit, dirty)
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))

@@ -7,8 +7,9 @@ use serde::Serialize;
 use tch::Kind;
 
 use super::peak_rss_mib;
-use super::trainer::{MicroBatch, Trainer};
+use super::trainer::Trainer;
 use crate::config::{Config, MethodKind};
+use crate::data::batches::MicroBatch;
 use crate::data::prepare::labels;
 use crate::data::Sample;
 use crate::experiment::checkpoint::TrainerState;
@@ -35,10 +36,20 @@ pub struct Report {
     /// The mean loss per supervised token of each step, before its update.
     pub losses: Vec<f64>,
     pub peak_rss_mib: Option<f64>,
-    /// On CUDA: the most memory in use on the GPU during the steps, sampled with nvidia-smi every
-    /// 100 ms (the CUDA context and the caching allocator's reserve included, so above torch's
-    /// `max_memory_allocated`); none when nvidia-smi cannot be run.
+    /// On CUDA: the CUDA caching allocator's peak of bytes allocated for tensors (torch's
+    /// `max_memory_allocated`); on a build without the CUDA headers, the most memory in use on the GPU
+    /// sampled with nvidia-smi every 100 ms (context and allocator reserve included).
     pub peak_gpu_mib: Option<f64>,
+    /// Where `peak_gpu_mib` comes from: `allocator` or `nvidia-smi`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_source: Option<&'static str>,
+    /// Processes that trained together (`train.devices`); tokens/s is theirs together.
+    pub world_size: usize,
+    /// Each rank's peak memory in MiB (GPU when on CUDA, else peak RSS), by rank.
+    pub rank_peak_mib: Vec<f64>,
+    /// Mean time per step the ranks spent adding up their gradients, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allreduce_ms_per_step: Option<f64>,
     /// The model FLOPs of the steps (forward and backward of the trunk on real tokens, the head on
     /// supervised ones, weight gradients only for trainable weights), per second.
     pub model_tflops_per_s: f64,
@@ -141,21 +152,24 @@ impl GpuMemoryWatch {
 /// Runs `steps` optimizer steps of `c` (its model, method, precision, batch sizes and learning-rate
 /// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
 pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
-    let built = methods::build(c)?;
+    let replicas = super::launch::join(c)?;
+    let built = methods::build(&super::launch::on_rank(c, replicas.as_ref().map(|r| &r.rank)))?;
     let spec = built.model.spec.clone();
     let (train, data) = samples(c, &spec, synthetic_data)?;
     let parameters = methods::count(&spec, &c.method);
     let (device, kind, precision) = (built.model.device(), built.model.kind(), built.placement.precision);
     let mut trainer = Trainer::new(built, c, &train, steps, TrainerState::default());
+    trainer.replicas = replicas;
+    super::launch::start_replicas(&mut trainer, None)?;
     let (mut micro_batches, mut real, mut padded, mut flops) = (0u64, 0u64, 0u64, 0f64);
     let mut losses = Vec::new();
     let watch = match device {
-        tch::Device::Cuda(index) => Some(GpuMemoryWatch::start(index)),
+        tch::Device::Cuda(index) if crate::dist::cuda_memory(index).is_none() => Some(GpuMemoryWatch::start(index)),
         _ => None,
     };
     let clock = Instant::now();
     for _ in 0..steps {
-        let stats = trainer.step();
+        let stats = trainer.step(false)?;
         losses.push(stats.loss.double_value(&[]));
         for b in &stats.micro_batches {
             micro_batches += 1;
@@ -168,7 +182,23 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
         tch::Cuda::synchronize(index as i64);
     }
     let seconds = clock.elapsed().as_secs_f64();
-    let peak_gpu_mib = watch.and_then(GpuMemoryWatch::finish);
+    let (peak_gpu_mib, gpu_memory_source) = match (device, watch) {
+        (_, Some(watch)) => (watch.finish(), Some("nvidia-smi")),
+        (tch::Device::Cuda(index), None) => {
+            (crate::dist::cuda_memory(index).map(|(_, peak)| peak as f64 / 1048576.0), Some("allocator"))
+        }
+        _ => (None, None),
+    };
+    let mine = peak_gpu_mib.or_else(peak_rss_mib).unwrap_or(0.0);
+    let (world_size, rank_peak_mib, allreduce_ms_per_step) = match &trainer.replicas {
+        None => (1, vec![mine], None),
+        Some(r) => {
+            let mut slots = vec![0.0; r.rank.world];
+            slots[r.rank.rank] = mine;
+            let sync_ms = r.sum(&[r.sync_time.as_secs_f64() * 1e3 / steps as f64], device)?[0] / r.rank.world as f64;
+            (r.rank.world, r.sum(&slots, device)?, Some(sync_ms))
+        }
+    };
     let tflops = flops / seconds / 1e12;
     Ok(Report {
         method: c.method.kind.to_string(),
@@ -185,8 +215,12 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
         losses,
         peak_rss_mib: peak_rss_mib(),
         peak_gpu_mib,
+        gpu_memory_source,
+        world_size,
+        rank_peak_mib,
+        allreduce_ms_per_step,
         model_tflops_per_s: tflops,
-        mfu: peak_flops(device, kind).map(|p| tflops * 1e12 / p),
+        mfu: peak_flops(device, kind).map(|p| tflops * 1e12 / p / world_size as f64),
         parameters,
     })
 }

@@ -2,11 +2,10 @@
 //! the exported model of a `full` run, and the results in run.json.
 
 use super::trainer::Trainer;
-use super::{peak_rss_mib, Progress};
+use super::{peak_rss_mib, split_loss, Progress};
 use crate::config::{Config, ExportFormat, MethodKind};
 use crate::data::Prepared;
 use crate::error::Problems;
-use crate::eval::mean_loss;
 use crate::experiment::metrics::Metrics;
 use crate::experiment::{plot, Experiment, Results};
 use crate::methods::export::{export, Source, DEFAULT_SHARD_BYTES};
@@ -19,14 +18,13 @@ pub fn title(exp: &Experiment, c: &Config) -> String {
 pub(super) fn finish(
     c: &Config,
     trainer: &mut Trainer,
-    exp: &Experiment,
+    writer: Option<(&Experiment, &mut Metrics)>,
     data: &Prepared,
-    metrics: &mut Metrics,
     progress: &Progress,
 ) -> Result<(), Problems> {
-    let micro = (c.train.micro_batch_size as usize).max(1);
-    let final_val = mean_loss(trainer.model(), data.split("val"), micro, None);
-    let final_test = mean_loss(trainer.model(), data.split("test"), micro, None);
+    let final_val = split_loss(trainer, data.split("val"), None)?;
+    let final_test = split_loss(trainer, data.split("test"), None)?;
+    let Some((exp, metrics)) = writer else { return Ok(()) };
     let last_row = metrics.rows.last().cloned();
     if let (Some(v), Some(mut row)) = (final_val, last_row.clone()) {
         row.val_loss = Some(v);

@@ -3,7 +3,9 @@
 //! a checkpoint saved that `--resume` continues from.
 pub mod bench;
 mod finish;
+pub mod launch;
 pub mod optimizer;
+pub mod replicas;
 pub mod schedule;
 pub mod trainer;
 
@@ -19,6 +21,7 @@ use crate::experiment::checkpoint::{self, TrainerState};
 use crate::experiment::metrics::{Metrics, Row};
 use crate::experiment::{self, BaseRecord, DataRecord, Experiment, RunLock, RunStatus};
 use crate::{bail_user, methods};
+use replicas::Replicas;
 use trainer::{StepStats, Trainer};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -66,11 +69,39 @@ impl Start {
     }
 }
 
-/// Continues the run in `run_dir` from its newest complete checkpoint, with the config, the base and the
-/// prepared data it started with.
-pub fn resume(run_dir: &Path, allow_changed_base: bool) -> anyhow::Result<PathBuf> {
-    let saved = crate::config::resolve(&run_dir.join("config.toml"), &[])?.config;
+/// The saved config of the run in `run_dir`, with `overrides` (`train.devices`, say).
+pub fn resumed_config(run_dir: &Path, overrides: &[String]) -> Result<Config, Problems> {
+    let saved = run_dir.join("config.toml");
+    if !saved.is_file() {
+        return Err(Problems::one(format!("{}: not a run directory (no config.toml)", run_dir.display())));
+    }
+    Ok(crate::config::resolve(&saved, overrides)?.config)
+}
+
+/// Continues the run in `run_dir` from its newest complete checkpoint, with the config (but for
+/// `overrides`, the device count say), the base and the prepared data it started with.
+pub fn resume(run_dir: &Path, overrides: &[String], allow_changed_base: bool) -> anyhow::Result<PathBuf> {
+    let saved = resumed_config(run_dir, overrides)?;
     run(&saved, Start::Resume { run_dir: run_dir.to_path_buf() }, allow_changed_base)
+}
+
+/// The rules a run's config must follow beyond its keys' own checks.
+fn check_rules(c: &Config) -> Result<(), Problems> {
+    let rules = crate::config::run_rules(c);
+    match rules.is_empty() {
+        true => Ok(()),
+        false => Err(Problems(rules.into_iter().map(|(key, msg)| format!("`{key}` {msg}")).collect())),
+    }
+}
+
+/// What the processes of a run on several devices need before they start, done once: the rules
+/// checked, the base found (downloaded, exported) and the data prepared into the cache.
+pub fn prepare_shared(c: &Config) -> Result<(), Problems> {
+    check_rules(c)?;
+    if c.model.init == crate::config::Init::Pretrained && c.model.tokenizer.is_none() {
+        methods::locate_base(&c.model)?;
+    }
+    crate::data::prepare_for(c).map(|_| ())
 }
 
 /// Runs `run_dir`'s saved config again into a new version beside it (with another seed if given), on
@@ -90,28 +121,43 @@ pub fn rerun(run_dir: &Path, seed: Option<u64>, allow_changed_base: bool) -> any
 }
 
 /// Runs the experiment; returns its directory. Errors leave the run marked `failed`.
+///
+/// In a run on several devices every process calls this (see [`launch`]): each trains a replica on its
+/// share of every batch, and only rank 0 writes the run directory (the others return an empty path).
 pub fn run(c: &Config, start: Start, allow_changed_base: bool) -> anyhow::Result<PathBuf> {
-    if c.train.devices > 1 {
-        bail_user!(
-            "train.devices = {}: training on several devices is not supported yet; set train.devices = 1",
-            c.train.devices
-        );
+    check_rules(c)?;
+    let replicas = launch::join(c)?;
+    let first = replicas.as_ref().is_none_or(Replicas::is_first);
+    // The first process of each machine prepares the data and finds the base; the others then read the caches.
+    let first_here = replicas.as_ref().is_none_or(|r| r.rank.local_rank == 0);
+    if let (false, Some(r)) = (first_here, &replicas) {
+        r.barrier()?;
     }
-    let rules = crate::config::run_rules(c);
-    if !rules.is_empty() {
-        return Err(Problems(rules.into_iter().map(|(key, msg)| format!("`{key}` {msg}")).collect()).into());
+    let (data, built) = inputs(c, &start, allow_changed_base, replicas.as_ref().map(|r| &r.rank))?;
+    if let (true, Some(r)) = (first_here, &replicas) {
+        r.barrier()?;
     }
-    let (data, built) = inputs(c, &start, allow_changed_base)?;
     let total = schedule::step_counts(&c.train, data.split("train").len()).total;
     let state = TrainerState { method: Some(c.method.kind), ..TrainerState::default() };
     let mut trainer = Trainer::new(built, c, data.split("train"), total, state);
-    let (exp, _lock) = open(c, start, &mut trainer)?;
-    record_inputs(c, &exp, &trainer, &data)?;
+    trainer.replicas = replicas;
+    let opened = if first { Some(open(c, start, &mut trainer)?) } else { None };
+    let exp = opened.as_ref().map(|(exp, _lock)| exp);
     catch_interrupts();
     // A libtorch error anywhere in the loop (a panic from tch) fails the run like any other error.
-    let outcome = guard(&exp.dir.display().to_string(), || train_loop(c, &mut trainer, &exp, &data))
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r);
+    let place = exp.map_or("training".to_string(), |e| e.dir.display().to_string());
+    let outcome = guard(&place, || -> anyhow::Result<RunStatus> {
+        launch::start_replicas(&mut trainer, exp)?;
+        if let Some(exp) = exp {
+            record_inputs(c, exp, &trainer, &data)?;
+        }
+        train_loop(c, &mut trainer, exp, &data)
+    })
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    let Some(exp) = exp else {
+        return outcome.map(|_| PathBuf::new());
+    };
     match outcome {
         Ok(status) => {
             exp.finish(status)?;
@@ -131,8 +177,13 @@ pub fn run(c: &Config, start: Start, allow_changed_base: bool) -> anyhow::Result
 }
 
 /// The prepared data and the built model of a run: for a resumed run its own prepared splits and its
-/// recorded base, for a rerun its recorded base.
-fn inputs(c: &Config, start: &Start, allow_changed_base: bool) -> Result<(Prepared, methods::Built), Problems> {
+/// recorded base, for a rerun its recorded base; on `rank`'s device in a run on several.
+fn inputs(
+    c: &Config,
+    start: &Start,
+    allow_changed_base: bool,
+    rank: Option<&crate::dist::Rank>,
+) -> Result<(Prepared, methods::Built), Problems> {
     let recorded = start.recorded()?;
     if recorded.is_none() && c.model.init == crate::config::Init::Pretrained && c.model.tokenizer.is_none() {
         // The base's tokenizer prepares the data: find the base (downloading or exporting it) first.
@@ -162,7 +213,7 @@ fn inputs(c: &Config, start: &Start, allow_changed_base: bool) -> Result<(Prepar
         Some(info) => methods::recorded_base(info, c.model.init, allow_changed_base)?,
         None => None,
     };
-    let built = methods::build_on(c, base.as_deref())?;
+    let built = methods::build_on(&launch::on_rank(c, rank), base.as_deref())?;
     data.check_ids(built.model.spec.vocab_size)?;
     Ok((data, built))
 }
@@ -266,26 +317,35 @@ impl Progress {
     }
 }
 
-fn train_loop(c: &Config, trainer: &mut Trainer, exp: &Experiment, data: &Prepared) -> anyhow::Result<RunStatus> {
+fn train_loop(
+    c: &Config,
+    trainer: &mut Trainer,
+    exp: Option<&Experiment>,
+    data: &Prepared,
+) -> anyhow::Result<RunStatus> {
     let t = &c.train;
     let total = trainer.schedule.total;
-    let mut metrics = Metrics::open(&exp.dir, (trainer.state.step > 0).then_some(trainer.state.step))?;
+    let resumed_at = (trainer.state.step > 0).then_some(trainer.state.step);
+    let mut metrics = exp.map(|e| Metrics::open(&e.dir, resumed_at)).transpose()?;
     let progress = Progress {
         first_step: trainer.state.step + 1,
         clock: Instant::now(),
         elapsed_before: trainer.state.elapsed_s,
         tokens_before: trainer.state.tokens,
-        bar: progress_bar(total, trainer.state.step),
+        bar: progress_bar(total, trainer.state.step, exp.is_some()),
     };
-    let mut last_good: Option<PathBuf> = checkpoint::list(&exp.dir).pop();
+    let mut last_good: Option<PathBuf> = exp.and_then(|e| checkpoint::list(&e.dir).pop());
     while trainer.state.step < total {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        let stop = INTERRUPTED.load(Ordering::SeqCst);
+        let stats = guard(&format!("step {}", trainer.state.step + 1), || trainer.step(stop))??;
+        trainer.state.elapsed_s = progress.elapsed_before + progress.clock.elapsed().as_secs_f64();
+        if stats.stop {
             progress.bar.abandon();
-            trainer.save(&exp.dir, &checkpoint::dir_name(trainer.state.step))?;
+            if let Some(exp) = exp {
+                trainer.save(&exp.dir, &checkpoint::dir_name(trainer.state.step))?;
+            }
             return Ok(RunStatus::Interrupted);
         }
-        let stats = guard(&format!("step {}", trainer.state.step + 1), || trainer.step())?;
-        trainer.state.elapsed_s = progress.elapsed_before + progress.clock.elapsed().as_secs_f64();
         let step = stats.step;
         let is_eval = step.is_multiple_of(t.eval_interval) && !data.split("val").is_empty();
         let is_save = step.is_multiple_of(t.save_interval) && step < total;
@@ -295,35 +355,63 @@ fn train_loop(c: &Config, trainer: &mut Trainer, exp: &Experiment, data: &Prepar
         let loss = stats.loss.double_value(&[]);
         if !loss.is_finite() {
             progress.bar.abandon();
-            // Weights no step has changed yet that are not finite come from the base, not the learning rate.
             let untouched = step == progress.first_step;
-            if let Some(name) = trainer.non_finite_weight(untouched) {
-                bail_user!(
-                    "step {step}: the training loss became {loss} because the weight {name} holds NaN or infinite values; the base checkpoint {} is damaged: download or export it again",
-                    trainer.built.base_dir.display()
-                );
-            }
-            let kept = last_good.as_ref().map_or("no checkpoint was saved yet".to_string(), |p| {
-                format!("the last good checkpoint is {}", p.display())
-            });
-            bail_user!(
-                "step {step}: the training loss became {loss}; lower train.learning_rate (now {}) or raise warmup_iters; {kept}",
-                t.learning_rate
-            );
+            return Err(non_finite_loss(trainer, (step, loss, t.learning_rate), untouched, last_good.as_deref()));
         }
-        let (micro, eval_iters) = (t.micro_batch_size as usize, Some(t.eval_iters as usize));
         let val_loss = match is_eval {
-            true => crate::eval::mean_loss(trainer.model(), data.split("val"), micro, eval_iters),
+            true => split_loss(trainer, data.split("val"), Some(t.eval_iters as usize))?,
             false => None,
         };
-        log_step(c, exp, trainer, &mut metrics, &progress, &stats, loss, val_loss)?;
+        let (Some(exp), Some(metrics)) = (exp, metrics.as_mut()) else { continue };
+        log_step(c, exp, trainer, metrics, &progress, &stats, loss, val_loss)?;
         if is_save {
             last_good = Some(trainer.save(&exp.dir, &checkpoint::dir_name(step))?);
         }
     }
     progress.bar.finish_and_clear();
-    finish::finish(c, trainer, exp, data, &mut metrics, &progress)?;
+    finish::finish(c, trainer, exp.zip(metrics.as_mut()), data, &progress)?;
     Ok(RunStatus::Completed)
+}
+
+/// The error of a loss that became NaN or infinite: a damaged base when a weight no step has changed yet
+/// is not finite (`untouched`: nothing has changed any weight yet), else a learning rate too high.
+fn non_finite_loss(
+    trainer: &mut Trainer,
+    (step, loss, lr): (u64, f64, f64),
+    untouched: bool,
+    kept: Option<&Path>,
+) -> anyhow::Error {
+    if let Some(name) = trainer.non_finite_weight(untouched) {
+        return Problems::one(format!(
+            "step {step}: the training loss became {loss} because the weight {name} holds NaN or infinite values; the base checkpoint {} is damaged: download or export it again",
+            trainer.built.base_dir.display()
+        ))
+        .into();
+    }
+    let kept = kept
+        .map_or("no checkpoint was saved yet".to_string(), |p| format!("the last good checkpoint is {}", p.display()));
+    Problems::one(format!(
+        "step {step}: the training loss became {loss}; lower train.learning_rate (now {lr}) or raise warmup_iters; {kept}"
+    ))
+    .into()
+}
+
+/// The mean loss over `samples` (at most `max_batches` micro-batches), shared out over the ranks of a
+/// run on several devices: each rank scores its micro-batches and the sums are added up.
+fn split_loss(
+    trainer: &mut Trainer,
+    samples: &[crate::data::Sample],
+    max_batches: Option<usize>,
+) -> Result<Option<f64>, Problems> {
+    let micro = trainer.micro_batch_size();
+    let share = trainer.replicas.as_ref().map_or((0, 1), |r| (r.rank.rank, r.rank.world));
+    let device = trainer.built.model.device();
+    let (mut sum, mut count) = crate::eval::loss_sums(trainer.model(), samples, micro, max_batches, share);
+    if let Some(r) = &trainer.replicas {
+        let total = r.sum(&[sum, count as f64], device)?;
+        (sum, count) = (total[0], total[1].round() as i64);
+    }
+    Ok((count > 0).then(|| sum / count as f64))
 }
 
 /// One row of metrics.csv, a progress line, and loss.png again after an evaluation.
@@ -375,8 +463,8 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn progress_bar(total: u64, done: u64) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
+fn progress_bar(total: u64, done: u64, shown: bool) -> indicatif::ProgressBar {
+    if !shown || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total).with_position(done);

@@ -88,6 +88,11 @@ impl AdamW {
         });
     }
 
+    /// The moment tensors, in a fixed order.
+    pub fn moments(&self) -> impl Iterator<Item = &Tensor> {
+        self.m.iter().chain(self.v.iter())
+    }
+
     /// The moments by name, for a checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("step".to_string(), Tensor::from(self.step as i64))];

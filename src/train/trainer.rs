@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 use super::optimizer::AdamW;
+use super::replicas::Replicas;
 use super::schedule::Schedule;
 use crate::config::{Config, TrainConfig};
-use crate::data::batches::{self, Batch, Order};
+use crate::data::batches::{self, Batch, MicroBatch, Order};
 use crate::data::Sample;
 use crate::error::Problems;
 use crate::eval::supervised_loss;
@@ -24,17 +25,8 @@ pub struct Trainer<'a> {
     order: Order,
     t: TrainConfig,
     seed: u64,
-}
-
-/// The sizes of one micro-batch.
-#[derive(Debug, Clone, Copy)]
-pub struct MicroBatch {
-    /// Non-padding tokens.
-    pub real_tokens: i64,
-    pub supervised: i64,
-    /// Positions of the input tensor, padding included.
-    pub width: i64,
-    pub rows: i64,
+    /// The other ranks of a data-parallel run.
+    pub replicas: Option<Replicas>,
 }
 
 pub struct StepStats {
@@ -43,7 +35,10 @@ pub struct StepStats {
     /// host sync).
     pub loss: Tensor,
     pub lr: f64,
+    /// All micro-batches of the step, over every rank.
     pub micro_batches: Vec<MicroBatch>,
+    /// Some rank was asked to stop: every rank learns it at the same step.
+    pub stop: bool,
 }
 
 impl StepStats {
@@ -65,6 +60,7 @@ impl<'a> Trainer<'a> {
             order: Order::new(c.seed, train.len()),
             t: c.train.clone(),
             seed: c.seed,
+            replicas: None,
         }
     }
 
@@ -73,32 +69,35 @@ impl<'a> Trainer<'a> {
         self.train.len()
     }
 
+    pub fn micro_batch_size(&self) -> usize {
+        self.t.micro_batch_size.max(1) as usize
+    }
+
     pub fn model(&mut self) -> &mut Gpt {
         &mut self.built.model
     }
 
-    /// One optimizer step.
-    pub fn step(&mut self) -> StepStats {
+    /// One optimizer step; `stop` asks every rank to stop after it.
+    pub fn step(&mut self, stop: bool) -> Result<StepStats, Problems> {
         let step = self.state.step + 1;
         seed_step(self.seed, step);
         let device = self.built.model.device();
-        let step_batches =
-            batches::for_step(self.train, &mut self.order, &mut self.state.samples_seen, &self.t, device);
-        let loss = accumulate_gradients(&mut self.built.model, &step_batches);
-        let micro_batches: Vec<MicroBatch> = step_batches
-            .iter()
-            .map(|b| {
-                let size = b.inputs.size();
-                MicroBatch { real_tokens: b.real_tokens, supervised: b.supervised, width: size[1], rows: size[0] }
-            })
-            .collect();
+        let share = self.replicas.as_ref().map_or((0, 1), |r| (r.rank.rank, r.rank.world));
+        let batches =
+            batches::for_step(self.train, &mut self.order, &mut self.state.samples_seen, &self.t, device, share);
+        let mut loss = accumulate_gradients(&mut self.built.model, &batches.mine, batches.supervised());
+        let mut stop = stop;
+        if let Some(replicas) = self.replicas.as_mut() {
+            let exchanged = replicas.exchange(&self.built.trainable, &loss, stop)?;
+            (loss, stop) = (exchanged.loss, exchanged.stop);
+        }
         let lr = self.schedule.at(step);
         self.opt.update(lr, &self.t);
         self.state.step = step;
-        self.state.iter += step_batches.len() as u64;
-        let stats = StepStats { step, loss, lr, micro_batches };
+        self.state.iter += batches.all.len() as u64;
+        let stats = StepStats { step, loss, lr, micro_batches: batches.all, stop };
         self.state.tokens += stats.real_tokens();
-        stats
+        Ok(stats)
     }
 
     /// The name of a weight holding NaN or infinite values: among the frozen ones, or all with `all`.
@@ -141,13 +140,12 @@ fn seed_step(seed: u64, step: u64) {
 }
 
 /// Forward and backward passes over the micro-batches of one optimizer step, their gradients added up;
-/// returns the step's mean loss per supervised token.
-fn accumulate_gradients(model: &mut Gpt, step_batches: &[Batch]) -> Tensor {
+/// returns their share of the step's mean loss per supervised token (`supervised` over all ranks).
+fn accumulate_gradients(model: &mut Gpt, step_batches: &[Batch], supervised: i64) -> Tensor {
     model.training = true;
-    let supervised: i64 = step_batches.iter().map(|b| b.supervised).sum::<i64>().max(1);
     let mut step_loss = Tensor::zeros([], (Kind::Float, model.device()));
     for batch in step_batches {
-        let loss = supervised_loss(model, batch, tch::Reduction::Sum) / supervised as f64;
+        let loss = supervised_loss(model, batch, tch::Reduction::Sum) / supervised.max(1) as f64;
         loss.backward();
         step_loss += loss.detach();
     }

@@ -1,0 +1,223 @@
+//! Training on several devices: CPU processes over c10d's Gloo, started by `ftexp run` or by a
+//! launcher that sets torchrun's variables, against the same run in one process.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{doubling_project, fixtures, ftexp, stderr, BIN};
+
+/// A project training the llama fixture with `kind`, 4 samples per step in micro-batches of 1, so two
+/// processes accumulate two micro-batches each. No dropout: its masks depend on which process draws them.
+fn project(kind: &str, steps: u64) -> tempfile::TempDir {
+    let config = format!(
+        "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\nsplit = {{ train = 0.8, val = 0.1, test = 0.1 }}\n[method]\nkind = \"{kind}\"\nlora_dropout = 0.0\n[train]\nlearning_rate = 0.01\nmax_steps = {steps}\nbatch_size = 4\nmicro_batch_size = 1\nwarmup_iters = 2\neval_interval = 4\neval_iters = 3\nsave_interval = 5\nlog_interval = 1\nweight_decay = 0.01\n",
+        fixtures().join("models/llama").display(),
+    );
+    doubling_project(&config)
+}
+
+/// One thread per process in every run compared: matrix products split over another number of threads
+/// round differently, and over a few steps of a high learning rate that grows past 1e-5.
+const ONE_THREAD: [(&str, &str); 1] = [("OMP_NUM_THREADS", "1")];
+
+fn run_dir(p: &Path, v: u32) -> PathBuf {
+    p.join(format!("experiments/t/v{v}"))
+}
+
+fn run_json(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap()
+}
+
+fn rows(dir: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    text.lines().map(|l| l.split(',').map(String::from).collect()).collect()
+}
+
+/// metrics.csv of two runs agree: step, epoch, iter, tokens and lr exactly, the losses to `tolerance`
+/// relative to their size.
+fn assert_same_metrics(a: &Path, b: &Path, tolerance: f64) {
+    let (a, b) = (rows(a), rows(b));
+    assert_eq!(a[0], b[0], "same columns");
+    assert_eq!(a.len(), b.len(), "same rows");
+    let col = |name: &str| a[0].iter().position(|c| c == name).unwrap();
+    let (train, val) = (col("train_loss"), col("val_loss"));
+    for (ra, rb) in a.iter().zip(&b).skip(1) {
+        for name in ["step", "epoch", "iter", "tokens", "lr"] {
+            assert_eq!(ra[col(name)], rb[col(name)], "{name} in {ra:?} vs {rb:?}");
+        }
+        for c in [train, val] {
+            assert_eq!(ra[c].is_empty(), rb[c].is_empty(), "{ra:?} vs {rb:?}");
+            if !ra[c].is_empty() {
+                let (x, y): (f64, f64) = (ra[c].parse().unwrap(), rb[c].parse().unwrap());
+                assert!((x - y).abs() <= tolerance * x.abs().max(1.0), "{} {x} vs {y}", a[0][c]);
+            }
+        }
+    }
+}
+
+/// Every file under `dir`, relative to it.
+fn files(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn two_processes_compute_what_one_does_for_full_and_lora() {
+    for kind in ["full", "lora"] {
+        let p = project(kind, 12);
+        let one = ftexp(p.path(), &["run", "exp.toml"], &ONE_THREAD);
+        assert!(one.status.success(), "{}", stderr(&one));
+        let two = ftexp(p.path(), &["run", "exp.toml", "--set", "train.devices=2"], &ONE_THREAD);
+        assert!(two.status.success(), "{}", stderr(&two));
+        let (v1, v2) = (run_dir(p.path(), 1), run_dir(p.path(), 2));
+        assert_same_metrics(&v1, &v2, 1e-5);
+        let (r1, r2) = (run_json(&v1), run_json(&v2));
+        let (l1, l2) = (r1["results"]["test_loss"].as_f64().unwrap(), r2["results"]["test_loss"].as_f64().unwrap());
+        assert!((l1 - l2).abs() <= 1e-5 * l1.abs().max(1.0), "test loss {l1} vs {l2}");
+        assert_eq!(r2["world"]["size"], 2);
+        let ranks: Vec<&str> = r2["world"]["ranks"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        assert!(ranks.len() == 2 && ranks.iter().all(|r| r.ends_with("/cpu")), "{ranks:?}");
+        // Rank 1 writes nothing: the directory holds what a one-process run writes, and no other run.
+        assert_eq!(files(&v1), files(&v2));
+        let versions = std::fs::read_dir(p.path().join("experiments/t")).unwrap().count();
+        assert_eq!(versions, 2, "{:?}", files(&p.path().join("experiments")));
+    }
+}
+
+#[test]
+fn an_external_launcher_gives_the_same_run_as_devices_2() {
+    let p = project("full", 8);
+    let two = ftexp(p.path(), &["run", "exp.toml", "--set", "train.devices=2"], &ONE_THREAD);
+    assert!(two.status.success(), "{}", stderr(&two));
+    // What torchrun --nproc_per_node 2 does: two processes with its variables set.
+    let port = free_port().to_string();
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            Command::new(BIN)
+                .current_dir(p.path())
+                .args(["run", "exp.toml", "--set", "train.devices=2"])
+                .envs([
+                    ("MASTER_ADDR", "127.0.0.1"),
+                    ("MASTER_PORT", port.as_str()),
+                    ("RANK", &rank.to_string()),
+                    ("WORLD_SIZE", "2"),
+                    ("LOCAL_RANK", &rank.to_string()),
+                    ("LOCAL_WORLD_SIZE", "2"),
+                    ONE_THREAD[0],
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_same_metrics(&run_dir(p.path(), 1), &run_dir(p.path(), 2), 1e-5);
+    assert_eq!(run_json(&run_dir(p.path(), 2))["world"]["size"], 2);
+    assert!(!run_dir(p.path(), 3).exists(), "rank 1 made no run of its own");
+}
+
+/// The pids of `parent`'s children whose environment has `RANK=rank`.
+fn child_with_rank(parent: u32, rank: usize) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).unwrap_or("");
+        if ppid != parent.to_string() {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env.split(|&b| b == 0).any(|v| v == format!("RANK={rank}").as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_killed_rank_stops_the_run_and_one_process_resumes_it() {
+    let p = project("lora", 300);
+    let mut launcher = Command::new(BIN)
+        .current_dir(p.path())
+        .args(["run", "exp.toml", "--set", "train.devices=2"])
+        .envs(ONE_THREAD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ckpt = run_dir(p.path(), 1).join("checkpoints/step-000010/state.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ckpt.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(ckpt.exists(), "the step-10 checkpoint was written");
+    let rank1 = child_with_rank(launcher.id(), 1).expect("rank 1 runs");
+    let rank0 = child_with_rank(launcher.id(), 0).expect("rank 0 runs");
+    // SAFETY: a signal to a process of this test's launcher.
+    unsafe { libc::kill(rank1, libc::SIGKILL) };
+    let killed_at = Instant::now();
+    let status = loop {
+        if let Some(status) = launcher.try_wait().unwrap() {
+            break status;
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(30), "the launcher stopped within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("rank 1 of 2") && err.contains("killed"), "{err}");
+    for pid in [rank0, rank1] {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} was left behind");
+    }
+    let dir = run_dir(p.path(), 1);
+    assert_eq!(run_json(&dir)["status"], "failed");
+    assert!(!dir.join("checkpoints/final").exists());
+    // Resumed on one process, the run ends where an uninterrupted one-process run does.
+    let resumed = ftexp(p.path(), &["run", "exp.toml", "--resume", "--set", "train.devices=1"], &ONE_THREAD);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let whole = ftexp(p.path(), &["run", "exp.toml"], &ONE_THREAD);
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    // 300 steps, the first ones with gradients added up in another order: rounding drifts further.
+    assert_same_metrics(&run_dir(p.path(), 2), &dir, 1e-4);
+    assert_eq!(run_json(&dir)["status"], "completed");
+}
+
+#[test]
+fn a_resumed_run_refuses_other_changes_and_a_lone_process_is_told_how_to_start() {
+    let p = project("lora", 4);
+    let out = ftexp(p.path(), &["run", "exp.toml", "--resume", "--set", "train.learning_rate=1"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("only train.devices and train.sync_timeout_s can change"), "{}", stderr(&out));
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "train.devices=3"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("multiple of micro_batch_size × devices"), "{}", stderr(&out));
+    let out = ftexp(
+        p.path(),
+        &["run", "exp.toml"],
+        &[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2"), ("MASTER_PORT", "1")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("set train.devices = 2"), "{}", stderr(&out));
+}
