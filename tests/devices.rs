@@ -221,3 +221,67 @@ fn a_resumed_run_refuses_other_changes_and_a_lone_process_is_told_how_to_start()
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("set train.devices = 2"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_busy_port_and_a_process_that_never_joins_are_named() {
+    let p = project("lora", 4);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let rank0 = |port: u16| {
+        let port = port.to_string();
+        let vars = [
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "0"),
+            ("LOCAL_WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", port.as_str()),
+        ];
+        let args = ["run", "exp.toml", "--set", "train.devices=2", "--set", "train.sync_timeout_s=2"];
+        ftexp(p.path(), &args, &vars)
+    };
+    let out = rank0(port);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("the port is in use; set MASTER_PORT to a free port"), "{}", stderr(&out));
+    drop(busy);
+    let out = rank0(free_port());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not every process joined") && stderr(&out).contains("1/2"), "{}", stderr(&out));
+}
+
+#[test]
+fn sigterm_on_the_launcher_saves_a_checkpoint_and_stops_every_process() {
+    let p = project("lora", 300);
+    let launcher = Command::new(BIN)
+        .current_dir(p.path())
+        .args(["run", "exp.toml", "--set", "train.devices=2"])
+        .envs(ONE_THREAD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = run_dir(p.path(), 1);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !dir.join("checkpoints/step-000005/state.json").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ranks = [child_with_rank(launcher.id(), 0).unwrap(), child_with_rank(launcher.id(), 1).unwrap()];
+    // SAFETY: a signal to the process this test started.
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
+    let out = launcher.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("interrupted: checkpoint saved"), "{}", stderr(&out));
+    for pid in ranks {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} was left behind");
+    }
+    let info = run_json(&dir);
+    assert_eq!(info["status"], "interrupted");
+    let last = std::fs::read_dir(dir.join("checkpoints")).unwrap().flatten().map(|e| e.file_name()).max().unwrap();
+    let steps = rows(&dir).len() as u64 - 1;
+    assert!(steps < 300, "stopped early, after {steps} steps");
+    assert_eq!(last.to_string_lossy(), format!("step-{steps:06}"), "a checkpoint of the last step logged");
+    let resumed = ftexp(p.path(), &["run", "exp.toml", "--resume"], &ONE_THREAD);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let steps: Vec<u64> = rows(&dir).iter().skip(1).map(|r| r[0].parse().unwrap()).collect();
+    assert_eq!(steps, (1..=300).collect::<Vec<u64>>(), "every step logged once");
+}

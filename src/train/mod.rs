@@ -339,33 +339,34 @@ fn train_loop(
         let stop = INTERRUPTED.load(Ordering::SeqCst);
         let stats = guard(&format!("step {}", trainer.state.step + 1), || trainer.step(stop))??;
         trainer.state.elapsed_s = progress.elapsed_before + progress.clock.elapsed().as_secs_f64();
-        if stats.stop {
-            progress.bar.abandon();
-            if let Some(exp) = exp {
-                trainer.save(&exp.dir, &checkpoint::dir_name(trainer.state.step))?;
-            }
-            return Ok(RunStatus::Interrupted);
-        }
         let step = stats.step;
         let is_eval = step.is_multiple_of(t.eval_interval) && !data.split("val").is_empty();
         let is_save = step.is_multiple_of(t.save_interval) && step < total;
-        if !(step.is_multiple_of(t.log_interval) || step == total || is_eval || is_save) {
-            continue;
+        if step.is_multiple_of(t.log_interval) || step == total || is_eval || is_save {
+            let loss = stats.loss.double_value(&[]);
+            if !loss.is_finite() {
+                progress.bar.abandon();
+                let untouched = step == progress.first_step;
+                return Err(non_finite_loss(trainer, (step, loss, t.learning_rate), untouched, last_good.as_deref()));
+            }
+            let val_loss = match is_eval {
+                true => split_loss(trainer, data.split("val"), Some(t.eval_iters as usize))?,
+                false => None,
+            };
+            if let (Some(exp), Some(metrics)) = (exp, metrics.as_mut()) {
+                log_step(c, exp, trainer, metrics, &progress, &stats, loss, val_loss)?;
+                if is_save {
+                    last_good = Some(trainer.save(&exp.dir, &checkpoint::dir_name(step))?);
+                }
+            }
         }
-        let loss = stats.loss.double_value(&[]);
-        if !loss.is_finite() {
+        // A stop request ends the run after this step, logged like any other, with a checkpoint of it.
+        if stats.stop {
             progress.bar.abandon();
-            let untouched = step == progress.first_step;
-            return Err(non_finite_loss(trainer, (step, loss, t.learning_rate), untouched, last_good.as_deref()));
-        }
-        let val_loss = match is_eval {
-            true => split_loss(trainer, data.split("val"), Some(t.eval_iters as usize))?,
-            false => None,
-        };
-        let (Some(exp), Some(metrics)) = (exp, metrics.as_mut()) else { continue };
-        log_step(c, exp, trainer, metrics, &progress, &stats, loss, val_loss)?;
-        if is_save {
-            last_good = Some(trainer.save(&exp.dir, &checkpoint::dir_name(step))?);
+            if let (Some(exp), false) = (exp, is_save) {
+                trainer.save(&exp.dir, &checkpoint::dir_name(step))?;
+            }
+            return Ok(RunStatus::Interrupted);
         }
     }
     progress.bar.finish_and_clear();
