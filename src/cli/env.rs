@@ -1,4 +1,5 @@
 //! `ftexp env`.
+use ftexp::dist::Backend;
 
 /// Print ftexp's and libtorch's versions and the CUDA devices found.
 #[derive(clap::Args)]
@@ -23,5 +24,11 @@ pub fn exec(_: Args) -> anyhow::Result<()> {
     println!("cuda:      {}", if tch::Cuda::is_available() { "available" } else { "not available" });
     println!("devices:   {}", tch::Cuda::device_count());
     println!("threads:   {}", tch::get_num_threads());
+    for (backend, what) in [(Backend::Gloo, "gloo"), (Backend::Nccl, "nccl")] {
+        match ftexp::dist::available(backend) {
+            Ok(()) => println!("{what}:      built in"),
+            Err(e) => println!("{what}:      not built in: {e}"),
+        }
+    }
     Ok(())
 }

@@ -55,7 +55,7 @@ pub fn exec(mut a: Args) -> anyhow::Result<()> {
             } else {
                 PathBuf::from(dir)
             };
-            let devices = train::resumed_config(&run_dir, &overrides)?.train.devices;
+            let devices = train::saved_config(&run_dir, &overrides)?.train.devices;
             if devices > 1 && !in_group {
                 return Ok(launch::spawn_local(devices as usize, &args)?);
             }

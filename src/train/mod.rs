@@ -69,8 +69,8 @@ impl Start {
     }
 }
 
-/// The saved config of the run in `run_dir`, with `overrides` (`train.devices`, say).
-pub fn resumed_config(run_dir: &Path, overrides: &[String]) -> Result<Config, Problems> {
+/// The saved config of the run in `run_dir`, with `overrides` (`train.devices` on resume, say).
+pub fn saved_config(run_dir: &Path, overrides: &[String]) -> Result<Config, Problems> {
     let saved = run_dir.join("config.toml");
     if !saved.is_file() {
         return Err(Problems::one(format!("{}: not a run directory (no config.toml)", run_dir.display())));
@@ -81,7 +81,7 @@ pub fn resumed_config(run_dir: &Path, overrides: &[String]) -> Result<Config, Pr
 /// Continues the run in `run_dir` from its newest complete checkpoint, with the config (but for
 /// `overrides`, the device count say), the base and the prepared data it started with.
 pub fn resume(run_dir: &Path, overrides: &[String], allow_changed_base: bool) -> anyhow::Result<PathBuf> {
-    let saved = resumed_config(run_dir, overrides)?;
+    let saved = saved_config(run_dir, overrides)?;
     run(&saved, Start::Resume { run_dir: run_dir.to_path_buf() }, allow_changed_base)
 }
 
