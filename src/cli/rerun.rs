@@ -22,7 +22,7 @@ pub struct Args {
 pub fn exec(a: Args) -> anyhow::Result<()> {
     // A run on several devices is run again on as many, each process started here.
     let devices = ftexp::train::saved_config(&a.run_dir, &[])?.train.devices;
-    if devices > 1 && !Rank::from_env()?.is_some_and(|r| r.world > 1) {
+    if devices > 1 && Rank::from_env()?.is_none_or(|r| r.world <= 1) {
         let args: Vec<String> = std::env::args().skip(1).collect();
         return Ok(ftexp::train::launch::spawn_local(devices as usize, &args)?);
     }
