@@ -77,9 +77,10 @@ int ftexp_dist_has(const char* backend) {
 }
 
 // A process group of `world` processes joined through the TCPStore that rank 0 serves at
-// `addr:port`. `iface`, when not empty, is the network interface Gloo binds to.
+// `addr:port`. `iface`, when not empty, is the network interface Gloo binds to; `gpu` is this
+// process's CUDA device for NCCL (one GPU per process).
 void* ftexp_dist_new(const char* backend, const char* addr, int port, int rank, int world,
-                     int64_t timeout_ms, const char* iface, char* err, size_t err_len) {
+                     int64_t timeout_ms, const char* iface, int gpu, char* err, size_t err_len) {
   Group* out = nullptr;
   guarded(err, err_len, [&] {
     std::string b(backend), host(addr), interface(iface);
@@ -108,10 +109,12 @@ void* ftexp_dist_new(const char* backend, const char* addr, int port, int rank, 
 #endif
     } else if (b == "nccl") {
 #ifdef FTEXP_NCCL
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(gpu));
       auto options = c10d::ProcessGroupNCCL::Options::create();
       options->timeout = timeout;
       pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, options);
 #else
+      (void)gpu;
       throw std::runtime_error("this ftexp was built without NCCL (its headers were missing at build time)");
 #endif
     } else {

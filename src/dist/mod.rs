@@ -128,6 +128,8 @@ impl Group {
     /// Joins the group of `r.world` processes that rank 0 hosts at `MASTER_ADDR:MASTER_PORT`; gives up
     /// after `timeout` (also the limit on each collective).
     pub fn join(r: &Rank, backend: Backend, timeout: Duration) -> Result<Group, Problems> {
+        // NCCL: one GPU per process, GPU LOCAL_RANK of this machine.
+        let gpu = if backend == Backend::Nccl { r.local_rank as c_int } else { -1 };
         available(backend)?;
         let c = |s: &str| CString::new(s).map_err(|_| Problems::one(format!("{s:?} holds a NUL byte")));
         let (name, addr) = (c(backend.name())?, c(&r.master_addr)?);
@@ -143,6 +145,7 @@ impl Group {
                 r.world as c_int,
                 timeout.as_millis() as i64,
                 iface.as_ptr(),
+                gpu,
                 err.as_mut_ptr() as *mut c_char,
                 ERR_LEN,
             )
@@ -241,6 +244,7 @@ mod ffi {
             world: c_int,
             timeout_ms: i64,
             iface: *const c_char,
+            gpu: c_int,
             err: *mut c_char,
             err_len: usize,
         ) -> *mut c_void;
@@ -278,6 +282,7 @@ mod ffi {
         _: c_int,
         _: i64,
         _: *const c_char,
+        _: c_int,
         _: *mut c_char,
         _: usize,
     ) -> *mut c_void {
