@@ -24,6 +24,8 @@ pub struct Trainer<'a> {
     order: Order,
     t: TrainConfig,
     seed: u64,
+    /// `data.packing`: the row length samples are packed into.
+    packing: Option<usize>,
 }
 
 /// The sizes of one micro-batch.
@@ -65,6 +67,7 @@ impl<'a> Trainer<'a> {
             order: Order::new(c.seed, train.len()),
             t: c.train.clone(),
             seed: c.seed,
+            packing: c.data.packing.then_some(c.data.max_seq_length as usize),
         }
     }
 
@@ -83,7 +86,7 @@ impl<'a> Trainer<'a> {
         seed_step(self.seed, step);
         let device = self.built.model.device();
         let step_batches =
-            batches::for_step(self.train, &mut self.order, &mut self.state.samples_seen, &self.t, device);
+            batches::for_step(self.train, &mut self.order, &mut self.state.samples_seen, &self.t, self.packing, device);
         let loss = accumulate_gradients(&mut self.built.model, &step_batches);
         let micro_batches: Vec<MicroBatch> = step_batches
             .iter()
