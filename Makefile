@@ -8,7 +8,9 @@ TORCH_VERSION := 2.11.0
 # transformers and peft load ftexp's exports in the tests (scripts/check_export.py).
 TRANSFORMERS_VERSION := 5.24.0
 PEFT_VERSION := 0.21.2
-TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-transformers-$(TRANSFORMERS_VERSION)-peft-$(PEFT_VERSION)
+# pyarrow writes the Parquet test fixtures (scripts/make_chat_fixtures.py).
+PYARROW_VERSION := 21.0.0
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-transformers-$(TRANSFORMERS_VERSION)-peft-$(PEFT_VERSION)-pyarrow-$(PYARROW_VERSION)
 BIN := target/release/ftexp
 
 # torch-sys finds libtorch through the venv's python (`python` on PATH when VIRTUAL_ENV is set).
@@ -16,14 +18,14 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup build test lint demo sweep clean-venv bench bench-train bench-generate bench-data
+.PHONY: setup build test lint demo sweep clean-venv bench bench-train bench-generate bench-data bench-formats bench-packing
 
 setup: $(TORCH_STAMP)
 
 $(TORCH_STAMP):
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q torch==$(TORCH_VERSION) \
-		transformers==$(TRANSFORMERS_VERSION) peft==$(PEFT_VERSION)
+		transformers==$(TRANSFORMERS_VERSION) peft==$(PEFT_VERSION) pyarrow==$(PYARROW_VERSION)
 	touch $@
 
 build: setup
@@ -52,10 +54,14 @@ clean-venv:
 
 # Benchmarks (print numbers; not tests). See bench/*.sh for settings.
 # make bench: fine-tuning speed side by side with litgpt (when its venv exists) and its growth with
-# max_seq_length, then data preparation speed and its growth with the data set's size.
+# max_seq_length, then data preparation speed and its growth with the data set's size
+# and its speed by file format (JSON, JSON Lines, CSV, Parquet; Alpaca and chat), then training
+# tokens/s with and without packing.
 bench: build
 	bash bench/train.sh
 	bash bench/data.sh
+	bash bench/formats.sh
+	bash bench/packing.sh
 
 bench-train: build
 	bash bench/train.sh
@@ -65,3 +71,9 @@ bench-generate: build
 
 bench-data: build
 	bash bench/data.sh
+
+bench-formats: build
+	bash bench/formats.sh
+
+bench-packing: build
+	bash bench/packing.sh

@@ -3,7 +3,7 @@
 //! and bad input.
 use std::path::{Path, PathBuf};
 
-use ftexp::config::{Columns, DataConfig, DataFormat, LongSamples, Split, TrainOn};
+use ftexp::config::{Columns, DataConfig, DataFormat, Split, TrainOn};
 use ftexp::data::chat::{ChatTemplate, Message};
 use ftexp::data::prepare::{prepare, Inputs, IGNORE};
 use ftexp::tokenizer::Tokenizer;
@@ -19,29 +19,8 @@ fn family(name: &str) -> PathBuf {
 const FAMILIES: [(&str, &str); 3] = [("llama3", "<|eot_id|>"), ("qwen2", "<|im_end|>"), ("mistral", "</s>")];
 
 pub fn chat_config(path: &Path) -> DataConfig {
-    DataConfig {
-        path: path.display().to_string(),
-        columns: Columns {
-            instruction: "instruction".into(),
-            input: "input".into(),
-            output: "output".into(),
-            messages: "messages".into(),
-            role: "role".into(),
-            content: "content".into(),
-            user: "user".into(),
-            assistant: "assistant".into(),
-            system: "system".into(),
-        },
-        format: DataFormat::Chat,
-        prompt_style: "alpaca".into(),
-        split: Split { train: 1.0, val: 0.0, test: 0.0 },
-        max_seq_length: 512,
-        long_samples: LongSamples::Truncate,
-        mask_inputs: true,
-        chat_template: None,
-        train_on: TrainOn::Assistant,
-        packing: false,
-    }
+    let split = Split { train: 1.0, val: 0.0, test: 0.0 };
+    DataConfig { format: DataFormat::Chat, split, ..crate::data::data_config(path) }
 }
 
 fn messages(v: &Value) -> Vec<Message> {

@@ -13,14 +13,20 @@ fn tokenizer_dir() -> std::path::PathBuf {
     fixtures().join("models/llama")
 }
 
-fn data_config(path: &Path) -> DataConfig {
+pub fn data_config(path: &Path) -> DataConfig {
+    let column = |name: &str| name.to_string();
     DataConfig {
         path: path.display().to_string(),
         columns: Columns {
-            instruction: "instruction".into(),
-            input: "input".into(),
-            output: "output".into(),
-            ..crate::chat::chat_config(path).columns
+            instruction: column("instruction"),
+            input: column("input"),
+            output: column("output"),
+            messages: column("messages"),
+            role: column("role"),
+            content: column("content"),
+            user: column("user"),
+            assistant: column("assistant"),
+            system: column("system"),
         },
         format: DataFormat::Alpaca,
         prompt_style: "alpaca".into(),
