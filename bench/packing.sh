@@ -5,9 +5,9 @@
 #   bench/packing.sh         (make bench-packing builds first, then runs this; make bench runs it too)
 #
 # Model: a Llama of BENCH_HIDDEN (256) width and 4 layers on random weights (model.init = "random",
-# with the fixture tokenizer), full fine-tuning in fp32 on the CPU (or BENCH_DEVICE). Settings
-# (environment): BENCH_WORK (/tmp/ftexp-bench-packing), BENCH_STEPS (8), BENCH_SEQ (512),
-# BENCH_FTEXP.
+# with the fixture tokenizer), full fine-tuning in fp32 on the CPU (or BENCH_DEVICE), 32 samples per
+# step. Settings (environment): BENCH_WORK (/tmp/ftexp-bench-packing), BENCH_STEPS (8), BENCH_SEQ
+# (512), BENCH_MICRO (4: samples, or packed rows, per micro-batch), BENCH_HIDDEN, BENCH_FTEXP.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -19,6 +19,7 @@ steps=${BENCH_STEPS:-8}
 seq=${BENCH_SEQ:-512}
 hidden=${BENCH_HIDDEN:-256}
 device=${BENCH_DEVICE:-cpu}
+micro=${BENCH_MICRO:-4}
 mkdir -p "$work"
 python3 - "$work/mixed.json" <<'EOF'
 import json, random, sys
@@ -51,7 +52,7 @@ max_seq_length = $seq
 kind = "full"
 [train]
 batch_size = 32
-micro_batch_size = 4
+micro_batch_size = $micro
 EOF
 cd "$work"
 "$bin" prepare bench.toml --set data.packing=true | grep -E "^(split|train|packing)"
