@@ -388,3 +388,30 @@ fn json_parquet_csv_and_shard_directories_give_the_same_samples() {
     .unwrap_err();
     assert!(err.0[0].ends_with("rows.csv: has no column `answer` (its columns: `instruction`, `input`, `output`); set `data.columns.output` to the column that holds it"), "{}", err.0[0]);
 }
+
+/// A cache entry written before chat data (ids as `length, prompt length, masked length, ids…`, no
+/// `runs` marker) still loads, so runs prepared then keep evaluating and resuming on their splits.
+#[test]
+fn cache_entries_of_the_previous_layout_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = dir.path().join("0123456789abcdef");
+    std::fs::create_dir_all(&entry).unwrap();
+    let words: Vec<u32> = vec![4, 2, 2, 10, 11, 12, 13, 3, 1, 0, 20, 21, 22];
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    std::fs::write(entry.join("train.ids"), bytes).unwrap();
+    std::fs::write(entry.join("train.text.jsonl"), "[\"Double 2.\",\"\",\"4\"]\n[\"a\",\"b\",\"c\"]\n").unwrap();
+    for split in ["val", "test"] {
+        std::fs::write(entry.join(format!("{split}.ids")), []).unwrap();
+        std::fs::write(entry.join(format!("{split}.text.jsonl")), "").unwrap();
+    }
+    std::fs::write(entry.join("stats.json"), "{}").unwrap();
+    let p = ftexp::data::prepare::load_entry(dir.path(), "0123456789abcdef").unwrap();
+    let train = p.split("train");
+    assert_eq!(train.len(), 2);
+    assert_eq!(
+        (train[0].input_ids.clone(), train[0].labels.clone()),
+        (vec![10, 11, 12, 13], vec![IGNORE, IGNORE, 12, 13])
+    );
+    assert_eq!(train[0].input_ids_no_response, [10, 11]);
+    assert_eq!((train[1].output.as_str(), train[1].labels.clone()), ("c", vec![20, 21, 22]));
+}

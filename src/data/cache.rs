@@ -31,6 +31,7 @@ pub fn store(root: &Path, key: &str, entry: &Entry) -> Result<(), Problems> {
         for (name, samples) in entry.splits {
             write_cached(&tmp, name, samples, entry.chats.get(name).map(Vec::as_slice).unwrap_or(&[]))?;
         }
+        std::fs::write(tmp.join(RUNS_MARKER), "supervised runs\n")?;
         std::fs::write(tmp.join("stats.json"), serde_json::to_string_pretty(entry.stats)?)
     })();
     if let Err(e) = written {
@@ -47,6 +48,10 @@ pub fn store(root: &Path, key: &str, entry: &Entry) -> Result<(), Problems> {
     }
     Ok(())
 }
+
+/// Marks an entry whose ids files hold supervised runs. Entries written before (by ftexp-data-2, which
+/// runs prepared before chat data still name) hold `length, prompt length, masked length, ids…`.
+const RUNS_MARKER: &str = "runs";
 
 /// The supervised runs of `labels`: `[start, end)` ranges of positions whose label counts.
 pub fn supervised_runs(labels: &[i64]) -> Vec<(usize, usize)> {
@@ -104,7 +109,7 @@ fn write_cached(dir: &Path, name: &str, samples: &[Sample], chats: &[Conversatio
 
 type Split = (Vec<Sample>, Vec<Conversation>);
 
-fn read_cached(dir: &Path, name: &str) -> Result<Split, Box<dyn std::error::Error>> {
+fn read_cached(dir: &Path, name: &str, with_runs: bool) -> Result<Split, Box<dyn std::error::Error>> {
     let bytes = std::fs::read(dir.join(format!("{name}.ids")))?;
     let words: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let text = std::fs::read_to_string(dir.join(format!("{name}.text.jsonl")))?;
@@ -117,10 +122,14 @@ fn read_cached(dir: &Path, name: &str) -> Result<Split, Box<dyn std::error::Erro
         if let Some(chat) = fields.get(3) {
             chats.push(serde_json::from_value(chat.clone())?);
         }
-        let (len, prompt, n_runs) = (word(at)?, word(at + 1)?, word(at + 2)?);
-        let runs: Vec<(usize, usize)> =
-            (0..n_runs).map(|r| Ok((word(at + 3 + 2 * r)?, word(at + 4 + 2 * r)?))).collect::<Result<_, &str>>()?;
-        let first = at + 3 + 2 * n_runs;
+        let (len, prompt, third) = (word(at)?, word(at + 1)?, word(at + 2)?);
+        let (runs, first): (Vec<(usize, usize)>, usize) = if with_runs {
+            let runs = (0..third).map(|r| Ok((word(at + 3 + 2 * r)?, word(at + 4 + 2 * r)?)));
+            (runs.collect::<Result<_, &str>>()?, at + 3 + 2 * third)
+        } else {
+            // The old layout: the third word is how many leading positions are masked.
+            ((third < len).then_some((third, len)).into_iter().collect(), at + 3)
+        };
         let input_ids = words.get(first..first + len).ok_or("truncated ids file")?.to_vec();
         if prompt > len || runs.iter().any(|&(s, e)| s > e || e > len) {
             return Err("corrupt ids file".into());
@@ -145,7 +154,7 @@ pub fn load(dir: &Path, key: &str) -> Result<Prepared, Box<dyn std::error::Error
     let stats: BTreeMap<String, SplitStats> = serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json"))?)?;
     let (mut splits, mut chats) = (BTreeMap::new(), BTreeMap::new());
     for name in SPLITS {
-        let (samples, chat) = read_cached(dir, name)?;
+        let (samples, chat) = read_cached(dir, name, dir.join(RUNS_MARKER).is_file())?;
         splits.insert(name.to_string(), samples);
         if !chat.is_empty() {
             chats.insert(name.to_string(), chat);
