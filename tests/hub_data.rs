@@ -88,4 +88,21 @@ fn hub_data_sets_are_downloaded_cached_split_identically_and_refetched_on_a_new_
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("has no data files (.json, .jsonl, .csv, .parquet) matching `nothing/*.parquet`"), "{err}");
+
+    // Offline (the hub gone, or HF_HUB_OFFLINE): the revision's last download, the same key.
+    let endpoint = hub.endpoint.clone();
+    drop(hub);
+    std::fs::remove_dir_all(p.path().join("data/.cache")).unwrap();
+    for offline in ["0", "1"] {
+        let env = [("HF_ENDPOINT", endpoint.as_str()), ("HF_HOME", "hf"), ("HF_HUB_OFFLINE", offline)];
+        let out = ftexp(p.path(), &["prepare", "alpaca.toml", "--json"], &env);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(serde_json::from_str::<Value>(&stdout(&out)).unwrap()["key"], moved["key"]);
+    }
+    let out = ftexp(
+        p.path(),
+        &["prepare", "alpaca.toml", "--set", "data.path=hf://datasets/org/other"],
+        &[("HF_HOME", "hf"), ("HF_HUB_OFFLINE", "1")],
+    );
+    assert!(stderr(&out).contains("HF_HUB_OFFLINE is set and the hub cache"), "{}", stderr(&out));
 }

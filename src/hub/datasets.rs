@@ -1,6 +1,7 @@
 //! Hub data sets: `hf://datasets/<org>/<name>[@<revision>][/<file or glob>]`. The revision is resolved
 //! to its commit on every use, and the data files of that commit are fetched into hf-hub's cache (with
-//! the same token, endpoint and checks as models) unless the cache already holds them.
+//! the same token, endpoint and checks as models) unless the cache already holds them. When the hub
+//! cannot be reached, or `HF_HUB_OFFLINE` is set, the files of the revision's last download are used.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -68,12 +69,29 @@ pub fn dataset_files_with(settings: &HubSettings, path: &str) -> Result<DatasetF
 fn fetch(settings: &HubSettings, d: &DatasetPath) -> Result<DatasetFiles, Fail> {
     check_repo_id(&d.repo)?;
     check_revision(&d.revision)?;
+    let named = Cache::new(settings.cache_dir.clone()).repo(dataset(d, &d.revision));
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"));
+    if offline {
+        return cached(settings, d).ok_or_else(|| {
+            fail(format!(
+                "HF_HUB_OFFLINE is set and the hub cache ({}) holds no download of data set {} at revision {}; unset it once to download",
+                settings.cache_dir.display(),
+                d.repo,
+                d.revision
+            ))
+        });
+    }
     let (api, ctx) = connect(settings, &d.repo, &d.revision)?;
-    let asked = api.repo(Repo::with_revision(d.repo.clone(), RepoType::Dataset, d.revision.clone()));
+    let asked = api.repo(dataset(d, &d.revision));
     let info: RepoFiles = match asked.info_request().query("blobs", "true").call() {
         Ok(response) => response.into_json().map_err(|e| {
             fail(format!("the hub at {} sent an unreadable file list for data set {}: {e}", ctx.endpoint, d.repo))
         })?,
+        // Unreachable (no answer at all): the last download of this revision, when the cache has it.
+        Err(ureq::Error::Transport(e)) => match cached(settings, d) {
+            Some(files) => return Ok(files),
+            None => return Err(ctx.classify(ApiError::from(Box::new(ureq::Error::Transport(e))), Target::Info)),
+        },
         Err(e) => return Err(ctx.classify(ApiError::from(Box::new(e)), Target::Info)),
     };
     if info.sha.is_empty() || !info.sha.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -94,7 +112,7 @@ fn fetch(settings: &HubSettings, d: &DatasetPath) -> Result<DatasetFiles, Fail> 
             d.pattern.as_deref().map_or(String::new(), |p| format!(" matching `{p}`"))
         )));
     }
-    let pinned = Repo::with_revision(d.repo.clone(), RepoType::Dataset, info.sha.clone());
+    let pinned = dataset(d, &info.sha);
     let mut fetcher = Fetcher {
         ctx: &ctx,
         settings,
@@ -105,7 +123,41 @@ fn fetch(settings: &HubSettings, d: &DatasetPath) -> Result<DatasetFiles, Fail> 
         trust_existing: false,
     };
     let files = sizes.iter().map(|(name, size)| fetcher.local(name, *size)).collect::<Result<Vec<_>, _>>()?;
+    // What the revision points to, as the hub's own tools record it (`refs/<revision>`), for offline use.
+    named.create_ref(&info.sha).map_err(|e| fail(format!("could not write to the hub cache: {e}")))?;
     Ok(DatasetFiles { repo: d.repo.clone(), commit: info.sha, files })
+}
+
+fn dataset(d: &DatasetPath, revision: &str) -> Repo {
+    Repo::with_revision(d.repo.clone(), RepoType::Dataset, revision.to_string())
+}
+
+/// The data files of the commit the cache last recorded for `d`'s revision, without asking the hub.
+fn cached(settings: &HubSettings, d: &DatasetPath) -> Option<DatasetFiles> {
+    let folder = settings.cache_dir.join(format!("datasets--{}", d.repo.replace('/', "--")));
+    let commit = std::fs::read_to_string(folder.join("refs").join(&d.revision)).ok()?.trim().to_string();
+    let snapshot = folder.join("snapshots").join(&commit);
+    let mut names = Vec::new();
+    walk(&snapshot, "", &mut names);
+    let mut files: Vec<PathBuf> = names
+        .into_iter()
+        .filter(|n| safe_name(n) && wanted(n, d.pattern.as_deref()))
+        .map(|n| snapshot.join(n))
+        .collect();
+    files.sort();
+    (!files.is_empty()).then(|| DatasetFiles { repo: d.repo.clone(), commit, files })
+}
+
+/// The relative paths of the files below `dir`.
+fn walk(dir: &std::path::Path, prefix: &str, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+        if entry.path().is_dir() {
+            walk(&entry.path(), &format!("{name}/"), out);
+        } else {
+            out.push(name);
+        }
+    }
 }
 
 /// A relative path with plain components (no `..`, no hidden files or folders).
