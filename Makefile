@@ -10,7 +10,9 @@ TRANSFORMERS_VERSION := 5.24.0
 PEFT_VERSION := 0.21.2
 # The CUDA headers the wheel lacks, for the NCCL part of the c10d bridge (csrc/dist.cpp).
 CUDA_HEADERS := nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
-TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-transformers-$(TRANSFORMERS_VERSION)-peft-$(PEFT_VERSION)-cuda-headers-13.0
+# pyarrow writes the Parquet test fixtures (scripts/make_chat_fixtures.py).
+PYARROW_VERSION := 21.0.0
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-transformers-$(TRANSFORMERS_VERSION)-peft-$(PEFT_VERSION)-pyarrow-$(PYARROW_VERSION)-cuda-headers-13.0
 BIN := target/release/ftexp
 
 # torch-sys finds libtorch through the venv's python (`python` on PATH when VIRTUAL_ENV is set).
@@ -18,14 +20,14 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup gloo-headers build test lint demo sweep clean-venv bench bench-train bench-generate bench-data bench-devices
+.PHONY: setup gloo-headers build test lint demo sweep clean-venv bench bench-train bench-generate bench-data bench-formats bench-packing bench-devices
 
 setup: $(TORCH_STAMP) gloo-headers
 
 $(TORCH_STAMP):
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q torch==$(TORCH_VERSION) \
-		transformers==$(TRANSFORMERS_VERSION) peft==$(PEFT_VERSION) $(CUDA_HEADERS)
+		transformers==$(TRANSFORMERS_VERSION) peft==$(PEFT_VERSION) pyarrow==$(PYARROW_VERSION) $(CUDA_HEADERS)
 	touch $@
 
 # Gloo's headers (Debian's libgloo-dev), which the torch wheel leaves out: training on several CPU
@@ -64,10 +66,14 @@ clean-venv:
 
 # Benchmarks (print numbers; not tests). See bench/*.sh for settings.
 # make bench: fine-tuning speed side by side with litgpt (when its venv exists) and its growth with
-# max_seq_length, then data preparation speed and its growth with the data set's size.
+# max_seq_length, then data preparation speed and its growth with the data set's size
+# and its speed by file format (JSON, JSON Lines, CSV, Parquet; Alpaca and chat), then training
+# tokens/s with and without packing.
 bench: build
 	bash bench/train.sh
 	bash bench/data.sh
+	bash bench/formats.sh
+	bash bench/packing.sh
 
 bench-train: build
 	bash bench/train.sh
@@ -81,3 +87,9 @@ bench-data: build
 # Data-parallel training on the CPU: 1 process with all threads vs train.devices = 2 (bench/devices.sh).
 bench-devices: build
 	bash bench/devices.sh
+
+bench-formats: build
+	bash bench/formats.sh
+
+bench-packing: build
+	bash bench/packing.sh

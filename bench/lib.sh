@@ -1,4 +1,4 @@
-# Helpers shared by bench/generate.sh and bench/data.sh (sourced, not run).
+# Helpers shared by the bench/*.sh scripts (sourced, not run).
 
 # The first Python that can import the given modules, in the documented order:
 # $BENCH_PYTHON, /tmp/ftexp-bench/venv/bin/python (made by /work/shared/bench/litgpt_baseline.sh),
@@ -106,4 +106,11 @@ bench_ensure_model() {
     exit 1
   fi
   "$py" "$shared/make_bench_model.py" "$work" >/dev/null
+}
+
+# The ftexp binary to measure (BENCH_FTEXP, else the release build); exits when it is not built.
+bench_ftexp() {
+  local bin=${BENCH_FTEXP:-$root/target/release/ftexp}
+  [ -x "$bin" ] || { echo "bench: $bin not found; run 'make build' first" >&2; exit 1; }
+  echo "$bin"
 }

@@ -139,7 +139,7 @@ fn rank_device(placement: &Placement, rank: usize, world: u64) -> String {
 fn count_records(r: &Resolved) -> Result<usize, Problems> {
     let c = &r.config;
     if c.data.format != DataFormat::Text {
-        return crate::data::count_records(std::path::Path::new(&c.data.path), &c.data.columns);
+        return crate::data::count_records(&c.data);
     }
     match crate::data::cached_stats(c)? {
         Some(stats) => Ok(stats.values().map(|s| s.records).sum()),

@@ -1,7 +1,7 @@
 //! Data preparation: templates, masks, length policy, seeded split, cache, and bad input.
 use std::path::Path;
 
-use ftexp::config::{Columns, DataConfig, DataFormat, LongSamples, Split};
+use ftexp::config::{Columns, DataConfig, DataFormat, LongSamples, Split, TrainOn};
 use ftexp::data::prepare::{cache_key, prepare, split_indices, Inputs, IGNORE};
 use ftexp::data::{prompt, Record};
 use ftexp::tokenizer::Tokenizer;
@@ -13,16 +13,30 @@ fn tokenizer_dir() -> std::path::PathBuf {
     fixtures().join("models/llama")
 }
 
-fn data_config(path: &Path) -> DataConfig {
+pub fn data_config(path: &Path) -> DataConfig {
+    let column = |name: &str| name.to_string();
     DataConfig {
         path: path.display().to_string(),
-        columns: Columns { instruction: "instruction".into(), input: "input".into(), output: "output".into() },
+        columns: Columns {
+            instruction: column("instruction"),
+            input: column("input"),
+            output: column("output"),
+            messages: column("messages"),
+            role: column("role"),
+            content: column("content"),
+            user: column("user"),
+            assistant: column("assistant"),
+            system: column("system"),
+        },
         format: DataFormat::Alpaca,
         prompt_style: "alpaca".into(),
         split: Split { train: 0.5, val: 0.25, test: 0.25 },
         max_seq_length: 512,
         long_samples: LongSamples::Truncate,
         mask_inputs: true,
+        chat_template: None,
+        train_on: TrainOn::Assistant,
+        packing: false,
     }
 }
 
@@ -75,7 +89,7 @@ fn tokens_labels_and_masks_are_exactly_the_template() {
         data.split = Split { train: 1.0, val: 0.0, test: 0.0 };
         data.mask_inputs = mask;
         let tf = tokenizer_dir().join("tokenizer.json");
-        let inputs = Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf };
+        let inputs = Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf, hub: None };
         let p = prepare(&inputs, &dir.path().join("cache")).unwrap();
         let again = prepare(&inputs, &dir.path().join("cache")).unwrap();
         assert!(!p.reused && again.reused);
@@ -113,9 +127,11 @@ fn long_samples_are_truncated_with_eos_or_dropped_and_counted() {
     data.split = Split { train: 1.0, val: 0.0, test: 0.0 };
     data.max_seq_length = 80;
     data.prompt_style = "none".into();
-    let p =
-        prepare(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf }, &dir.path().join("c"))
-            .unwrap();
+    let p = prepare(
+        &Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf, hub: None },
+        &dir.path().join("c"),
+    )
+    .unwrap();
     let stats = &p.stats["train"];
     assert_eq!((stats.records, stats.samples, stats.truncated, stats.dropped), (3, 2, 1, 1));
     let cut = p.split("train").iter().find(|s| s.instruction == "Long answer.").unwrap();
@@ -125,9 +141,11 @@ fn long_samples_are_truncated_with_eos_or_dropped_and_counted() {
     assert!(stats.max_tokens <= 80);
 
     data.long_samples = LongSamples::Drop;
-    let p =
-        prepare(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf }, &dir.path().join("c"))
-            .unwrap();
+    let p = prepare(
+        &Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf, hub: None },
+        &dir.path().join("c"),
+    )
+    .unwrap();
     assert!(!p.reused, "the policy is part of the cache key");
     let stats = &p.stats["train"];
     assert_eq!((stats.samples, stats.truncated, stats.dropped), (1, 0, 2));
@@ -233,18 +251,27 @@ fn cache_is_reused_and_invalidated_by_every_key_part() {
     let other = fixtures().join("models/gpt-neox/tokenizer.json");
     let mut data = data_config(&p.path().join("rows.json"));
     let same = tokenizer_dir().join("tokenizer.json");
-    let k1 = cache_key(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &same }).unwrap();
+    let k1 =
+        cache_key(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &same, hub: None }).unwrap();
     std::fs::write(
         p.path().join("tok.json"),
         std::fs::read_to_string(&other).unwrap().replace("\"model\"", "\"model\" "),
     )
     .unwrap();
-    let k2 =
-        cache_key(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &p.path().join("tok.json") })
-            .unwrap();
+    let k2 = cache_key(&Inputs {
+        data: &data,
+        seed: 1,
+        tokenizer: &tokenizer,
+        tokenizer_file: &p.path().join("tok.json"),
+        hub: None,
+    })
+    .unwrap();
     assert_ne!(k1, k2);
     data.max_seq_length += 1;
-    assert_ne!(k1, cache_key(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &same }).unwrap());
+    assert_ne!(
+        k1,
+        cache_key(&Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &same, hub: None }).unwrap()
+    );
     assert!(cache_entries(p.path()).iter().all(|e| !e.starts_with(".tmp")));
 }
 
@@ -311,4 +338,80 @@ fn columns_map_other_field_names() {
     let text = std::fs::read_to_string(p.path().join("out/train.jsonl")).unwrap();
     assert!(text.contains("\"instruction\":\"Q1\",\"input\":\"c\",\"output\":\"A1\""), "{text}");
     assert!(text.contains("\"instruction\":\"Q2\",\"input\":\"\",\"output\":\"A2\""), "{text}");
+}
+
+/// The same Alpaca records as a JSON array, a Parquet file (pyarrow's, snappy), a CSV file and a
+/// directory of shards (JSON Lines and CSV, read in name order) prepare to the same samples and split.
+#[test]
+fn json_parquet_csv_and_shard_directories_give_the_same_samples() {
+    let json_path = fixtures().join("data/alpaca.json");
+    let records: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let csv_of = |rows: &[Value]| {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["instruction", "input", "output"]).unwrap();
+        for r in rows {
+            w.write_record(["instruction", "input", "output"].map(|k| r[k].as_str().unwrap())).unwrap();
+        }
+        String::from_utf8(w.into_inner().unwrap()).unwrap()
+    };
+    let jsonl: Vec<String> = records[..10].iter().map(Value::to_string).collect();
+    let dir = tree(&[
+        ("rows.csv", &csv_of(&records)),
+        ("shards/part-1.jsonl", &jsonl.join("\n")),
+        ("shards/part-2.csv", &csv_of(&records[10..])),
+        ("shards/README.md", "not data"),
+    ]);
+    let tokenizer = Tokenizer::from_dir(&tokenizer_dir()).unwrap();
+    let tf = tokenizer_dir().join("tokenizer.json");
+    let prepared = |path: &Path| {
+        let data = data_config(path);
+        prepare(
+            &Inputs { data: &data, seed: 4, tokenizer: &tokenizer, tokenizer_file: &tf, hub: None },
+            &dir.path().join("c"),
+        )
+        .unwrap()
+    };
+    let reference = prepared(&json_path);
+    assert_eq!(reference.split("train").len(), 12);
+    for path in [fixtures().join("data/alpaca.parquet"), dir.path().join("rows.csv"), dir.path().join("shards")] {
+        let p = prepared(&path);
+        assert_eq!(p.splits, reference.splits, "{}", path.display());
+        assert_ne!(p.key, reference.key);
+    }
+    // A CSV file without the mapped column names it and the key to set.
+    let mut data = data_config(&dir.path().join("rows.csv"));
+    data.columns.output = "answer".into();
+    let err = prepare(
+        &Inputs { data: &data, seed: 4, tokenizer: &tokenizer, tokenizer_file: &tf, hub: None },
+        &dir.path().join("c"),
+    )
+    .unwrap_err();
+    assert!(err.0[0].ends_with("rows.csv: has no column `answer` (its columns: `instruction`, `input`, `output`); set `data.columns.output` to the column that holds it"), "{}", err.0[0]);
+}
+
+/// A cache entry written before chat data (ids as `length, prompt length, masked length, ids…`, no
+/// `runs` marker) still loads, so runs prepared then keep evaluating and resuming on their splits.
+#[test]
+fn cache_entries_of_the_previous_layout_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = dir.path().join("0123456789abcdef");
+    std::fs::create_dir_all(&entry).unwrap();
+    let words: Vec<u32> = vec![4, 2, 2, 10, 11, 12, 13, 3, 1, 0, 20, 21, 22];
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    std::fs::write(entry.join("train.ids"), bytes).unwrap();
+    std::fs::write(entry.join("train.text.jsonl"), "[\"Double 2.\",\"\",\"4\"]\n[\"a\",\"b\",\"c\"]\n").unwrap();
+    for split in ["val", "test"] {
+        std::fs::write(entry.join(format!("{split}.ids")), []).unwrap();
+        std::fs::write(entry.join(format!("{split}.text.jsonl")), "").unwrap();
+    }
+    std::fs::write(entry.join("stats.json"), "{}").unwrap();
+    let p = ftexp::data::prepare::load_entry(dir.path(), "0123456789abcdef").unwrap();
+    let train = p.split("train");
+    assert_eq!(train.len(), 2);
+    assert_eq!(
+        (train[0].input_ids.clone(), train[0].labels.clone()),
+        (vec![10, 11, 12, 13], vec![IGNORE, IGNORE, 12, 13])
+    );
+    assert_eq!(train[0].input_ids_no_response, [10, 11]);
+    assert_eq!((train[1].output.as_str(), train[1].labels.clone()), ("c", vec![20, 21, 22]));
 }

@@ -66,7 +66,8 @@ fn token_ids_beyond_the_model_are_refused_before_training() {
     let entry = p.path().join(prepared["dir"].as_str().unwrap());
     let ids = entry.join("train.ids");
     let mut bytes = std::fs::read(&ids).unwrap();
-    bytes[12..16].copy_from_slice(&100_000u32.to_le_bytes()); // the first sample's first token
+    // the first sample's first token, after its length, prompt length and one supervised run (start, end)
+    bytes[20..24].copy_from_slice(&100_000u32.to_le_bytes());
     std::fs::write(&ids, bytes).unwrap();
     let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
     one_line_error(&out, &["holds token id 100000", "448 token embeddings", "prepare again"]);

@@ -21,9 +21,9 @@ struct FakeFile {
     bytes: Vec<u8>,
 }
 
-struct FakeRepo {
+pub(crate) struct FakeRepo {
     id: String,
-    sha: String,
+    pub(crate) sha: String,
     files: Vec<FakeFile>,
     /// When set, the repo is gated: everything but the storage route needs `Bearer <token>`.
     token: Option<String>,
@@ -32,7 +32,7 @@ struct FakeRepo {
 }
 
 impl FakeRepo {
-    fn new(id: &str, files: &[(&str, Vec<u8>)]) -> Self {
+    pub(crate) fn new(id: &str, files: &[(&str, Vec<u8>)]) -> Self {
         let sha = format!("{:016x}{:016x}{:08x}", fnv(id.as_bytes(), 1), fnv(id.as_bytes(), 2), files.len());
         let files = files.iter().map(|(n, b)| FakeFile { name: n.to_string(), bytes: b.clone() }).collect();
         FakeRepo { id: id.to_string(), sha, files, token: None, hostile: None }
@@ -57,9 +57,9 @@ fn etag_of(bytes: &[u8]) -> String {
 }
 
 #[derive(Clone, Debug)]
-struct Seen {
+pub(crate) struct Seen {
     method: String,
-    path: String,
+    pub(crate) path: String,
     range: Option<String>,
     auth: Option<String>,
     status: u16,
@@ -68,7 +68,7 @@ struct Seen {
 
 impl Seen {
     /// A request that sent (part of) a file body, not just the one-byte probe hf-hub makes for metadata.
-    fn transferred_body(&self) -> bool {
+    pub(crate) fn transferred_body(&self) -> bool {
         (self.path.contains("/resolve/") || self.path.starts_with("/storage/"))
             && self.range.as_deref() != Some("bytes=0-0")
             && self.body_len > 0
@@ -94,15 +94,15 @@ impl Reply {
 
 /// The fake hub. Serves one connection at a time; stops when dropped, and by itself after a minute or
 /// 400 connections, whichever comes first.
-struct FakeHub {
-    endpoint: String,
+pub(crate) struct FakeHub {
+    pub(crate) endpoint: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl FakeHub {
-    fn start(repos: Vec<FakeRepo>) -> FakeHub {
+    pub(crate) fn start(repos: Vec<FakeRepo>) -> FakeHub {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -130,7 +130,7 @@ impl FakeHub {
         FakeHub { endpoint: format!("http://127.0.0.1:{port}"), seen, stop, thread: Some(thread) }
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 
@@ -191,8 +191,10 @@ fn route(path: &str, query: &str, range: Option<&str>, auth: Option<&str>, repos
     let authorized = |repo: &FakeRepo| repo.token.as_ref().is_none_or(|t| auth == Some(format!("Bearer {t}").as_str()));
     let revision_ok = |repo: &FakeRepo, rev: &str| rev == "main" || rev == repo.sha;
 
-    // GET /api/models/<org>/<name>/revision/<rev>[?blobs=true]: the file list of a revision.
-    if let Some(rest) = path.strip_prefix("/api/models/") {
+    // GET /api/models|datasets/<org>/<name>/revision/<rev>[?blobs=true]: the file list of a revision
+    // (data set repos are named `datasets/<org>/<name>` here, as in their file routes).
+    let dataset = path.strip_prefix("/api/datasets/").map(|rest| format!("datasets/{rest}"));
+    if let Some(rest) = path.strip_prefix("/api/models/").or(dataset.as_deref()) {
         let Some((id, rev)) = rest.split_once("/revision/") else { return Reply::error(404, "", "no such route") };
         let Some(repo) = find(id) else { return Reply::error(404, "RepoNotFound", "Repository not found") };
         if !authorized(repo) {
@@ -311,7 +313,7 @@ fn dirs() -> Dirs {
     Dirs { _tmp: tmp, out, cache }
 }
 
-fn settings(endpoint: &str, cache: &Path, token: Option<&str>) -> HubSettings {
+pub(crate) fn settings(endpoint: &str, cache: &Path, token: Option<&str>) -> HubSettings {
     HubSettings {
         endpoint: Some(endpoint.to_string()),
         cache_dir: cache.to_path_buf(),

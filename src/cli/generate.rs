@@ -2,6 +2,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use ftexp::config::DataFormat;
+use ftexp::data::chat::{ChatTemplate, Message};
 use ftexp::data::{prompt, Record};
 use ftexp::eval::LoadOptions;
 use ftexp::generate::{timed, Sampling, Streamer};
@@ -27,6 +29,10 @@ pub struct Args {
     /// With a run: use the prompt as it is, without the run's template.
     #[arg(long)]
     raw: bool,
+    /// Put the prompt into the chat template as a user turn followed by the assistant's header: a base
+    /// checkpoint's own template (a run trained on chat data always uses its run's template).
+    #[arg(long, conflicts_with = "raw")]
+    chat: bool,
     /// How many tokens to generate at most, 1 to 1,000,000.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_new_tokens: u32,
@@ -60,13 +66,28 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
         };
         let run = ftexp::eval::load_run(&a.checkpoint, load)?;
         let record = Record { instruction: a.prompt.clone(), input: a.input, output: String::new() };
-        let text = if a.raw { a.prompt } else { prompt::render(&run.config.data.prompt_style, &record) };
+        let text = if a.raw {
+            Prompt::Plain(a.prompt)
+        } else if a.chat || run.config.data.format == DataFormat::Chat {
+            let dir = ftexp::source::tokenizer_dir(&run.config.model, false)?;
+            chat_prompt(&dir, run.config.data.chat_template.as_deref(), &a.prompt)?
+        } else {
+            Prompt::Plain(prompt::render(&run.config.data.prompt_style, &record))
+        };
         (run.model, run.tokenizer, text)
     } else {
         let (model, tokenizer) = super::eval::load_checkpoint(&a.checkpoint, &a.device)?;
-        (model, tokenizer, a.prompt)
+        let text = match a.chat {
+            true => chat_prompt(&a.checkpoint, None, &a.prompt)?,
+            false => Prompt::Plain(a.prompt),
+        };
+        (model, tokenizer, text)
     };
-    let ids = tokenizer.encode(&text, true)?;
+    // A chat template writes the special tokens (a BOS) itself.
+    let ids = match &text {
+        Prompt::Plain(text) => tokenizer.encode(text, true)?,
+        Prompt::Chat(text) => tokenizer.encode(text, false)?,
+    };
     if ids.is_empty() {
         ftexp::bail_user!("--prompt is empty after tokenization; give some text");
     }
@@ -101,6 +122,23 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
         println!();
     }
     Ok(())
+}
+
+/// The text the model is prompted with, and whether a chat template wrote it.
+enum Prompt {
+    Plain(String),
+    Chat(String),
+}
+
+/// `prompt` as a user turn in the chat template (`setting`, else the tokenizer's own in `dir`),
+/// followed by the assistant's header.
+fn chat_prompt(dir: &std::path::Path, setting: Option<&str>, prompt: &str) -> anyhow::Result<Prompt> {
+    let template = ChatTemplate::load(dir, setting)?;
+    let user = Message { role: "user".into(), content: prompt.to_string() };
+    match template.render(&[user], true) {
+        Ok(text) => Ok(Prompt::Chat(text)),
+        Err(e) => ftexp::bail_user!("--prompt: {e}"),
+    }
 }
 
 /// A parser for a finite number in `low..=high`.

@@ -83,7 +83,16 @@ choices! {
     /// The data set's format.
     DataFormat {
         Alpaca = "alpaca",
+        Chat = "chat",
         Text = "text",
+    }
+}
+
+choices! {
+    /// Which turns of a conversation count in the loss.
+    TrainOn {
+        Assistant = "assistant",
+        All = "all",
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub use choices::{
     DataFormat, DeviceSetting, ExportDtype, ExportFormat, Init, LongSamples, LrSchedule, MethodKind, ModelType,
-    Precision,
+    Precision, TrainOn,
 };
 use figment::Figment;
 pub use layers::{parse_literal, Layer, Origin};

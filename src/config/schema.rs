@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::choices::{
     DataFormat, DeviceSetting, ExportDtype, ExportFormat, Init, LongSamples, LrSchedule, MethodKind, ModelType,
-    Precision,
+    Precision, TrainOn,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,17 +89,35 @@ pub const KEYS: &[KeyDoc] = &[
     key!("model.architecture.max_position_embeddings", Int, None, "With `init = \"random\"`: the longest context the model is meant for. Unset: 2048."),
     key!("model.architecture.tie_word_embeddings", Bool, None, "With `init = \"random\"`: share the input embedding with the output head. Unset: the family's default."),
     key!("data.path", Str, None,
-        "Your data set: a JSON array or JSON Lines file of Alpaca-format records (`instruction`, `input`, `output`). Relative paths are relative to the directory you run `ftexp` from. Required."),
+        "Your data set: a `.json` (an array of records) or `.jsonl` (one record per line), `.csv` (a header row naming the columns) or `.parquet` file; a directory of such files (its shards, read in name order); or a data set on the hub, `hf://datasets/<org>/<name>[@<revision>][/<file, folder or glob>]` (e.g. `hf://datasets/org/chats/data/train-*.parquet`), whose data files are downloaded into the hub cache (`HF_HOME`, with `HF_TOKEN` and `HF_ENDPOINT` as for models) and fetched again only when the revision points to a new commit (when the hub cannot be reached, or `HF_HUB_OFFLINE=1`, the revision's last download is used). Every format holds the same records, read through `data.columns`. Relative paths are relative to the directory you run `ftexp` from. Required."),
     key!("data.columns.instruction", Str, Some("\"instruction\""),
         "The field of each record that holds the instruction, for data sets with other names (e.g. `\"question\"`)."),
     key!("data.columns.input", Str, Some("\"input\""),
         "The field that holds the optional input (context for the instruction). Records without it have an empty input."),
     key!("data.columns.output", Str, Some("\"output\""),
         "The field that holds the response the model should learn to give."),
+    key!("data.columns.messages", Str, Some("\"messages\""),
+        "With `format = \"chat\"`: the field of each record that holds the conversation, a list of turns (`\"conversations\"` in ShareGPT-style data)."),
+    key!("data.columns.role", Str, Some("\"role\""),
+        "With `format = \"chat\"`: the field of each turn that says who speaks (`\"from\"` in ShareGPT-style data)."),
+    key!("data.columns.content", Str, Some("\"content\""),
+        "With `format = \"chat\"`: the field of each turn that holds what was said (`\"value\"` in ShareGPT-style data)."),
+    key!("data.columns.user", Str, Some("\"user\""),
+        "With `format = \"chat\"`: the role name your data uses for the person asking (`\"human\"` in ShareGPT-style data); it becomes `user` for the chat template."),
+    key!("data.columns.assistant", Str, Some("\"assistant\""),
+        "With `format = \"chat\"`: the role name your data uses for the model's answers (`\"gpt\"` in ShareGPT-style data); it becomes `assistant`. These turns are what the model learns to say."),
+    key!("data.columns.system", Str, Some("\"system\""),
+        "With `format = \"chat\"`: the role name your data uses for an optional first turn of instructions to the model (the system prompt); it becomes `system`."),
     key!("data.format", Choice(DataFormat::NAMES), Some("\"alpaca\""),
-        "The data set's format. `alpaca`: records with `instruction`, optional `input`, and `output`. `text`: a plain-text corpus (UTF-8; documents separated by blank lines, each ended with the end-of-text token) packed into blocks of `max_seq_length` tokens, every token learned — for training a base model."),
+        "The data set's format. `alpaca`: records with `instruction`, optional `input`, and `output`. `chat`: records holding a conversation (a list of turns, each with a role and its content), put into text by the model's own chat template; see `data.columns.*`, `data.train_on` and `data.chat_template`. `text`: a plain-text corpus (UTF-8; documents separated by blank lines, each ended with the end-of-text token) packed into blocks of `max_seq_length` tokens, every token learned — for training a base model."),
     key!("data.prompt_style", Str, Some("\"alpaca\""),
         "How a record becomes the prompt the model sees. `alpaca`: the Stanford Alpaca template; `plain`: instruction and input, then the response; `none`: the instruction alone; or your own template with `{instruction}` and `{input}` placeholders."),
+    key!("data.chat_template", Str, None,
+        "With `format = \"chat\"`: how a conversation becomes text. Unset: the tokenizer's own chat template (`chat_template` in `tokenizer_config.json`, or `chat_template.jinja`), as the model was trained to read it. `\"chatml\"`: the ChatML layout (`<|im_start|>role … <|im_end|>`) for a tokenizer without a template; or the path of a Jinja template file."),
+    key!("data.train_on", Choice(TrainOn::NAMES), Some("\"assistant\""),
+        "With `format = \"chat\"`: which tokens count in the loss. `assistant`: only the assistant's turns, each with the template's end-of-turn marker, so the model learns to answer and to stop; `all`: every token of the conversation."),
+    key!("data.packing", Bool, Some("false"),
+        "Pack several samples into each row of `max_seq_length` tokens instead of padding every sample to the longest of its micro-batch: less compute wasted on padding when lengths vary. Each sample still sees only itself (its positions restart and attention stays inside it), so losses are exactly as without packing; `micro_batch_size` then counts rows. `ftexp prepare` reports how full the rows would be."),
     key!("data.split.train", Float, Some("0.8"),
         "Share of the records used for training (the model learns from these). The three shares must add up to 1; 80/10/10, 70/15/15 and 60/20/20 are common."),
     key!("data.split.val", Float, Some("0.1"),
@@ -262,6 +280,10 @@ pub struct DataConfig {
     pub max_seq_length: u64,
     pub long_samples: LongSamples,
     pub mask_inputs: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    pub train_on: TrainOn,
+    pub packing: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Hash)]
@@ -269,6 +291,12 @@ pub struct Columns {
     pub instruction: String,
     pub input: String,
     pub output: String,
+    pub messages: String,
+    pub role: String,
+    pub content: String,
+    pub user: String,
+    pub assistant: String,
+    pub system: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]

@@ -1,6 +1,6 @@
 //! Checks: per layer (unknown keys, wrong types) and on the merged config (values that make no sense
 //! together). Every problem is collected, so a user fixes a file in one go.
-use super::choices::{DeviceSetting, ExportFormat, Init, MethodKind};
+use super::choices::{DataFormat, DeviceSetting, ExportFormat, Init, MethodKind};
 use super::layers::{remove_path, Layer};
 use super::schema::{self, Kind, KEYS, PROMPT_STYLES};
 use super::{Config, Resolved};
@@ -128,7 +128,13 @@ fn check_model(c: &Config, bad: &mut impl FnMut(&str, String)) {
 
 fn check_data(c: &Config, bad: &mut impl FnMut(&str, String)) {
     if c.data.path.trim().is_empty() {
-        bad("data.path", "is not set; name your Alpaca-format JSON or JSONL file".into());
+        bad("data.path", "is not set; name your data file (JSON, JSON Lines, CSV or Parquet) or directory".into());
+    }
+    if c.data.chat_template.is_some() && c.data.format != DataFormat::Chat {
+        bad(
+            "data.chat_template",
+            format!("is set but data.format is \"{}\"; a chat template formats `chat` data only: unset it or set data.format = \"chat\"", c.data.format),
+        );
     }
     let style = &c.data.prompt_style;
     if !PROMPT_STYLES.contains(&style.as_str()) && !style.contains("{instruction}") {

@@ -17,6 +17,16 @@ pub struct Batch {
     pub supervised: i64,
     /// Non-padding tokens.
     pub real_tokens: i64,
+    /// A packed micro-batch's layout; `None`: one sample per row.
+    pub packed: Option<Packed>,
+}
+
+/// Where the samples of a packed micro-batch lie: per position `(batch, time)`, its index within its
+/// own sample (positions restart with each sample) and which sample of its row it belongs to (−1 for
+/// padding), so that attention stays inside each sample.
+pub struct Packed {
+    pub positions: Tensor,
+    pub segments: Tensor,
 }
 
 pub fn make(samples: &[&Sample], device: Device) -> Batch {
@@ -45,6 +55,78 @@ pub fn make(samples: &[&Sample], device: Device) -> Batch {
         targets: Tensor::from_slice(&targets).to_kind(Kind::Int64).to_device(device),
         supervised,
         real_tokens,
+        packed: None,
+    }
+}
+
+/// Rows of at most `row` tokens: the samples longest first (equal lengths in the order given), each
+/// put into the first row with room for it (first fit). The same samples in the same order always
+/// give the same rows.
+pub fn pack<'a>(samples: &[&'a Sample], row: usize) -> Vec<Vec<&'a Sample>> {
+    let mut longest_first = samples.to_vec();
+    longest_first.sort_by_key(|s| std::cmp::Reverse(s.input_ids.len()));
+    let mut rows: Vec<(usize, Vec<&Sample>)> = Vec::new();
+    for s in longest_first {
+        let len = s.input_ids.len();
+        match rows.iter_mut().find(|(used, _)| used + len <= row) {
+            Some((used, r)) => {
+                *used += len;
+                r.push(s);
+            }
+            None => rows.push((len, vec![s])),
+        }
+    }
+    rows.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The share of the rows' tokens that are real when `samples` are packed into rows of `row` tokens.
+pub fn fill_ratio(samples: &[Sample], row: usize) -> f64 {
+    let refs: Vec<&Sample> = samples.iter().collect();
+    let rows = pack(&refs, row).len();
+    let tokens: usize = samples.iter().map(|s| s.input_ids.len()).sum();
+    if rows == 0 {
+        0.0
+    } else {
+        tokens as f64 / (rows * row) as f64
+    }
+}
+
+/// A packed micro-batch: each row the samples of one [`pack`] row, one after another, right-padded.
+/// Each sample's last token predicts nothing (the next token belongs to another sample), so the
+/// supervised positions and targets are exactly those of the samples unpacked.
+pub fn make_packed(rows: &[Vec<&Sample>], device: Device) -> Batch {
+    let lens = |r: &Vec<&Sample>| r.iter().map(|s| s.input_ids.len()).sum::<usize>();
+    let width = rows.iter().map(lens).max().unwrap_or(1).max(1);
+    let size = rows.len() * width;
+    let (mut inputs, mut offsets, mut segments) = (vec![0i64; size], vec![0i64; size], vec![-1i64; size]);
+    let (mut positions, mut targets) = (Vec::new(), Vec::new());
+    let mut real_tokens = 0;
+    for (b, row) in rows.iter().enumerate() {
+        let mut at = b * width;
+        for (k, s) in row.iter().enumerate() {
+            let len = s.input_ids.len();
+            real_tokens += len as i64;
+            for (i, &id) in s.input_ids.iter().enumerate() {
+                (inputs[at + i], offsets[at + i], segments[at + i]) = (id as i64, i as i64, k as i64);
+            }
+            for i in 0..len.saturating_sub(1) {
+                if s.labels[i + 1] != IGNORE {
+                    positions.push((at + i) as i64);
+                    targets.push(s.labels[i + 1]);
+                }
+            }
+            at += len;
+        }
+    }
+    let shape = [rows.len() as i64, width as i64];
+    let tensor = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+    Batch {
+        inputs: tensor(&inputs),
+        supervised: targets.len() as i64,
+        positions: Tensor::from_slice(&positions).to_device(device),
+        targets: Tensor::from_slice(&targets).to_kind(Kind::Int64).to_device(device),
+        real_tokens,
+        packed: Some(Packed { positions: tensor(&offsets), segments: tensor(&segments) }),
     }
 }
 
@@ -60,14 +142,30 @@ pub struct MicroBatch {
 }
 
 impl MicroBatch {
+    /// Padded rows, one sample each ([`make`]).
     fn of(samples: &[&Sample]) -> MicroBatch {
-        let supervised = |s: &Sample| s.labels.iter().skip(1).filter(|&&l| l != IGNORE).count() as i64;
         MicroBatch {
-            real_tokens: samples.iter().map(|s| s.input_ids.len() as i64).sum(),
-            supervised: samples.iter().map(|s| supervised(s)).sum(),
             width: samples.iter().map(|s| s.input_ids.len()).max().unwrap_or(2).max(2) as i64 - 1,
-            rows: samples.len() as i64,
+            ..MicroBatch::counts(samples.iter().copied(), samples.len())
         }
+    }
+
+    /// Packed rows ([`make_packed`]).
+    fn of_rows(rows: &[Vec<&Sample>]) -> MicroBatch {
+        let row_len = |r: &Vec<&Sample>| r.iter().map(|s| s.input_ids.len()).sum::<usize>();
+        MicroBatch {
+            width: rows.iter().map(row_len).max().unwrap_or(1).max(1) as i64,
+            ..MicroBatch::counts(rows.iter().flatten().copied(), rows.len())
+        }
+    }
+
+    fn counts<'a>(samples: impl Iterator<Item = &'a Sample>, rows: usize) -> MicroBatch {
+        let (mut real_tokens, mut supervised) = (0, 0);
+        for s in samples {
+            real_tokens += s.input_ids.len() as i64;
+            supervised += s.labels.iter().skip(1).filter(|&&l| l != IGNORE).count() as i64;
+        }
+        MicroBatch { real_tokens, supervised, width: 0, rows: rows as i64 }
     }
 }
 
@@ -86,13 +184,16 @@ impl StepBatches {
 
 /// The micro-batches of one optimizer step: the next `batch_size` samples of the run, sorted by
 /// length before they are cut into micro-batches of `micro_batch_size`, so each pads as little as
-/// possible. Grouping does not change the step: every supervised token of it weighs the same in the
-/// loss and the gradient. Of `world` ranks, rank `rank` makes micro-batches `rank`, `rank + world`, …
+/// possible; or, with `packing` (the row length), packed into rows ([`pack`]), `micro_batch_size`
+/// rows per micro-batch. Grouping does not change the step: every supervised token of it weighs the
+/// same in the loss and the gradient. Of `world` ranks, rank `rank` makes micro-batches `rank`,
+/// `rank + world`, …
 pub fn for_step(
     train: &[Sample],
     order: &mut Order,
     seen: &mut u64,
     t: &TrainConfig,
+    packing: Option<usize>,
     device: Device,
     (rank, world): (usize, usize),
 ) -> StepBatches {
@@ -103,8 +204,17 @@ pub fn for_step(
             s
         })
         .collect();
+    let micro = t.micro_batch_size.max(1) as usize;
+    if let Some(row) = packing {
+        let rows = pack(&picked, row);
+        let chunks: Vec<&[Vec<&Sample>]> = rows.chunks(micro).collect();
+        return StepBatches {
+            all: chunks.iter().map(|c| MicroBatch::of_rows(c)).collect(),
+            mine: chunks.iter().skip(rank).step_by(world.max(1)).map(|c| make_packed(c, device)).collect(),
+        };
+    }
     picked.sort_by_key(|s| s.input_ids.len());
-    let chunks: Vec<&[&Sample]> = picked.chunks(t.micro_batch_size.max(1) as usize).collect();
+    let chunks: Vec<&[&Sample]> = picked.chunks(micro).collect();
     StepBatches {
         all: chunks.iter().map(|c| MicroBatch::of(c)).collect(),
         mine: chunks.iter().skip(rank).step_by(world.max(1)).map(|c| make(c, device)).collect(),

@@ -1,5 +1,8 @@
 //! Data sets: Alpaca-format records in, prepared (split, templated, tokenized, masked) samples out.
 pub mod batches;
+mod cache;
+pub mod chat;
+pub mod files;
 pub mod prepare;
 pub mod prompt;
 mod records;
@@ -11,19 +14,25 @@ use std::path::Path;
 use serde::Serialize;
 
 pub use prepare::{prepare, Prepared, Sample, SplitStats};
-pub use records::{count_records, read_records, Record};
+pub use records::{read_records, Record};
 
-use crate::config::{Config, Split};
+use crate::config::{Config, DataConfig, DataFormat, Split};
 use crate::error::Problems;
-use crate::source;
 use crate::tokenizer::Tokenizer;
+use crate::{hub, source};
 
 /// Prepares (or reuses) the data set of `config` with its model's tokenizer, under `data/.cache/`
 /// (downloading the base model first when its tokenizer is on the hub).
+/// A data set on the hub (`hf://datasets/…`) is fetched first, or found in hf-hub's cache.
 pub fn prepare_for(config: &Config) -> Result<Prepared, Problems> {
     let dir = source::tokenizer_dir(&config.model, true)?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
-    prepare(&inputs(config, &tokenizer, &dir.join("tokenizer.json")), Path::new(prepare::CACHE_DIR))
+    let hub = match hub::datasets::parse(&config.data.path) {
+        Some(_) => Some(hub::dataset_files(&config.data.path)?),
+        None => None,
+    };
+    let tokenizer_file = dir.join("tokenizer.json");
+    prepare(&inputs(config, &tokenizer, &tokenizer_file, hub.as_ref()), Path::new(prepare::CACHE_DIR))
 }
 
 /// A run's prepared data: its cache entry `recorded_key` while the cache holds it, else prepared again —
@@ -49,14 +58,37 @@ pub fn prepare_for_run(config: &Config, recorded_key: Option<&str>) -> Result<Pr
 /// The statistics of `config`'s prepared data when the cache already holds it; `None` when it must be
 /// prepared first. Reads the tokenizer's files but tokenizes nothing and downloads nothing.
 pub fn cached_stats(config: &Config) -> Result<Option<BTreeMap<String, SplitStats>>, Problems> {
+    if hub::datasets::parse(&config.data.path).is_some() {
+        return Ok(None);
+    }
     let dir = source::tokenizer_dir(&config.model, false)?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
-    let key = prepare::cache_key(&inputs(config, &tokenizer, &dir.join("tokenizer.json")))?;
+    let key = prepare::cache_key(&inputs(config, &tokenizer, &dir.join("tokenizer.json"), None))?;
     prepare::cached_stats(Path::new(prepare::CACHE_DIR), &key)
 }
 
-fn inputs<'a>(config: &'a Config, tokenizer: &'a Tokenizer, tokenizer_file: &'a Path) -> prepare::Inputs<'a> {
-    prepare::Inputs { data: &config.data, seed: config.seed, tokenizer, tokenizer_file }
+/// How many records the data set of `data` holds (conversations for chat data).
+pub fn count_records(data: &DataConfig) -> Result<usize, Problems> {
+    if hub::datasets::parse(&data.path).is_some() {
+        return Err(Problems::one(format!(
+            "{}: a hub data set is counted once `ftexp prepare` has downloaded it",
+            data.path
+        )));
+    }
+    let files = files::data_files(Path::new(&data.path))?;
+    match data.format {
+        DataFormat::Chat => chat::read_conversations(&files, &data.columns).map(|c| c.len()),
+        _ => read_records(&files, &data.columns).map(|r| r.len()),
+    }
+}
+
+fn inputs<'a>(
+    config: &'a Config,
+    tokenizer: &'a Tokenizer,
+    tokenizer_file: &'a Path,
+    hub: Option<&'a hub::DatasetFiles>,
+) -> prepare::Inputs<'a> {
+    prepare::Inputs { data: &config.data, seed: config.seed, tokenizer, tokenizer_file, hub }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,9 +107,9 @@ pub fn split_sizes(n: usize, split: Split) -> SplitSizes {
     SplitSizes { records: n, train: n - val - test, val, test }
 }
 
-/// The `ftexp prepare` report: per-split counts and lengths, and one example with its masked prompt
-/// shown between ⟦ and ⟧.
-pub fn describe(p: &Prepared, data_path: &str, tokenizer: &Tokenizer) -> String {
+/// The `ftexp prepare` report: per-split counts and lengths, with `packing` (the row length) how full
+/// packed rows of the train split are, and one example with what is not in the loss between ⟦ and ⟧.
+pub fn describe(p: &Prepared, data_path: &str, tokenizer: &Tokenizer, packing: Option<usize>) -> String {
     let mut out = String::new();
     let how = if p.reused { "reused" } else { "prepared" };
     let _ = writeln!(out, "{data_path} → {} ({how})", p.dir.display());
@@ -95,11 +127,29 @@ pub fn describe(p: &Prepared, data_path: &str, tokenizer: &Tokenizer) -> String 
             s.records, s.samples, s.truncated, s.dropped
         );
     }
+    if let Some(row) = packing {
+        let _ = writeln!(
+            out,
+            "packing: train samples fill rows of {row} tokens to {:.1}% (first fit, longest first)",
+            100.0 * batches::fill_ratio(p.split("train"), row)
+        );
+    }
     if let Some(sample) = p.split("train").first() {
-        let masked = sample.labels.iter().take_while(|&&l| l == prepare::IGNORE).count();
         let decode = |ids: &[u32]| tokenizer.inner.decode(ids, false).unwrap_or_default();
         let _ = writeln!(out, "\nexample (train, {} tokens; ⟦masked: not in the loss⟧):", sample.input_ids.len());
-        let _ = writeln!(out, "⟦{}⟧{}", decode(&sample.input_ids[..masked]), decode(&sample.input_ids[masked..]));
+        let mut at = 0;
+        let mut line = String::new();
+        for (start, end) in cache::supervised_runs(&sample.labels) {
+            if start > at {
+                line.push_str(&format!("⟦{}⟧", decode(&sample.input_ids[at..start])));
+            }
+            line.push_str(&decode(&sample.input_ids[start..end]));
+            at = end;
+        }
+        if at < sample.input_ids.len() {
+            line.push_str(&format!("⟦{}⟧", decode(&sample.input_ids[at..])));
+        }
+        let _ = writeln!(out, "{line}");
     }
     out
 }

@@ -1,16 +1,19 @@
 //! Preparing a data set: seeded split, prompt template, tokenization with masked prompt labels and a
 //! length policy, stored once per content key under `data/.cache/<key>/`.
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{prompt, read_records, split_sizes, Record};
+pub use super::cache::{export, labels_in};
+use super::cache::{load, store, Entry};
+use super::chat::{read_conversations, render_all, ChatTemplate, Conversation};
+use super::{files, prompt, read_records, split_sizes, Record};
 use crate::config::{DataConfig, DataFormat, LongSamples};
 use crate::error::Problems;
+use crate::hub::DatasetFiles;
 use crate::tokenizer::Tokenizer;
 
 pub const CACHE_DIR: &str = "data/.cache";
@@ -18,7 +21,7 @@ pub const SPLITS: [&str; 3] = ["train", "val", "test"];
 /// The label of a position that does not count in the loss.
 pub const IGNORE: i64 = -100;
 /// Bump when the prepared format or its rules change, so old cache entries are not reused.
-const FORMAT_VERSION: &str = "ftexp-data-2";
+const FORMAT_VERSION: &str = "ftexp-data-3";
 /// Records tokenized per batch: bounds the memory the tokenizer's intermediate encodings take.
 const CHUNK: usize = 8192;
 
@@ -52,6 +55,8 @@ pub struct Prepared {
     /// Whether an existing cache entry was used.
     pub reused: bool,
     pub splits: BTreeMap<String, Vec<Sample>>,
+    /// For a chat data set, each split's conversations, one per sample; empty otherwise.
+    pub chats: BTreeMap<String, Vec<Conversation>>,
     pub stats: BTreeMap<String, SplitStats>,
 }
 
@@ -80,6 +85,24 @@ pub struct Inputs<'a> {
     pub tokenizer: &'a Tokenizer,
     /// The tokenizer.json file, hashed into the key.
     pub tokenizer_file: &'a Path,
+    /// A hub data set's files (`data.path = "hf://datasets/…"`), downloaded; `None`: `data.path` is local.
+    pub hub: Option<&'a DatasetFiles>,
+}
+
+impl Inputs<'_> {
+    /// The data files, in order.
+    pub fn files(&self) -> Result<Vec<PathBuf>, Problems> {
+        match self.hub {
+            Some(h) => Ok(h.files.clone()),
+            None => files::data_files(Path::new(&self.data.path)),
+        }
+    }
+
+    /// The chat template of a chat data set.
+    pub fn chat_template(&self) -> Result<ChatTemplate, Problems> {
+        let dir = self.tokenizer_file.parent().unwrap_or(Path::new("."));
+        ChatTemplate::load(dir, self.data.chat_template.as_deref())
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<String, Problems> {
@@ -95,9 +118,21 @@ fn sha256_file(path: &Path) -> Result<String, Problems> {
 /// The cache key of a preparation: a hash of everything the prepared samples depend on.
 pub fn cache_key(inputs: &Inputs) -> Result<String, Problems> {
     let d = inputs.data;
+    let mut data_hash = Sha256::new();
+    for file in inputs.files()? {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        data_hash.update(format!("{name}\u{1f}{}\u{1f}", sha256_file(&file)?).as_bytes());
+    }
+    let template = match d.format {
+        DataFormat::Chat => inputs.chat_template()?.source,
+        _ => String::new(),
+    };
     let parts = [
         FORMAT_VERSION.to_string(),
-        sha256_file(Path::new(&d.path))?,
+        format!("{:x}", data_hash.finalize()),
+        inputs.hub.map(|h| format!("{}@{}", h.repo, h.commit)).unwrap_or_default(),
+        template,
+        d.train_on.to_string(),
         sha256_file(inputs.tokenizer_file)?,
         format!("{:?}", inputs.tokenizer.eos_ids),
         d.format.to_string(),
@@ -149,56 +184,82 @@ pub fn prepare(inputs: &Inputs, cache_root: &Path) -> Result<Prepared, Problems>
             return Ok(p);
         }
     }
-    let (splits, stats) = build(inputs)?;
-    store(cache_root, &key, &splits, &stats)?;
-    Ok(Prepared { key, dir, reused: false, splits, stats })
+    let Built { splits, chats, stats } = build(inputs)?;
+    store(cache_root, &key, &Entry { splits: &splits, chats: &chats, stats: &stats })?;
+    Ok(Prepared { key, dir, reused: false, splits, chats, stats })
 }
 
-type SplitsAndStats = (BTreeMap<String, Vec<Sample>>, BTreeMap<String, SplitStats>);
+/// A prepared data set before it is stored.
+#[derive(Default)]
+struct Built {
+    splits: BTreeMap<String, Vec<Sample>>,
+    chats: BTreeMap<String, Vec<Conversation>>,
+    stats: BTreeMap<String, SplitStats>,
+}
 
-fn build(inputs: &Inputs) -> Result<SplitsAndStats, Problems> {
+fn build(inputs: &Inputs) -> Result<Built, Problems> {
     let d = inputs.data;
-    let path = Path::new(&d.path);
     let eos = *inputs.tokenizer.eos_ids.first().ok_or_else(|| {
         Problems::one(format!(
             "{}: the tokenizer has no end-of-text token (eos_token_id in generation_config.json or config.json)",
             inputs.tokenizer_file.display()
         ))
     })?;
-    if d.format == DataFormat::Text {
-        return build_text(inputs, eos);
+    let files = inputs.files()?;
+    let mut built = Built::default();
+    match d.format {
+        DataFormat::Text => return build_text(inputs, eos),
+        DataFormat::Alpaca => {
+            let records = read_records(&files, &d.columns)?;
+            let indices = record_split(records.len(), inputs)?;
+            for name in SPLITS {
+                let chosen: Vec<&Record> = indices[name].iter().map(|&i| &records[i]).collect();
+                let (samples, s) = tokenize(&chosen, d, inputs.tokenizer, eos)?;
+                built.splits.insert(name.to_string(), samples);
+                built.stats.insert(name.to_string(), s);
+            }
+        }
+        DataFormat::Chat => {
+            let template = inputs.chat_template()?;
+            let rows = read_conversations(&files, &d.columns)?;
+            let rendered = render_all(&rows, &template)?;
+            let indices = record_split(rows.len(), inputs)?;
+            for name in SPLITS {
+                let chosen: Vec<_> = indices[name].iter().map(|&i| (&rows[i].0, &rendered[i])).collect();
+                let (samples, kept, s) = super::chat::tokenize(&chosen, d, inputs.tokenizer)?;
+                built.splits.insert(name.to_string(), samples);
+                built.chats.insert(name.to_string(), kept);
+                built.stats.insert(name.to_string(), s);
+            }
+        }
     }
-    let records = read_records(path, &d.columns)?;
-    if records.is_empty() {
-        return Err(Problems::one(format!("{}: holds no records", path.display())));
+    Ok(built)
+}
+
+/// The split of `n` records, or what to change when a share gets none.
+fn record_split(n: usize, inputs: &Inputs) -> Result<BTreeMap<&'static str, Vec<usize>>, Problems> {
+    let d = inputs.data;
+    if n == 0 {
+        return Err(Problems::one(format!("{}: holds no records", d.path)));
     }
     let mut problems = Problems::default();
     let ratios = [("train", d.split.train), ("val", d.split.val), ("test", d.split.test)];
-    let indices = split_indices(records.len(), d, inputs.seed);
+    let indices = split_indices(n, d, inputs.seed);
     for (name, ratio) in ratios {
         if ratio > 0.0 && indices[name].is_empty() {
             problems.push(format!(
-                "data.split.{name} = {ratio} gives 0 of the {} records in {}; raise the share or add data",
-                records.len(),
-                path.display()
+                "data.split.{name} = {ratio} gives 0 of the {n} records in {}; raise the share or add data",
+                d.path
             ));
         }
     }
     problems.into_result()?;
-    let mut splits = BTreeMap::new();
-    let mut stats = BTreeMap::new();
-    for name in SPLITS {
-        let chosen: Vec<&Record> = indices[name].iter().map(|&i| &records[i]).collect();
-        let (samples, s) = tokenize(&chosen, d, inputs.tokenizer, eos)?;
-        splits.insert(name.to_string(), samples);
-        stats.insert(name.to_string(), s);
-    }
-    Ok((splits, stats))
+    Ok(indices)
 }
 
 /// A plain-text corpus: documents (separated by blank lines) tokenized, each followed by EOS,
 /// concatenated and cut into blocks of `max_seq_length` tokens; the blocks are split like records.
-fn build_text(inputs: &Inputs, eos: u32) -> Result<SplitsAndStats, Problems> {
+fn build_text(inputs: &Inputs, eos: u32) -> Result<Built, Problems> {
     let d = inputs.data;
     let path = Path::new(&d.path);
     let text =
@@ -256,7 +317,7 @@ fn build_text(inputs: &Inputs, eos: u32) -> Result<SplitsAndStats, Problems> {
         stats.insert(name.to_string(), s);
         splits.insert(name.to_string(), samples);
     }
-    Ok((splits, stats))
+    Ok(Built { splits, stats, ..Built::default() })
 }
 
 fn ratio(d: &DataConfig, name: &str) -> f64 {
@@ -308,6 +369,12 @@ fn tokenize(
             });
         }
     }
+    length_stats(&samples, &mut stats);
+    Ok((samples, stats))
+}
+
+/// Fills in the sample count and token lengths (min, median, p95, max) of `samples`.
+pub fn length_stats(samples: &[Sample], stats: &mut SplitStats) {
     let mut lengths: Vec<usize> = samples.iter().map(|s| s.input_ids.len()).collect();
     lengths.sort_unstable();
     if let (Some(&first), Some(&last)) = (lengths.first(), lengths.last()) {
@@ -315,126 +382,9 @@ fn tokenize(
         (stats.min_tokens, stats.median_tokens, stats.p95_tokens, stats.max_tokens) = (first, at(0.5), at(0.95), last);
     }
     stats.samples = samples.len();
-    Ok((samples, stats))
 }
 
 /// The labels of `input_ids` whose first `masked` positions are left out of the loss.
 pub fn labels(input_ids: &[u32], masked: usize) -> Vec<i64> {
     input_ids.iter().enumerate().map(|(i, &id)| if i < masked { IGNORE } else { id as i64 }).collect()
-}
-
-fn write_jsonl(path: &Path, samples: &[Sample]) -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for s in samples {
-        serde_json::to_writer(&mut out, s)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()
-}
-
-/// Writes the entry into a private temporary directory, then renames it into place: readers see a
-/// complete entry or none, and of two processes preparing the same key one rename wins.
-fn store(
-    root: &Path,
-    key: &str,
-    splits: &BTreeMap<String, Vec<Sample>>,
-    stats: &BTreeMap<String, SplitStats>,
-) -> Result<(), Problems> {
-    let io = |e: std::io::Error| Problems::one(format!("{}: cannot write the data cache: {e}", root.display()));
-    std::fs::create_dir_all(root).map_err(io)?;
-    crate::experiment::clean_stale(root);
-    let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(io)?;
-    let written = (|| {
-        for (name, samples) in splits {
-            write_cached(&tmp, name, samples)?;
-        }
-        std::fs::write(tmp.join("stats.json"), serde_json::to_string_pretty(stats)?)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(io(e));
-    }
-    let target = root.join(key);
-    if std::fs::rename(&tmp, &target).is_err() {
-        // Another process stored the same key first; its entry is identical.
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !target.join("stats.json").is_file() {
-            return Err(Problems::one(format!("{}: cannot store the prepared data", target.display())));
-        }
-    }
-    Ok(())
-}
-
-/// A cached split is two files: `<split>.ids`, per sample the little-endian u32s `length,
-/// prompt length, masked length, ids…` (labels are the ids with the masked positions left out), and
-/// `<split>.text.jsonl`, per sample `[instruction, input, output]`. Binary ids load ten times faster
-/// than JSON ones, and `ftexp prepare --export` writes the seed's JSONL fields from them.
-fn write_cached(dir: &Path, name: &str, samples: &[Sample]) -> std::io::Result<()> {
-    let tokens: usize = samples.iter().map(|s| s.input_ids.len() + 3).sum();
-    let mut ids = Vec::with_capacity(tokens * 4);
-    let mut text = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{name}.text.jsonl")))?);
-    for s in samples {
-        let masked = s.labels.iter().take_while(|&&l| l == IGNORE).count();
-        for v in [s.input_ids.len(), s.input_ids_no_response.len(), masked].into_iter().map(|v| v as u32) {
-            ids.extend_from_slice(&v.to_le_bytes());
-        }
-        for id in &s.input_ids {
-            ids.extend_from_slice(&id.to_le_bytes());
-        }
-        serde_json::to_writer(&mut text, &(&s.instruction, &s.input, &s.output))?;
-        text.write_all(b"\n")?;
-    }
-    text.flush()?;
-    std::fs::write(dir.join(format!("{name}.ids")), ids)
-}
-
-fn read_cached(dir: &Path, name: &str) -> Result<Vec<Sample>, Box<dyn std::error::Error>> {
-    let bytes = std::fs::read(dir.join(format!("{name}.ids")))?;
-    let words: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    let text = std::fs::read_to_string(dir.join(format!("{name}.text.jsonl")))?;
-    let mut samples = Vec::new();
-    let mut at = 0;
-    for line in text.lines() {
-        let (instruction, input, output): (String, String, String) = serde_json::from_str(line)?;
-        let head = words.get(at..at + 3).ok_or("truncated ids file")?;
-        let (len, prompt, masked) = (head[0] as usize, head[1] as usize, head[2] as usize);
-        let input_ids = words.get(at + 3..at + 3 + len).ok_or("truncated ids file")?.to_vec();
-        if prompt > len || masked > len {
-            return Err("corrupt ids file".into());
-        }
-        at += 3 + len;
-        samples.push(Sample {
-            instruction,
-            input,
-            output,
-            labels: labels(&input_ids, masked),
-            input_ids_no_response: input_ids[..prompt].to_vec(),
-            input_ids,
-        });
-    }
-    if at != words.len() {
-        return Err("ids and texts disagree".into());
-    }
-    Ok(samples)
-}
-
-fn load(dir: &Path, key: &str) -> Result<Prepared, Box<dyn std::error::Error>> {
-    let stats: BTreeMap<String, SplitStats> = serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json"))?)?;
-    let mut splits = BTreeMap::new();
-    for name in SPLITS {
-        splits.insert(name.to_string(), read_cached(dir, name)?);
-    }
-    Ok(Prepared { key: key.to_string(), dir: dir.to_path_buf(), reused: true, splits, stats })
-}
-
-/// Writes `train.jsonl`, `val.jsonl` and `test.jsonl` with the seed's fields into `out`.
-pub fn export(prepared: &Prepared, out: &Path) -> Result<(), Problems> {
-    let io = |e: std::io::Error| Problems::one(format!("{}: cannot write: {e}", out.display()));
-    std::fs::create_dir_all(out).map_err(io)?;
-    for name in SPLITS {
-        write_jsonl(&out.join(format!("{name}.jsonl")), prepared.split(name)).map_err(io)?;
-    }
-    Ok(())
 }

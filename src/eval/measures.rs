@@ -10,7 +10,10 @@ use crate::tokenizer::Tokenizer;
 
 /// Cross entropy of the supervised positions only: the LM head never sees prompt or padding positions.
 pub fn supervised_loss(model: &Gpt, batch: &Batch, reduction: tch::Reduction) -> Tensor {
-    let hidden = model.hidden(&batch.inputs, None); // (batch, time, hidden)
+    let hidden = match &batch.packed {
+        Some(p) => model.hidden_packed(&batch.inputs, &p.positions, &p.segments),
+        None => model.hidden(&batch.inputs, None),
+    }; // (batch, time, hidden)
     let width = hidden.size()[2];
     let picked = hidden.view([-1, width]).index_select(0, &batch.positions); // (supervised, hidden)
     let logits = model.logits(&picked).to_kind(Kind::Float);

@@ -14,8 +14,10 @@ use hf_hub::{Cache, Repo, RepoType};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Problems;
+pub use datasets::{dataset_files, dataset_files_with, DatasetFiles, DatasetPath};
 use fetcher::{place, Fetcher};
 
+pub mod datasets;
 mod fetcher;
 
 /// Downloaded hub checkpoints go to `checkpoints/<org>/<name>/`.

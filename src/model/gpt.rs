@@ -325,10 +325,28 @@ impl Gpt {
         let mut x = Tensor::embedding(&self.embed, ids, -1, false, false).to_kind(self.compute_kind);
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = self.block_forward(block, &x, &rope, start, layer_cache);
+            x = self.block_forward(block, &x, &rope, start, layer_cache, None);
         }
         if let Some(c) = cache {
             c.len += t;
+        }
+        self.final_norm.forward(&x)
+    }
+
+    /// Final-norm hidden states of packed rows: several samples per row, `positions` `(batch, time)`
+    /// restarting at 0 with each sample, and attention confined to the positions of the same
+    /// `segments` value (causal within each sample), so each sample is computed as if alone.
+    pub fn hidden_packed(&self, ids: &Tensor, positions: &Tensor, segments: &Tensor) -> Tensor {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq; // (batch, time, dims / 2)
+        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // (batch, 1, time, dims)
+        let rope = Rope { cos: angles.cos().to_kind(self.kind()), sin: angles.sin().to_kind(self.kind()) };
+        let t = ids.size()[1];
+        let same = segments.unsqueeze(2).eq_tensor(&segments.unsqueeze(1)); // (batch, time, time)
+        let causal = Tensor::ones([t, t], (Kind::Bool, ids.device())).tril(0);
+        let mask = same.logical_and(&causal).unsqueeze(1); // (batch, 1, time, time)
+        let mut x = Tensor::embedding(&self.embed, ids, -1, false, false).to_kind(self.compute_kind);
+        for block in &self.blocks {
+            x = self.block_forward(block, &x, &rope, 0, None, Some(&mask));
         }
         self.final_norm.forward(&x)
     }
@@ -349,9 +367,10 @@ impl Gpt {
         rope: &Rope,
         start: i64,
         cache: Option<(&mut KvCache, usize)>,
+        packed: Option<&Tensor>,
     ) -> Tensor {
         let h1 = b.norm1.forward(x);
-        let attn = self.attention(b, &h1, rope, start, cache);
+        let attn = self.attention(b, &h1, rope, start, cache, packed);
         if self.spec.parallel_residual {
             let mlp = match &b.norm2 {
                 Some(n) => self.mlp(b, &n.forward(x)),
@@ -372,6 +391,7 @@ impl Gpt {
         rope: &Rope,
         start: i64,
         cache: Option<(&mut KvCache, usize)>,
+        packed: Option<&Tensor>,
     ) -> Tensor {
         let s = &self.spec;
         let (batch, t) = (x.size()[0], x.size()[1]);
@@ -390,14 +410,18 @@ impl Gpt {
         };
         let kv_len = start + t;
         // SDPA's is_causal aligns the mask top-left, which is only right when queries start at 0.
-        let mask = (t > 1 && start > 0).then(|| {
-            let rows = Tensor::arange_start(start, kv_len, (Kind::Int64, x.device())).unsqueeze(1);
-            let cols = Tensor::arange(kv_len, (Kind::Int64, x.device())).unsqueeze(0);
-            cols.le_tensor(&rows)
-        });
+        let mask = match packed {
+            Some(m) => Some(m.shallow_clone()),
+            None => (t > 1 && start > 0).then(|| {
+                let rows = Tensor::arange_start(start, kv_len, (Kind::Int64, x.device())).unsqueeze(1);
+                let cols = Tensor::arange(kv_len, (Kind::Int64, x.device())).unsqueeze(0);
+                cols.le_tensor(&rows)
+            }),
+        };
+        let causal = t > 1 && start == 0 && packed.is_none();
         let gqa = s.n_query_groups != s.n_head;
         // (batch, heads, time, head), each group's key and value shared by its query heads
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, t > 1 && start == 0, None, gqa);
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, gqa);
         // Not in place: attention's backward needs its own output unchanged.
         let y = match &b.adapter {
             None => y,

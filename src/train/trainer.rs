@@ -27,6 +27,8 @@ pub struct Trainer<'a> {
     seed: u64,
     /// The other ranks of a data-parallel run.
     pub replicas: Option<Replicas>,
+    /// `data.packing`: the row length samples are packed into.
+    packing: Option<usize>,
 }
 
 pub struct StepStats {
@@ -61,6 +63,7 @@ impl<'a> Trainer<'a> {
             t: c.train.clone(),
             seed: c.seed,
             replicas: None,
+            packing: c.data.packing.then_some(c.data.max_seq_length as usize),
         }
     }
 
@@ -83,8 +86,8 @@ impl<'a> Trainer<'a> {
         seed_step(self.seed, step);
         let device = self.built.model.device();
         let share = self.replicas.as_ref().map_or((0, 1), |r| (r.rank.rank, r.rank.world));
-        let batches =
-            batches::for_step(self.train, &mut self.order, &mut self.state.samples_seen, &self.t, device, share);
+        let (train, order, seen) = (self.train, &mut self.order, &mut self.state.samples_seen);
+        let batches = batches::for_step(train, order, seen, &self.t, self.packing, device, share);
         let mut loss = accumulate_gradients(&mut self.built.model, &batches.mine, batches.supervised());
         let mut stop = stop;
         if let Some(replicas) = self.replicas.as_mut() {
