@@ -186,8 +186,7 @@ impl StepBatches {
 /// length before they are cut into micro-batches of `micro_batch_size`, so each pads as little as
 /// possible; or, with `packing` (the row length), packed into rows ([`pack`]), `micro_batch_size`
 /// rows per micro-batch. Grouping does not change the step: every supervised token of it weighs the
-/// same in the loss and the gradient. Of `world` ranks, rank `rank` makes micro-batches `rank`,
-/// `rank + world`, …
+/// same in the loss and the gradient. Of `world` ranks, rank `rank` makes its share ([`dealt`]).
 pub fn for_step(
     train: &[Sample],
     order: &mut Order,
@@ -210,15 +209,27 @@ pub fn for_step(
         let chunks: Vec<&[Vec<&Sample>]> = rows.chunks(micro).collect();
         return StepBatches {
             all: chunks.iter().map(|c| MicroBatch::of_rows(c)).collect(),
-            mine: chunks.iter().skip(rank).step_by(world.max(1)).map(|c| make_packed(c, device)).collect(),
+            mine: dealt(&chunks, rank, world).map(|c| make_packed(c, device)).collect(),
         };
     }
     picked.sort_by_key(|s| s.input_ids.len());
     let chunks: Vec<&[&Sample]> = picked.chunks(micro).collect();
     StepBatches {
         all: chunks.iter().map(|c| MicroBatch::of(c)).collect(),
-        mine: chunks.iter().skip(rank).step_by(world.max(1)).map(|c| make(c, device)).collect(),
+        mine: dealt(&chunks, rank, world).map(|c| make(c, device)).collect(),
     }
+}
+
+/// Rank `rank`'s share of micro-batches sorted by length, dealt out there and back (0, 1, …, world − 1,
+/// world − 1, …, 0, 0, …) so that each rank gets about as many long ones as short ones and none waits
+/// long for the others at the gradient exchange.
+fn dealt<T>(chunks: &[T], rank: usize, world: usize) -> impl Iterator<Item = &T> {
+    let world = world.max(1);
+    chunks.iter().enumerate().filter_map(move |(i, c)| {
+        let (round, seat) = (i / world, i % world);
+        let owner = if round % 2 == 0 { seat } else { world - 1 - seat };
+        (owner == rank).then_some(c)
+    })
 }
 
 /// The training order: pass `p` over the train split is a shuffle seeded by the run seed and `p`, so
