@@ -18,7 +18,7 @@ root=$(cd "$here/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
 
-bin=${BENCH_FTEXP:-$root/target/release/ftexp}
+bin=$(bench_ftexp)
 work=${BENCH_WORK:-/tmp/ftexp-bench}
 reps=${BENCH_REPS:-2}
 read -r -a methods <<<"${BENCH_METHODS:-lora full}"
@@ -27,7 +27,6 @@ ck="$work/checkpoints/EleutherAI/pythia-14m"
 cores=$(nproc)
 half=$((cores / 2 > 0 ? cores / 2 : 1))
 
-[ -x "$bin" ] || { echo "bench-devices: $bin not found; run 'make build' first" >&2; exit 1; }
 mkdir -p "$work"
 BENCH_PYTHON=${BENCH_PYTHON:-$root/.venv/bin/python} bench_ensure_model "$work" "$shared" bench-devices
 

@@ -160,24 +160,31 @@ fn child_with_rank(parent: u32, rank: usize) -> Option<i32> {
     None
 }
 
-#[test]
-fn a_killed_rank_stops_the_run_and_one_process_resumes_it() {
-    // A gentle learning rate: over 300 steps a high one turns rounding differences into other losses.
-    let p = project_lr("lora", 300, 0.002);
-    let mut launcher = Command::new(BIN)
-        .current_dir(p.path())
+/// Starts `ftexp run` of the project in `dir` on 2 processes and returns once the run's checkpoint of
+/// step `step` is written.
+fn launch_until_checkpoint(dir: &Path, step: u64) -> std::process::Child {
+    let launcher = Command::new(BIN)
+        .current_dir(dir)
         .args(["run", "exp.toml", "--set", "train.devices=2"])
         .envs(ONE_THREAD)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let ckpt = run_dir(p.path(), 1).join("checkpoints/step-000010/state.json");
+    let ckpt = run_dir(dir, 1).join(format!("checkpoints/step-{step:06}/state.json"));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !ckpt.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(ckpt.exists(), "the step-10 checkpoint was written");
+    assert!(ckpt.exists(), "the step-{step} checkpoint was written");
+    launcher
+}
+
+#[test]
+fn a_killed_rank_stops_the_run_and_one_process_resumes_it() {
+    // A gentle learning rate: over 300 steps a high one turns rounding differences into other losses.
+    let p = project_lr("lora", 300, 0.002);
+    let mut launcher = launch_until_checkpoint(p.path(), 10);
     let rank1 = child_with_rank(launcher.id(), 1).expect("rank 1 runs");
     let rank0 = child_with_rank(launcher.id(), 0).expect("rank 0 runs");
     // SAFETY: a signal to a process of this test's launcher.
@@ -258,19 +265,8 @@ fn a_busy_port_and_a_process_that_never_joins_are_named() {
 #[test]
 fn sigterm_on_the_launcher_saves_a_checkpoint_and_stops_every_process() {
     let p = project("lora", 300);
-    let launcher = Command::new(BIN)
-        .current_dir(p.path())
-        .args(["run", "exp.toml", "--set", "train.devices=2"])
-        .envs(ONE_THREAD)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let launcher = launch_until_checkpoint(p.path(), 5);
     let dir = run_dir(p.path(), 1);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !dir.join("checkpoints/step-000005/state.json").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
     let ranks = [child_with_rank(launcher.id(), 0).unwrap(), child_with_rank(launcher.id(), 1).unwrap()];
     // SAFETY: a signal to the process this test started.
     unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };

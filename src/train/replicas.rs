@@ -78,17 +78,15 @@ impl Replicas {
             }
             Ok(())
         })?;
-        let numbers = [state.step, state.iter, state.samples_seen, state.tokens, opt.step];
-        let packed = Tensor::from_slice(&numbers.map(|n| n as i64)).to_device(self.device(trainable));
+        // One broadcast of the position (f64 holds these counts exactly).
+        let numbers = [state.step, state.iter, state.samples_seen, state.tokens, opt.step].map(|n| n as f64);
+        let packed = Tensor::from_slice(&[&numbers[..], &[state.elapsed_s]].concat()).to_device(self.device(trainable));
         self.group.broadcast(&packed, 0)?;
-        let got: Vec<i64> = Vec::try_from(packed.to_device(tch::Device::Cpu))
+        let got: Vec<f64> = Vec::try_from(packed.to_device(tch::Device::Cpu))
             .map_err(|e| Problems::one(format!("reading the broadcast position: {e}")))?;
-        (state.step, state.iter, state.samples_seen, state.tokens) =
-            (got[0] as u64, got[1] as u64, got[2] as u64, got[3] as u64);
-        let elapsed = Tensor::from_slice(&[state.elapsed_s]).to_device(self.device(trainable));
-        self.group.broadcast(&elapsed, 0)?;
-        state.elapsed_s = elapsed.double_value(&[0]);
-        opt.step = got[4] as u64;
+        (state.step, state.iter, state.samples_seen, state.tokens, opt.step) =
+            (got[0] as u64, got[1] as u64, got[2] as u64, got[3] as u64, got[4] as u64);
+        state.elapsed_s = got[5];
         Ok(())
     }
 
