@@ -2,12 +2,14 @@
 //! linked against, and `libtorch_cuda` kept on the link line (otherwise `--as-needed` drops it, since
 //! nothing references its symbols directly, and CUDA then reads as unavailable on a GPU machine).
 //! Also compiles `csrc/dist.cpp`, the bridge to c10d: with Gloo when the `libgloo-dev` headers are
-//! installed, with NCCL when the wheel's NCCL and CUDA headers are there (`make setup` installs both).
+//! installed, with NCCL when the wheel's NCCL and CUDA headers are there (`make setup` installs both);
+//! and `csrc/memory.cpp`, the counting CPU allocator.
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-changed=csrc/memory.cpp");
     println!("cargo::rustc-check-cfg=cfg(ftexp_dist)");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:rustc-env=BUILT_LIBTORCH_VERSION=unknown");
@@ -51,6 +53,7 @@ fn dist_bridge(lib: &Path, cuda: bool) {
         .cpp(true)
         .std("c++17")
         .file("csrc/dist.cpp")
+        .file("csrc/memory.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag_if_supported("-w");

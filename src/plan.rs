@@ -8,6 +8,7 @@ use crate::config::{DataFormat, Init, MethodConfig, Resolved, KEYS};
 use crate::data::SplitSizes;
 use crate::device::Placement;
 use crate::error::Problems;
+use crate::methods::memory::{self, AutoChoice, MemoryPlan};
 use crate::methods::{self, random_architecture};
 use crate::model::spec::{Family, ModelSpec};
 use crate::source::BaseModel;
@@ -44,6 +45,8 @@ pub struct Plan {
     pub world_size: u64,
     /// Each process's device.
     pub rank_devices: Vec<String>,
+    /// Samples (or packed rows) per micro-batch: `train.micro_batch_size`, or what `"auto"` chose.
+    pub micro_batch_size: u64,
     /// Micro-batches each process runs per optimizer step, with no communication in between.
     pub gradient_accumulation_iters: u64,
     pub epoch_size: Option<u64>,
@@ -54,6 +57,16 @@ pub struct Plan {
     pub save_steps: Vec<u64>,
     /// batch_size × max_seq_length: the most tokens one optimizer step can see.
     pub max_tokens_per_step: u64,
+    /// The expected peak memory of a training step on each device, by part.
+    pub memory: Option<MemoryPlan>,
+    /// The memory of the device the run is planned for: `model.device_memory`, else the GPU's or the
+    /// machine's own.
+    pub device_memory: Option<u64>,
+    /// Whether `memory.total` fits in `device_memory`.
+    pub fits: Option<bool>,
+    /// How `train.micro_batch_size = "auto"` resolves here, with the micro-batches it tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_micro_batch: Option<AutoChoice>,
 }
 
 const STEPS_SHOWN: usize = 5;
@@ -88,6 +101,20 @@ pub fn make(r: &Resolved) -> Result<Plan, Problems> {
         methods::check_fits(spec, &c.method).map_err(Problems::one)?;
         methods::check_memory(spec, &c.method, &placement).map_err(Problems::one)?;
     }
+    let device_memory = memory::device_memory(&c.model, &placement);
+    let t = &c.train;
+    let world = match crate::dist::Rank::from_env()? {
+        Some(rank) => rank.world as u64,
+        None => t.devices,
+    };
+    let auto_micro_batch = match &spec {
+        Ok(spec) if t.auto_micro_batch() => Some(memory::choose_micro_batch(spec, c, &placement, world, device_memory)),
+        _ => None,
+    };
+    let micro = auto_micro_batch.as_ref().map_or(t.micro_batch_size, |a| a.chosen);
+    let memory = spec.as_ref().ok().map(|spec| {
+        memory::estimate(spec, &c.method, &placement, (micro, c.data.max_seq_length), None)
+    });
     let (architecture, architecture_missing) = match spec {
         Ok(spec) => (Some(summarize(&spec, &c.method)), None),
         Err(e) => (None, Some(e.to_string())),
@@ -95,11 +122,6 @@ pub fn make(r: &Resolved) -> Result<Plan, Problems> {
     let (data, data_missing) = match count_records(r) {
         Ok(n) => (Some(crate::data::split_sizes(n, c.data.split)), None),
         Err(e) => (None, Some(e.to_string())),
-    };
-    let t = &c.train;
-    let world = match crate::dist::Rank::from_env()? {
-        Some(rank) => rank.world as u64,
-        None => t.devices,
     };
     let counts = data.as_ref().map(|d| step_counts(t, d.train));
     let total_steps = t.max_steps.or(counts.map(|c| c.total));
@@ -114,7 +136,8 @@ pub fn make(r: &Resolved) -> Result<Plan, Problems> {
         data_missing,
         world_size: world,
         rank_devices: (0..world as usize).map(|rank| rank_device(&placement, rank, world)).collect(),
-        gradient_accumulation_iters: t.batch_size / (t.micro_batch_size * world).max(1),
+        micro_batch_size: micro,
+        gradient_accumulation_iters: t.batch_size / (micro * world).max(1),
         epoch_size,
         steps_per_epoch: epoch_size.map(|e| (e / t.batch_size).max(1)),
         total_steps,
@@ -122,6 +145,10 @@ pub fn make(r: &Resolved) -> Result<Plan, Problems> {
         eval_steps: every(t.eval_interval, total_steps),
         save_steps: every(t.save_interval, total_steps),
         max_tokens_per_step: t.batch_size * c.data.max_seq_length,
+        fits: memory.as_ref().zip(device_memory).map(|(m, available)| m.total <= available),
+        memory,
+        device_memory,
+        auto_micro_batch,
     })
 }
 
@@ -278,7 +305,73 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
         }
         _ => {}
     }
+    if let Some(memory) = &plan.memory {
+        write_memory(&mut out, plan, memory, r);
+    }
     out
+}
+
+/// `1.23 GiB`, `456.7 MiB`.
+pub fn bytes(n: u64) -> String {
+    let mib = n as f64 / 1048576.0;
+    if mib >= 1024.0 {
+        format!("{:.2} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
+}
+
+/// The expected peak memory by part, and whether it fits the device.
+fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
+    let c = &r.config;
+    let _ = writeln!(
+        out,
+        "\n# memory (the peak of one training step on each device: micro-batches of {} × {} positions, every position scored)",
+        m.micro_batch_size, m.seq_len
+    );
+    let trainable = if c.method.kind == crate::config::MethodKind::Full { "all weights" } else { "the method's tensors" };
+    let layers = m.activations_per_layer.len().max(1) as u64;
+    let per_layer = m.activations_per_layer.iter().max().copied().unwrap_or(0);
+    let rows = [
+        (format!("weights ({})", plan.precision), m.weights),
+        (format!("gradients ({trainable})"), m.gradients),
+        ("optimizer moments (AdamW, 2 × fp32)".to_string(), m.optimizer),
+        (format!("activations ({layers} layers, up to {} each)", bytes(per_layer)), m.activations),
+        (format!("LM head (scores over {} tokens)", thousands(c.data.max_seq_length * m.micro_batch_size)), m.lm_head),
+        ("working memory (backward pass, optimizer update)".to_string(), m.working),
+        ("runtime overhead".to_string(), m.overhead),
+    ];
+    for (what, n) in rows {
+        let _ = writeln!(out, "{:<52}{:>12}", format!("{what}:"), bytes(n));
+    }
+    let _ = writeln!(out, "{:<52}{:>12}", "total:", bytes(m.total));
+    if let Some(a) = &plan.auto_micro_batch {
+        let tried: Vec<String> = a.weighed.iter().map(|(micro, total)| format!("{micro} → {}", bytes(*total))).collect();
+        let verdict = if a.over_budget { "none fits; 1 is tried" } else { "the largest that fits" };
+        let _ = writeln!(
+            out,
+            "micro_batch_size = \"auto\": {} ({verdict}; planned {}{}); a run confirms it with one trial step",
+            a.chosen,
+            tried.join(", "),
+            a.budget.map(|b| format!(" against 90% of the memory, {}", bytes(b))).unwrap_or_default()
+        );
+    }
+    let source = if c.model.device_memory.is_some() { "model.device_memory" } else { "the device's own" };
+    let line = match (plan.fits, plan.device_memory) {
+        (Some(true), Some(available)) => format!(
+            "fits: yes, {:.0}% of {} ({source})",
+            100.0 * m.total as f64 / available as f64,
+            bytes(available)
+        ),
+        (Some(false), Some(available)) => format!(
+            "fits: NO, {} more than the {} of {} ({source}); lower train.micro_batch_size (or set it to \"auto\") or data.max_seq_length, use a 16-bit model.precision, or use lora instead of full",
+            bytes(m.total - available),
+            bytes(available),
+            plan.device
+        ),
+        _ => "fits: unknown (the device's memory is unknown; set model.device_memory)".to_string(),
+    };
+    let _ = writeln!(out, "{line}");
 }
 
 pub fn to_json(r: &Resolved, plan: &Plan) -> serde_json::Value {
@@ -305,10 +398,10 @@ fn write_processes(out: &mut String, plan: &Plan, t: &crate::config::TrainConfig
         out,
         "gradient accumulation:      {} micro-batches of {} per optimizer step{} (batch_size {} ÷ ({} × {} devices))",
         plan.gradient_accumulation_iters,
-        t.micro_batch_size,
+        plan.micro_batch_size,
         if plan.world_size > 1 { " on each process" } else { "" },
         t.batch_size,
-        t.micro_batch_size,
+        plan.micro_batch_size,
         plan.world_size
     );
 }

@@ -21,6 +21,10 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// A device name: `auto`, `cpu`, `cuda`, `cuda:N`.
     Device,
+    /// A whole number ≥ 1, or `"auto"`.
+    IntOrAuto,
+    /// An amount of memory: `"24GB"`, `"80GiB"`, `"512MiB"`.
+    Bytes,
 }
 
 impl Kind {
@@ -33,6 +37,8 @@ impl Kind {
             Kind::StrList => "a list of strings".into(),
             Kind::Choice(options) => format!("one of {}", quoted_list(options)),
             Kind::Device => DeviceSetting::DESCRIBE.into(),
+            Kind::IntOrAuto => "a whole number or \"auto\"".into(),
+            Kind::Bytes => "an amount of memory such as \"24GB\" or \"80GiB\"".into(),
         }
     }
 }
@@ -77,6 +83,8 @@ pub const KEYS: &[KeyDoc] = &[
         "Where to run: `cpu`, `cuda` (the first GPU), `cuda:N` (GPU number N), or `auto` (a GPU when there is one, else the CPU)."),
     key!("model.init", Choice(Init::NAMES), Some("\"pretrained\""),
         "`pretrained`: start from the weights of `checkpoint`. `random`: start from random weights shaped by `[model.architecture]` (training from scratch, what litgpt calls pretraining; needs `method.kind = \"full\"` and `model.tokenizer`), or, with `[model.architecture]` unset, by the checkpoint's `config.json` alone (no weights needed: how `ftexp bench` measures a large model offline)."),
+    key!("model.device_memory", Bytes, None,
+        "The memory of the device to plan for, such as `\"24GB\"` or `\"80GiB\"`: `ftexp plan` says whether the run fits in it, `train.micro_batch_size = \"auto\"` picks the micro-batch that fits in 90% of it, and on the CPU tensors past it fail to allocate (a way to try a card's limit before renting it). Unset: the GPU's own memory, or the machine's on the CPU, and no limit is enforced."),
     key!("model.tokenizer", Str, None,
         "A directory holding the `tokenizer.json` to use. Unset: the checkpoint's own. Required with `init = \"random\"` and `[model.architecture]` (`ftexp tokenizer` trains one)."),
     key!("model.architecture.model_type", Choice(ModelType::NAMES), None,
@@ -158,8 +166,8 @@ pub const KEYS: &[KeyDoc] = &[
         "Stop after this many optimizer steps, whatever `epochs` says. Unset: `epochs` × (`epoch_size` ÷ `batch_size`, rounded down, at least 1)."),
     key!("train.batch_size", Int, Some("16"),
         "Samples per optimizer step (the weights change once per batch). Must be a multiple of `micro_batch_size` × `devices`. The seed writes it as `128 / devices`."),
-    key!("train.micro_batch_size", Int, Some("1"),
-        "Samples processed at once. Gradients of `batch_size / (micro_batch_size × devices)` micro-batches are added up before each optimizer step (gradient accumulation), so this only trades memory for speed, not results. Lower it if you run out of memory."),
+    key!("train.micro_batch_size", IntOrAuto, Some("1"),
+        "Samples processed at once. Gradients of `batch_size / (micro_batch_size × devices)` micro-batches are added up before each optimizer step (gradient accumulation), so this only trades memory for speed, not results. Lower it if you run out of memory. `\"auto\"`: the largest that divides `batch_size / devices` and that the memory plan fits in 90% of the device's memory (`model.device_memory`), confirmed by one trial step and halved if that runs out of memory; the choice is shown by `ftexp plan` and recorded in run.json."),
     key!("train.devices", Int, Some("1"),
         "How many GPUs (or, with `model.device = \"cpu\"`, CPU processes) to train on, on this machine. Each holds a copy of the model and works through its share of every batch; their gradients are added up before each optimizer step, so the result is the same as on one device with the same `batch_size`, only faster. Under torchrun (several machines) it is the processes per machine."),
     key!("train.sync_timeout_s", Int, Some("120"),
@@ -236,6 +244,8 @@ pub struct ModelConfig {
     pub precision: Precision,
     pub device: DeviceSetting,
     pub init: Init,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
     #[serde(default, skip_serializing_if = "Architecture::is_empty")]
@@ -331,6 +341,8 @@ pub struct TrainConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u64>,
     pub batch_size: u64,
+    /// `0` stands for `"auto"` (written back as `"auto"`): resolved to a number before training.
+    #[serde(with = "auto_or_count")]
     pub micro_batch_size: u64,
     pub devices: u64,
     pub sync_timeout_s: u64,
@@ -343,4 +355,68 @@ pub struct TrainConfig {
     pub eval_iters: u64,
     pub save_interval: u64,
     pub log_interval: u64,
+}
+
+/// A count that may be written `"auto"`, held as 0.
+mod auto_or_count {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            0 => s.serialize_str("auto"),
+            n => s.serialize_u64(*n),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => Ok(n),
+            Raw::Word(w) if w == "auto" => Ok(0),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!("`{w}` is neither a whole number nor \"auto\""))),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// `micro_batch_size = "auto"`, still to be resolved.
+    pub fn auto_micro_batch(&self) -> bool {
+        self.micro_batch_size == 0
+    }
+}
+
+impl ModelConfig {
+    /// `model.device_memory` in bytes (checked when the config was read).
+    pub fn device_memory_bytes(&self) -> Option<u64> {
+        self.device_memory.as_deref().and_then(|s| parse_bytes(s).ok())
+    }
+}
+
+/// `"24GB"`, `"80GiB"`, `"512 MiB"`, `"1.5TB"`, or a plain number of bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let value: f64 = number.parse().map_err(|_| format!("`{text}` does not start with a number"))?;
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1048576.0,
+        "gib" => 1073741824.0,
+        "tib" => 1099511627776.0,
+        _ => return Err(format!("`{text}` has the unit `{unit}`; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")),
+    };
+    match value * scale {
+        bytes if (1.0..1e18).contains(&bytes) => Ok(bytes as u64),
+        _ => Err(format!("`{text}` is not a usable amount of memory")),
+    }
 }

@@ -77,6 +77,9 @@ fn kind_matches(kind: Kind, value: &toml::Value) -> bool {
         (Kind::StrList, V::Array(items)) => items.iter().all(|v| v.is_str()),
         (Kind::Choice(options), V::String(s)) => options.contains(&s.as_str()),
         (Kind::Device, V::String(s)) => s.parse::<DeviceSetting>().is_ok(),
+        (Kind::IntOrAuto, V::Integer(i)) => *i >= 0,
+        (Kind::IntOrAuto, V::String(s)) => s == "auto",
+        (Kind::Bytes, V::String(s)) => super::schema::parse_bytes(s).is_ok(),
         _ => false,
     }
 }
@@ -172,7 +175,6 @@ fn check_train(c: &Config, bad: &mut impl FnMut(&str, String)) {
         ("method.adapter_prompt_length", c.method.adapter_prompt_length),
         ("train.epochs", c.train.epochs),
         ("train.batch_size", c.train.batch_size),
-        ("train.micro_batch_size", c.train.micro_batch_size),
         ("train.devices", c.train.devices),
         ("train.sync_timeout_s", c.train.sync_timeout_s),
         ("train.eval_interval", c.train.eval_interval),

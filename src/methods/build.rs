@@ -47,6 +47,9 @@ pub fn build_on(c: &Config, base: Option<&Path>) -> Result<Built, Problems> {
     placement.check_available().map_err(|why| {
         Problems::one(format!("model.device = \"{}\" but {why}; use --set model.device=cpu", c.model.device))
     })?;
+    if let (tch::Device::Cpu, Some(limit)) = (placement.device, c.model.device_memory_bytes()) {
+        crate::device::count_cpu_memory(Some(limit));
+    }
     let kind = placement.weight_kind();
     let (mut model, base_dir, config_json, tokenizer_dir) = if c.model.init == Init::Random {
         let (json, tokenizer_dir) = random_architecture(&c.model, true)?;

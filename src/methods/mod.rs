@@ -2,6 +2,7 @@
 //! table ([`crate::model::layout`]), their initial values from the method's own file
 //! (`model/lora.rs`, `model/adapter.rs`), and which tensors train from their role.
 mod build;
+pub mod memory;
 pub mod export;
 
 use tch::{Kind, Tensor};

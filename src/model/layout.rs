@@ -5,7 +5,7 @@ use super::spec::{Mlp, ModelSpec, Norm, Qkv};
 use crate::config::{MethodConfig, MethodKind};
 
 /// A module of the model that holds tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Module {
     Embed,
     /// The norm before attention (and, when shared, before the MLP) of block `i`.
@@ -20,7 +20,7 @@ pub enum Module {
 }
 
 /// The linear layers of a block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proj {
     Q,
     K,
@@ -54,7 +54,7 @@ impl Proj {
 }
 
 /// Which tensor of a module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Param {
     Weight,
     Bias,
@@ -98,7 +98,7 @@ pub enum Role {
 }
 
 /// Where a tensor lives in the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct At {
     pub module: Module,
     pub param: Param,

@@ -6,7 +6,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tch::Kind;
 
-use super::peak_rss_mib;
+use super::{peak_rss_mib, rss_mib};
 use super::trainer::Trainer;
 use crate::config::{Config, MethodKind};
 use crate::data::batches::MicroBatch;
@@ -15,6 +15,7 @@ use crate::data::Sample;
 use crate::experiment::checkpoint::TrainerState;
 use crate::experiment::ParamCount;
 use crate::methods;
+use crate::methods::memory::MemoryPlan;
 use crate::model::spec::{Mlp, ModelSpec};
 
 #[derive(Debug, Serialize)]
@@ -56,6 +57,16 @@ pub struct Report {
     /// `model_tflops_per_s` over the device's peak, when it is known (CUDA cards by name).
     pub mfu: Option<f64>,
     pub parameters: ParamCount,
+    /// Resident memory once the model was built, before the first step, in MiB.
+    pub model_rss_mib: Option<f64>,
+    /// What training added on top of it: peak RSS (reset once the model was built) minus
+    /// `model_rss_mib`, in MiB.
+    pub training_rss_mib: Option<f64>,
+    /// On the CPU: the peak bytes of tensors in use above those of the built model, counted by ftexp's
+    /// CPU allocator, in MiB (no allocator's free lists or library buffers included).
+    pub cpu_tensor_peak_mib: Option<f64>,
+    /// The memory plan of the longest micro-batch trained on (its rows, length and supervised positions).
+    pub memory_plan: Option<MemoryPlan>,
 }
 
 /// Samples of exactly `len` tokens (random ids), the first half a masked prompt.
@@ -153,11 +164,18 @@ impl GpuMemoryWatch {
 /// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
 pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
     let replicas = super::launch::join(c)?;
+    crate::device::count_cpu_memory(c.model.device_memory_bytes());
     let built = methods::build(&super::launch::on_rank(c, replicas.as_ref().map(|r| &r.rank)))?;
     let spec = built.model.spec.clone();
     let (train, data) = samples(c, &spec, synthetic_data)?;
     let parameters = methods::count(&spec, &c.method);
     let (device, kind, precision) = (built.model.device(), built.model.kind(), built.placement.precision);
+    let placement = built.placement;
+    super::reset_peak_rss();
+    crate::device::reset_cpu_peak();
+    let model_rss_mib = rss_mib();
+    let model_tensors = crate::device::cpu_memory().map(|(current, _)| current);
+    let mut longest: Option<(u64, u64, u64)> = None;
     let mut trainer = Trainer::new(built, c, &train, steps, TrainerState::default());
     trainer.replicas = replicas;
     super::launch::start_replicas(&mut trainer, None)?;
@@ -176,6 +194,10 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
             real += b.real_tokens as u64;
             padded += (b.rows * (b.width + 1)) as u64;
             flops += step_flops(&spec, b, c.method.kind == MethodKind::Full, parameters.trainable as f64);
+            let shape = (b.rows as u64, b.width as u64, b.supervised as u64);
+            if longest.is_none_or(|l| (l.0 * l.1, l.2) < (shape.0 * shape.1, shape.2)) {
+                longest = Some(shape);
+            }
         }
     }
     if let tch::Device::Cuda(index) = device {
@@ -222,6 +244,15 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
         model_tflops_per_s: tflops,
         mfu: peak_flops(device, kind).map(|p| tflops * 1e12 / p / world_size as f64),
         parameters,
+        model_rss_mib,
+        training_rss_mib: peak_rss_mib().zip(model_rss_mib).map(|(peak, model)| peak - model),
+        cpu_tensor_peak_mib: match (device, crate::device::cpu_memory(), model_tensors) {
+            (tch::Device::Cpu, Some((_, peak)), Some(model)) => Some((peak - model) as f64 / 1048576.0),
+            _ => None,
+        },
+        memory_plan: longest.map(|(rows, width, supervised)| {
+            methods::memory::estimate(&spec, &c.method, &placement, (rows, width), Some(supervised))
+        }),
     })
 }
 

@@ -458,10 +458,25 @@ fn log_step(
 
 /// Peak resident memory of this process in MiB (Linux).
 pub fn peak_rss_mib() -> Option<f64> {
+    proc_status_mib("VmHWM:")
+}
+
+/// Resident memory of this process now, in MiB (Linux).
+pub fn rss_mib() -> Option<f64> {
+    proc_status_mib("VmRSS:")
+}
+
+fn proc_status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 =
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        status.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Starts [`peak_rss_mib`] again from the memory resident now (Linux's `clear_refs`), so that a
+/// peak reached while loading the model does not hide training's.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn progress_bar(total: u64, done: u64, shown: bool) -> indicatif::ProgressBar {
