@@ -151,6 +151,7 @@ fn row(label: &str, seed: u64, lr: f64, final_val: Option<f64>, test: Option<f64
             ("train.batch_size".into(), toml::Value::Integer(4)),
         ],
         best_val_loss: final_val,
+        best_step: None,
         final_val_loss: final_val,
         test_loss: test,
         exact_match: None,
