@@ -139,7 +139,8 @@ pub fn locate_base(m: &ModelConfig) -> Result<PathBuf, Problems> {
     let info = crate::experiment::Experiment::open(&run_dir)?.read_run_info()?;
     let mut built = build_on(&config, recorded_base(&info, config.model.init, false)?.as_deref())?;
     load_trained(&built.trainable, ckpt)?;
-    eprintln!("exporting {} ({kind} merged) into {}, once, to use it as a base", ckpt.display(), out.display());
+    let merged = if kind == MethodKind::Lora { " (LoRA merged)" } else { "" };
+    eprintln!("exporting {}{merged} into {}, once, to use it as a base", ckpt.display(), out.display());
     let src = super::export::Source {
         config: &config,
         base_dir: &built.base_dir,
