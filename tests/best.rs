@@ -178,3 +178,19 @@ fn early_stopping_without_a_val_split_is_refused() {
     let err = stderr(&out);
     assert!(err.contains("`train.early_stopping` is set but data.split.val is 0"), "{err}");
 }
+
+#[test]
+fn two_processes_stop_early_together_and_resume_with_the_patience_count() {
+    let p = project("early_stopping = 2\ndevices = 2\n");
+    let out = ftexp(p.path(), &["run", "exp.toml"], &[("OMP_NUM_THREADS", "1")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let whole = run_dir(p.path(), 1);
+    let stop = expected_stop(&val_column(&whole).0, 2).expect("the val loss rose for two evaluations in a row");
+    assert_eq!(json_file(&whole.join("run.json"))["results"]["steps"], stop);
+    let cut = p.path().join("experiments/resumed/v1");
+    cut_back(&whole, &cut);
+    let out = ftexp(p.path(), &["run", "exp.toml", "--resume", cut.to_str().unwrap()], &[("OMP_NUM_THREADS", "1")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let results = &json_file(&cut.join("run.json"))["results"];
+    assert_eq!((&results["steps"], &results["stopped_early"]), (&Value::from(stop), &Value::from(true)));
+}
