@@ -182,6 +182,6 @@ fn groups_give_mean_and_sample_std() {
         "{text}"
     );
     let csv = render(&rows, Format::Csv);
-    assert!(csv.contains("x/v1,completed,1,learning_rate=0.01,0.01,3,3,2,,,\n"), "{csv}");
+    assert!(csv.contains("x/v1,completed,1,learning_rate=0.01,0.01,3,,3,2,,,\n"), "{csv}");
     assert!(csv.lines().nth(4).unwrap().starts_with("x/v3,failed,3,"), "{csv}");
 }
