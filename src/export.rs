@@ -11,8 +11,8 @@ use crate::methods::export::{export, Source};
 
 pub struct ExportRequest {
     pub format: ExportFormat,
-    /// The checkpoint of this step instead of the final one.
-    pub step: Option<u64>,
+    /// The checkpoint of this step (or the best one) instead of the final one.
+    pub step: Option<crate::experiment::checkpoint::Pick>,
     /// The number format to write; `None`: the base checkpoint's own.
     pub dtype: Option<ExportDtype>,
     pub max_shard_bytes: u64,

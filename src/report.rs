@@ -25,8 +25,9 @@ pub struct RunRow {
     pub tag: Option<String>,
     /// Every config value under its dotted key (`train.learning_rate`), in the schema's order.
     pub config: Vec<(String, toml::Value)>,
-    /// The lowest val loss metrics.csv records.
+    /// The lowest val loss of the run's evaluations (run.json's, else metrics.csv's), and its step.
     pub best_val_loss: Option<f64>,
+    pub best_step: Option<u64>,
     pub final_val_loss: Option<f64>,
     pub test_loss: Option<f64>,
     /// Exact match on the test split, when `ftexp eval` recorded one.
@@ -60,7 +61,8 @@ pub enum Format {
 
 /// Columns of their own, never among the differing config keys.
 const OWN_COLUMNS: [&str; 2] = ["name", "seed"];
-const METRICS: [&str; 6] = ["best_val_loss", "final_val_loss", "test_loss", "exact_match", "tokens_per_s", "seconds"];
+const METRICS: [&str; 7] =
+    ["best_val_loss", "best_step", "final_val_loss", "test_loss", "exact_match", "tokens_per_s", "seconds"];
 
 /// The runs under `paths`: each an experiment directory `experiments/<name>` (all its `v<N>` runs) or a
 /// run directory `experiments/<name>/v<N>`. A run given twice is listed once.
@@ -120,6 +122,9 @@ fn read_run(dir: &Path) -> RunRow {
         .iter()
         .filter_map(|r| Some((r.step, r.val_loss.filter(|v| v.is_finite())?)))
         .collect();
+    let lowest = val_curve.iter().copied().reduce(|a, b| if b.1 < a.1 { b } else { a });
+    let recorded = results.and_then(|r| Some((r.best_step?, r.best_val_loss?)));
+    let best = recorded.or(lowest);
     let seed =
         config.iter().find(|(k, _)| k == "seed").and_then(|(_, v)| v.as_integer()).and_then(|s| u64::try_from(s).ok());
     RunRow {
@@ -128,7 +133,8 @@ fn read_run(dir: &Path) -> RunRow {
         status,
         seed,
         tag: info.as_ref().and_then(|i| i.tag.clone()),
-        best_val_loss: val_curve.iter().map(|p| p.1).reduce(f64::min),
+        best_val_loss: best.map(|b| b.1),
+        best_step: best.map(|b| b.0),
         final_val_loss: results.and_then(|r| r.final_val_loss),
         test_loss: results.and_then(|r| r.test_loss),
         exact_match: info.as_ref().and_then(|i| i.evaluations.get("test")).and_then(|e| e.exact_match),
@@ -238,9 +244,12 @@ fn show(v: &toml::Value) -> String {
     }
 }
 
-fn metric_cells(r: &RunRow) -> [Cell; 6] {
+fn metric_cells(r: &RunRow) -> [Cell; 7] {
+    let mut best_step = Cell::num(r.best_step.map(|s| s as f64), 0);
+    best_step.json = r.best_step.map_or(Value::Null, |s| json!(s));
     [
         Cell::num(r.best_val_loss, 4),
+        best_step,
         Cell::num(r.final_val_loss, 4),
         Cell::num(r.test_loss, 4),
         Cell::num(r.exact_match, 3),

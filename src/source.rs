@@ -1,6 +1,7 @@
 //! The base model a config names in `model.checkpoint`, parsed once: a local directory, a hub repo
 //! (downloaded into `checkpoints/<org>/<name>/` on first use), or a finished experiment
-//! (`experiment:<name>[/v<N>]`, the model its last completed `full` run exported).
+//! (`experiment:<name>[/v<N>][@best]`, the model its last completed `full` run exported, or the model of
+//! its best checkpoint).
 use std::path::{Path, PathBuf};
 
 use crate::config::ModelConfig;
@@ -11,18 +12,30 @@ use crate::hub;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BaseModel {
     Dir(PathBuf),
-    Hub { repo: String, revision: Option<String> },
-    Experiment { name: String, version: Option<u32> },
+    Hub {
+        repo: String,
+        revision: Option<String>,
+    },
+    /// `best`: the run's best checkpoint (`@best`) instead of its final one.
+    Experiment {
+        name: String,
+        version: Option<u32>,
+        best: bool,
+    },
 }
 
 impl BaseModel {
     pub fn parse(m: &ModelConfig) -> BaseModel {
         if let Some(run) = m.checkpoint.strip_prefix("experiment:") {
+            let (run, best) = match run.strip_suffix("@best") {
+                Some(run) => (run, true),
+                None => (run, false),
+            };
             let (name, version) = match run.split_once('/') {
                 Some((n, v)) => (n, v.strip_prefix('v').and_then(|v| v.parse::<u32>().ok())),
                 None => (run, None),
             };
-            return BaseModel::Experiment { name: name.to_string(), version };
+            return BaseModel::Experiment { name: name.to_string(), version, best };
         }
         if Path::new(&m.checkpoint).is_dir() {
             return BaseModel::Dir(PathBuf::from(&m.checkpoint));
@@ -43,16 +56,21 @@ impl BaseModel {
                     false => Err(Problems::one(hub::not_downloaded_hint(repo, &dir))),
                 }
             }
-            BaseModel::Experiment { name, version } => experiment_model(name, *version),
+            BaseModel::Experiment { name, version, best } => experiment_model(name, *version, *best),
         }
     }
 
     /// For `experiment:<name>[/vN]`, the run directory it names.
     pub fn experiment_run(&self) -> Option<Result<PathBuf, Problems>> {
         match self {
-            BaseModel::Experiment { name, version } => Some(experiment_run(name, *version)),
+            BaseModel::Experiment { name, version, .. } => Some(experiment_run(name, *version)),
             _ => None,
         }
+    }
+
+    /// For `experiment:<name>…@best`: the run's best checkpoint is meant.
+    pub fn wants_best(&self) -> bool {
+        matches!(self, BaseModel::Experiment { best: true, .. })
     }
 
     /// Where the model's files are or will be, without looking further (for `ftexp plan`).
@@ -77,21 +95,39 @@ fn experiment_run(name: &str, version: Option<u32>) -> Result<PathBuf, Problems>
     Ok(parent.join(format!("v{version}")))
 }
 
-fn experiment_model(name: &str, version: Option<u32>) -> Result<PathBuf, Problems> {
+fn experiment_model(name: &str, version: Option<u32>, best: bool) -> Result<PathBuf, Problems> {
     let run = experiment_run(name, version)?;
-    let dir = run.join(EXPORTED_MODEL);
-    if !dir.join("config.json").is_file() {
+    let named = format!(
+        "model.checkpoint = \"experiment:{name}{}{}\"",
+        version.map_or(String::new(), |v| format!("/v{v}")),
+        if best { "@best" } else { "" }
+    );
+    let dir = run.join(exported_model(best));
+    if dir.join("config.json").is_file() {
+        return Ok(dir);
+    }
+    if best && !dir.parent().is_some_and(|ckpt| ckpt.join("state.json").is_file()) {
         return Err(Problems::one(format!(
-            "model.checkpoint = \"experiment:{name}{}\": {} has no exported model; a run is the base of another when it exported one: `full` runs do, LoRA runs with export.format = \"hf\" (or `ftexp export RUN --out DIR` and model.checkpoint = DIR)",
-            version.map_or(String::new(), |v| format!("/v{v}")),
+            "{named}: {} has no best checkpoint; runs keep one with train.save_best = true (or train.early_stopping set)",
             run.display()
         )));
     }
-    Ok(dir)
+    Err(Problems::one(format!(
+        "{named}: {} has no exported model; a run is the base of another when it exported one: `full` runs do, LoRA runs with export.format = \"hf\" (or `ftexp export RUN --out DIR` and model.checkpoint = DIR)",
+        run.display()
+    )))
 }
 
 /// Where in a run directory its exported hub checkpoint is.
 pub const EXPORTED_MODEL: &str = "checkpoints/final/model";
+
+/// Where in a run directory the hub checkpoint of its final (or `best`) checkpoint is exported.
+pub fn exported_model(best: bool) -> &'static str {
+    match best {
+        true => "checkpoints/best/model",
+        false => EXPORTED_MODEL,
+    }
+}
 
 /// The directory of the tokenizer to use: `model.tokenizer`, else the base model's.
 pub fn tokenizer_dir(m: &ModelConfig, allow_download: bool) -> Result<PathBuf, Problems> {

@@ -1,4 +1,5 @@
 //! The one integration-test binary (every test binary links libtorch, so there is only one).
+mod best;
 mod chat;
 mod common;
 mod config;

@@ -151,6 +151,7 @@ fn row(label: &str, seed: u64, lr: f64, final_val: Option<f64>, test: Option<f64
             ("train.batch_size".into(), toml::Value::Integer(4)),
         ],
         best_val_loss: final_val,
+        best_step: None,
         final_val_loss: final_val,
         test_loss: test,
         exact_match: None,
@@ -181,6 +182,6 @@ fn groups_give_mean_and_sample_std() {
         "{text}"
     );
     let csv = render(&rows, Format::Csv);
-    assert!(csv.contains("x/v1,completed,1,learning_rate=0.01,0.01,3,3,2,,,\n"), "{csv}");
+    assert!(csv.contains("x/v1,completed,1,learning_rate=0.01,0.01,3,,3,2,,,\n"), "{csv}");
     assert!(csv.lines().nth(4).unwrap().starts_with("x/v3,failed,3,"), "{csv}");
 }

@@ -8,6 +8,7 @@ use ftexp::model::Gpt;
 use ftexp::tokenizer::Tokenizer;
 
 use super::args::{print_json, BaseArg, DeviceArgs, JsonArg};
+use ftexp::experiment::checkpoint::Pick;
 
 /// Loss and perplexity of a run on one of its data splits (and, with --generate, the exact-match rate
 /// of greedy answers), or of a base checkpoint on a text file.
@@ -24,9 +25,9 @@ pub struct Args {
     /// With a run: evaluate its base model (before fine-tuning) the same way.
     #[arg(long)]
     base: bool,
-    /// With a run: the checkpoint of this step instead of the final one.
+    /// With a run: the checkpoint of this step instead of the final one; `best`: the run's best checkpoint (train.save_best).
     #[arg(long)]
-    step: Option<u64>,
+    step: Option<Pick>,
     /// Without a run: a base checkpoint directory …
     #[arg(long, required_unless_present = "run")]
     checkpoint: Option<PathBuf>,

@@ -5,6 +5,7 @@ use ftexp::config::{ExportDtype, ExportFormat};
 use ftexp::export::{export_run, ExportRequest};
 
 use super::args::{print_json, BaseArg, JsonArg};
+use ftexp::experiment::checkpoint::Pick;
 
 /// Write a run's fine-tuned model as a hub checkpoint (safetensors, config.json, tokenizer files):
 /// `full` runs as trained, `lora` runs with W + (alpha/r)·B·A merged into every targeted weight. It loads
@@ -14,9 +15,9 @@ use super::args::{print_json, BaseArg, JsonArg};
 pub struct Args {
     /// The run directory, experiments/<name>/v<N>.
     run_dir: PathBuf,
-    /// The checkpoint of this step instead of the final one.
+    /// The checkpoint of this step instead of the final one; `best`: the run's best checkpoint (train.save_best).
     #[arg(long)]
-    step: Option<u64>,
+    step: Option<Pick>,
     /// hf: a hub checkpoint with the method merged in; peft: a LoRA run's adapter for peft.
     #[arg(long, default_value = "hf", value_parser = |s: &str| s.parse::<ExportFormat>())]
     format: ExportFormat,

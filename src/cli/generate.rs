@@ -9,6 +9,7 @@ use ftexp::eval::LoadOptions;
 use ftexp::generate::{timed, Sampling, Streamer};
 
 use super::args::{BaseArg, DeviceArgs};
+use ftexp::experiment::checkpoint::Pick;
 
 /// Generate text from a checkpoint: one prefill, then one token per step, streamed to stdout.
 #[derive(clap::Args)]
@@ -17,9 +18,9 @@ pub struct Args {
     /// experiments/<name>/v<N> (its base plus its trained weights and prompt style).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// With a run directory: use the checkpoint of this step instead of the final one.
+    /// With a run directory: use the checkpoint of this step instead of the final one; `best`: the run's best checkpoint (train.save_best).
     #[arg(long)]
-    step: Option<u64>,
+    step: Option<Pick>,
     /// The instruction (with a run, put into the run's prompt template).
     #[arg(long)]
     prompt: String,

@@ -190,6 +190,12 @@ pub const KEYS: &[KeyDoc] = &[
         "Every this many optimizer steps a checkpoint is saved (and always at the end)."),
     key!("train.log_interval", Int, Some("1"),
         "Every this many optimizer steps a row is written to `metrics.csv` and a progress line is printed."),
+    key!("train.save_best", Bool, None,
+        "Keep the best model so far in `checkpoints/best/`: after each evaluation whose val loss is the lowest yet, the trained weights are saved there (replacing the previous best), so the model you use need not be the last one, which may have begun to overfit. Use it with `--step best` (`ftexp generate`, `eval`, `export`) or `model.checkpoint = \"experiment:<name>@best\"`. Unset: on when `early_stopping` is set, else off."),
+    key!("train.early_stopping", Int, None,
+        "Stop training when the val loss has not improved for this many evaluations in a row (every `eval_interval` steps), instead of running all the steps: the model has stopped learning anything that carries over to new data. The run still finishes normally (final losses, `final` checkpoint, export) and run.json says `stopped_early`. Needs a val split. Unset or 0: never stop early."),
+    key!("train.min_delta", Float, Some("0.0"),
+        "How much lower than the best so far the val loss must be for an evaluation to count as an improvement for `early_stopping`. 0: any decrease counts; raise it (e.g. 0.01) so tiny wobbles do not keep a run going."),
     key!("export.format", Choice(ExportFormat::NAMES), None,
         "Export the model when the run completes, as `ftexp export` does: `hf`, a hub checkpoint with the method merged in (into `checkpoints/final/model/`, where `model.checkpoint = \"experiment:<name>\"` finds it), or `peft`, a LoRA run's adapter (into `checkpoints/final/peft/`). Unset: `full` runs export as `hf`; a LoRA run exports as `hf` on first use as another run's base."),
     key!("export.dtype", Choice(ExportDtype::NAMES), None,
@@ -355,6 +361,24 @@ pub struct TrainConfig {
     pub eval_iters: u64,
     pub save_interval: u64,
     pub log_interval: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_best: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<u64>,
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+impl TrainConfig {
+    /// Evaluations without improvement after which training stops; `None`: never.
+    pub fn patience(&self) -> Option<u64> {
+        self.early_stopping.filter(|n| *n > 0)
+    }
+
+    /// Whether `checkpoints/best` is kept: `save_best`, by default on with early stopping.
+    pub fn keeps_best(&self) -> bool {
+        self.save_best.unwrap_or(self.patience().is_some())
+    }
 }
 
 /// A count that may be written `"auto"`, held as 0.

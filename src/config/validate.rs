@@ -97,6 +97,7 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
     check_model(c, &mut bad);
     check_data(c, &mut bad);
     check_train(c, &mut bad);
+    check_best(c, &mut bad);
     check_method(c, &mut bad);
 }
 
@@ -241,6 +242,23 @@ fn check_train(c: &Config, bad: &mut impl FnMut(&str, String)) {
     }
     if c.method.lora_alpha <= 0.0 {
         bad("method.lora_alpha", format!("is {}; it must be above 0", c.method.lora_alpha));
+    }
+}
+
+/// Keeping the best checkpoint and stopping early both watch the val loss, so they need a val split.
+fn check_best(c: &Config, bad: &mut impl FnMut(&str, String)) {
+    let t = &c.train;
+    if !(t.min_delta >= 0.0 && t.min_delta.is_finite()) {
+        bad("train.min_delta", format!("is {}; it must be 0 or more", t.min_delta));
+    }
+    let watching = [("train.early_stopping", t.patience().is_some()), ("train.save_best", t.save_best == Some(true))];
+    for (key, on) in watching {
+        if on && c.data.split.val <= 0.0 {
+            bad(
+                key,
+                "is set but data.split.val is 0, so there is no val loss to watch; give the val split a share (e.g. data.split.val = 0.1) or unset it".into(),
+            );
+        }
     }
 }
 

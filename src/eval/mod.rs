@@ -35,8 +35,8 @@ pub struct LoadedRun {
 /// How to load a run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
-    /// The checkpoint of this step instead of the final one.
-    pub step: Option<u64>,
+    /// The checkpoint of this step (or the best one) instead of the final one.
+    pub step: Option<checkpoint::Pick>,
     /// The base model alone.
     pub base: bool,
     /// Another device than the one the run trained on.
@@ -59,19 +59,7 @@ pub fn load_run(dir: &Path, o: LoadOptions) -> Result<LoadedRun, Problems> {
     let checkpoint = if base {
         None
     } else {
-        let name = step.map_or("final".to_string(), checkpoint::dir_name);
-        let ckpt = exp.dir.join("checkpoints").join(&name);
-        if !ckpt.join(checkpoint::STATE).is_file() {
-            let have: Vec<String> = checkpoint::list(&exp.dir)
-                .iter()
-                .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
-                .collect();
-            return Err(Problems::one(format!(
-                "{}: no checkpoint {name}; this run has: {}",
-                exp.dir.display(),
-                if have.is_empty() { "none".into() } else { have.join(", ") }
-            )));
-        }
+        let ckpt = checkpoint_dir(&exp.dir, step)?;
         methods::load_trained(&built.trainable, &ckpt)?;
         Some(ckpt)
     };
@@ -87,6 +75,31 @@ pub fn load_run(dir: &Path, o: LoadOptions) -> Result<LoadedRun, Problems> {
         config_json: built.config_json,
         data_key: info.data.map(|d| d.cache_key),
     })
+}
+
+/// The directory of checkpoint `pick` of the run in `run_dir` (`None`: the final one), or an error
+/// naming the checkpoints it has.
+pub fn checkpoint_dir(run_dir: &Path, pick: Option<checkpoint::Pick>) -> Result<PathBuf, Problems> {
+    let name = pick.map_or("final".to_string(), checkpoint::Pick::dir_name);
+    let ckpt = run_dir.join("checkpoints").join(&name);
+    if ckpt.join(checkpoint::STATE).is_file() {
+        return Ok(ckpt);
+    }
+    if pick == Some(checkpoint::Pick::Best) {
+        return Err(Problems::one(format!(
+            "{}: has no best checkpoint; runs keep one with train.save_best = true (or train.early_stopping set)",
+            run_dir.display()
+        )));
+    }
+    let have: Vec<String> = checkpoint::list_all(run_dir)
+        .iter()
+        .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    Err(Problems::one(format!(
+        "{}: no checkpoint {name}; this run has: {}",
+        run_dir.display(),
+        if have.is_empty() { "none".into() } else { have.join(", ") }
+    )))
 }
 
 /// What `ftexp eval RUN` measured.

@@ -1,4 +1,5 @@
-//! Checkpoints: `checkpoints/step-NNNNNN/` and `checkpoints/final/`, each with the trained tensors
+//! Checkpoints: `checkpoints/step-NNNNNN/`, `checkpoints/final/` and, with `train.save_best`,
+//! `checkpoints/best/` (the lowest val loss so far; never resumed from), each with the trained tensors
 //! (`trained.safetensors`; the whole model for `full`), the optimizer's moments and the trainer's
 //! position. Written to a temporary directory and renamed, so a crash never leaves a half checkpoint
 //! that looks complete.
@@ -28,17 +29,55 @@ pub struct TrainerState {
     pub elapsed_s: f64,
     #[serde(default)]
     pub method: Option<MethodKind>,
+    /// The lowest val loss of an evaluation so far, and its step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_val_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_step: Option<u64>,
+    /// Evaluations in a row that did not improve on the best by `train.min_delta` (the patience used up).
+    #[serde(default)]
+    pub evals_without_improvement: u64,
 }
 
 pub fn dir_name(step: u64) -> String {
     format!("step-{step:06}")
 }
 
+pub const BEST: &str = "best";
+
+/// Which checkpoint of a run to use: a step's, or the best one (`--step best`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Step(u64),
+    Best,
+}
+
+impl Pick {
+    pub fn dir_name(self) -> String {
+        match self {
+            Pick::Step(step) => dir_name(step),
+            Pick::Best => BEST.into(),
+        }
+    }
+}
+
+impl std::str::FromStr for Pick {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Pick, String> {
+        match s {
+            BEST => Ok(Pick::Best),
+            _ => s.parse().map(Pick::Step).map_err(|_| format!("\"{s}\" is neither a step number nor `best`")),
+        }
+    }
+}
+
 fn io(path: &Path) -> impl Fn(tch::TchError) -> Problems + '_ {
     move |e| Problems::one(format!("{}: cannot write the checkpoint: {e}", path.display()))
 }
 
-/// Writes a checkpoint named `name` under `run_dir/checkpoints/`.
+/// Writes a checkpoint named `name` under `run_dir/checkpoints/`; without `optimizer` moments (`best`,
+/// which is never resumed from) it has no optimizer file.
 pub fn save(
     run_dir: &Path,
     name: &str,
@@ -56,7 +95,9 @@ pub fn save(
     let written = (|| {
         let detached: Vec<(String, Tensor)> = trained.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
         Tensor::write_safetensors(&detached, tmp.join(TRAINED)).map_err(io(&tmp))?;
-        Tensor::write_safetensors(optimizer, tmp.join(OPTIMIZER)).map_err(io(&tmp))?;
+        if !optimizer.is_empty() {
+            Tensor::write_safetensors(optimizer, tmp.join(OPTIMIZER)).map_err(io(&tmp))?;
+        }
         std::fs::write(tmp.join(STATE), serde_json::to_string_pretty(state).expect("state serializes"))
             .map_err(fail)?;
         let target = root.join(name);
@@ -83,8 +124,16 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, Problems> {
     Tensor::read_safetensors(path).map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))
 }
 
-/// The complete checkpoints of a run (those with a state file), oldest step first; `final` last.
+/// The complete checkpoints a run can continue from (those with a state file), oldest step first;
+/// `final` last. `best` is not among them: it is older than the steps after it.
 pub fn list(run_dir: &Path) -> Vec<PathBuf> {
+    let mut found = list_all(run_dir);
+    found.retain(|p| !p.ends_with(BEST));
+    found
+}
+
+/// Every complete checkpoint of a run, `best` too.
+pub fn list_all(run_dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(run_dir.join("checkpoints"))
         .into_iter()
         .flatten()

@@ -191,6 +191,15 @@ pub struct Results {
     pub tokens_per_s: f64,
     pub peak_rss_mib: Option<f64>,
     pub train_seconds: f64,
+    /// `train.early_stopping` ended the run at step `steps`, before its last step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_early: bool,
+    /// The step of the lowest val loss of an evaluation, and that loss (`checkpoints/best` with
+    /// `train.save_best`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_step: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_val_loss: Option<f64>,
 }
 
 /// One `ftexp eval` of a run's split.

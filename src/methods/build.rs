@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 use super::Trainable;
-use crate::config::{Config, Init, ModelConfig, ModelType};
+use crate::config::{Config, Init, MethodKind, ModelConfig, ModelType};
 use crate::device::Placement;
 use crate::error::Problems;
 use crate::experiment::{checkpoint, provenance, RunInfo};
@@ -121,7 +121,8 @@ pub fn check_vocab(
 }
 
 /// The base's directory; a completed LoRA run named as `experiment:<name>` that has not exported its
-/// model yet exports it now, once, into its own run directory.
+/// model yet (or a LoRA or `full` run named as `experiment:<name>@best`) exports it now, once, into its
+/// own run directory.
 pub fn locate_base(m: &ModelConfig) -> Result<PathBuf, Problems> {
     let base = BaseModel::parse(m);
     let missing = match base.locate(true) {
@@ -129,15 +130,20 @@ pub fn locate_base(m: &ModelConfig) -> Result<PathBuf, Problems> {
         Err(missing) => missing,
     };
     let Some(Ok(run_dir)) = base.experiment_run() else { return Err(missing) };
-    let out = run_dir.join(source::EXPORTED_MODEL);
+    let best = base.wants_best();
+    let out = run_dir.join(source::exported_model(best));
+    let Some(ckpt) = out.parent().filter(|c| c.is_dir()) else { return Err(missing) };
     let config = crate::config::resolve(&run_dir.join("config.toml"), &[])?.config;
-    if config.method.kind != crate::config::MethodKind::Lora || !out.parent().is_some_and(Path::is_dir) {
+    // `full` runs export their final model as they finish, but not their best one.
+    let kind = config.method.kind;
+    if kind != MethodKind::Lora && !(best && kind == MethodKind::Full) {
         return Err(missing);
     }
     let info = crate::experiment::Experiment::open(&run_dir)?.read_run_info()?;
     let mut built = build_on(&config, recorded_base(&info, config.model.init, false)?.as_deref())?;
-    load_trained(&built.trainable, &run_dir.join("checkpoints/final"))?;
-    eprintln!("exporting {} (LoRA merged) into {}, once, to use it as a base", run_dir.display(), out.display());
+    load_trained(&built.trainable, ckpt)?;
+    let merged = if kind == MethodKind::Lora { " (LoRA merged)" } else { "" };
+    eprintln!("exporting {}{merged} into {}, once, to use it as a base", ckpt.display(), out.display());
     let src = super::export::Source {
         config: &config,
         base_dir: &built.base_dir,

@@ -1,5 +1,5 @@
-//! The end of a completed run: the final val and test losses, the last plot, the `final` checkpoint,
-//! the exported model of a `full` run, and the results in run.json.
+//! The end of a completed run (all its steps, or stopped early): the final val and test losses, the
+//! last plot, the `final` checkpoint, the exported model of a `full` run, and the results in run.json.
 
 use super::trainer::Trainer;
 use super::{peak_rss_mib, split_loss, Progress};
@@ -20,10 +20,11 @@ pub(super) fn finish(
     trainer: &mut Trainer,
     writer: Option<(&Experiment, &mut Metrics)>,
     data: &Prepared,
-    progress: &Progress,
+    (progress, stopped_early): (&Progress, bool),
 ) -> Result<(), Problems> {
     let final_val = split_loss(trainer, data.split("val"), None)?;
     let final_test = split_loss(trainer, data.split("test"), None)?;
+    super::best::after_final(c, trainer, writer.as_ref().map(|w| w.0), final_val)?;
     let Some((exp, metrics)) = writer else { return Ok(()) };
     let last_row = metrics.rows.last().cloned();
     if let (Some(v), Some(mut row)) = (final_val, last_row.clone()) {
@@ -57,6 +58,9 @@ pub(super) fn finish(
         tokens_per_s: progress.tokens_per_s(state.tokens),
         peak_rss_mib: peak_rss_mib(),
         train_seconds: state.elapsed_s,
+        stopped_early,
+        best_step: state.best_step,
+        best_val_loss: state.best_val_loss,
     };
     println!(
         "done: {} — val loss {} test loss {} ({:.0} tokens/s)",

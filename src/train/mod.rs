@@ -2,6 +2,7 @@
 //! evaluation, logging and checkpoints at the configured steps, and the run finished — or, on Ctrl-C,
 //! a checkpoint saved that `--resume` continues from.
 pub mod bench;
+mod best;
 mod finish;
 pub mod launch;
 pub mod optimizer;
@@ -134,6 +135,7 @@ pub fn run(c: &Config, start: Start, allow_changed_base: bool) -> anyhow::Result
         r.barrier()?;
     }
     let (data, built) = inputs(c, &start, allow_changed_base, replicas.as_ref().map(|r| &r.rank))?;
+    best::check_val(c, data.split("val").len())?;
     if let (true, Some(r)) = (first_here, &replicas) {
         r.barrier()?;
     }
@@ -335,6 +337,7 @@ fn train_loop(
         bar: progress_bar(total, trainer.state.step, exp.is_some()),
     };
     let mut last_good: Option<PathBuf> = exp.and_then(|e| checkpoint::list(&e.dir).pop());
+    let mut stopped_early = false;
     while trainer.state.step < total {
         let stop = INTERRUPTED.load(Ordering::SeqCst);
         let stats = guard(&format!("step {}", trainer.state.step + 1), || trainer.step(stop))??;
@@ -353,12 +356,21 @@ fn train_loop(
                 true => split_loss(trainer, data.split("val"), Some(t.eval_iters as usize))?,
                 false => None,
             };
+            if let Some(val) = val_loss {
+                stopped_early = best::after_eval(c, trainer, exp, step, val)?;
+            }
             if let (Some(exp), Some(metrics)) = (exp, metrics.as_mut()) {
                 log_step(c, exp, trainer, metrics, &progress, &stats, loss, val_loss)?;
                 if is_save {
                     last_good = Some(trainer.save(&exp.dir, &checkpoint::dir_name(step))?);
                 }
             }
+        }
+        if stopped_early {
+            if exp.is_some() {
+                progress.bar.suspend(|| println!("{}", best::stopped_line(t, &trainer.state, step)));
+            }
+            break;
         }
         // A stop request ends the run after this step, logged like any other, with a checkpoint of it.
         if stats.stop {
@@ -370,7 +382,7 @@ fn train_loop(
         }
     }
     progress.bar.finish_and_clear();
-    finish::finish(c, trainer, exp.zip(metrics.as_mut()), data, &progress)?;
+    finish::finish(c, trainer, exp.zip(metrics.as_mut()), data, (&progress, stopped_early))?;
     Ok(RunStatus::Completed)
 }
 

@@ -78,15 +78,22 @@ impl Replicas {
             }
             Ok(())
         })?;
-        // One broadcast of the position (f64 holds these counts exactly).
-        let numbers = [state.step, state.iter, state.samples_seen, state.tokens, opt.step].map(|n| n as f64);
-        let packed = Tensor::from_slice(&[&numbers[..], &[state.elapsed_s]].concat()).to_device(self.device(trainable));
+        // One broadcast of the position and the early-stopping record (f64 holds these counts exactly;
+        // NaN and -1 stand for no best yet).
+        let numbers =
+            [state.step, state.iter, state.samples_seen, state.tokens, opt.step, state.evals_without_improvement];
+        let extra =
+            [state.elapsed_s, state.best_val_loss.unwrap_or(f64::NAN), state.best_step.map_or(-1.0, |s| s as f64)];
+        let packed =
+            Tensor::from_slice(&[&numbers.map(|n| n as f64)[..], &extra].concat()).to_device(self.device(trainable));
         self.group.broadcast(&packed, 0)?;
         let got: Vec<f64> = Vec::try_from(packed.to_device(tch::Device::Cpu))
             .map_err(|e| Problems::one(format!("reading the broadcast position: {e}")))?;
-        (state.step, state.iter, state.samples_seen, state.tokens, opt.step) =
-            (got[0] as u64, got[1] as u64, got[2] as u64, got[3] as u64, got[4] as u64);
-        state.elapsed_s = got[5];
+        (state.step, state.iter, state.samples_seen, state.tokens, opt.step, state.evals_without_improvement) =
+            (got[0] as u64, got[1] as u64, got[2] as u64, got[3] as u64, got[4] as u64, got[5] as u64);
+        state.elapsed_s = got[6];
+        state.best_val_loss = Some(got[7]).filter(|v| !v.is_nan());
+        state.best_step = Some(got[8]).filter(|s| *s >= 0.0).map(|s| s as u64);
         Ok(())
     }
 

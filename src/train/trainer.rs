@@ -120,9 +120,16 @@ impl<'a> Trainer<'a> {
     /// Saves the trained tensors, the optimizer's moments and the trainer's position as checkpoint
     /// `name` of the run in `run_dir`.
     pub fn save(&self, run_dir: &Path, name: &str) -> Result<PathBuf, Problems> {
-        let trained: Vec<(String, Tensor)> =
-            self.built.trainable.iter().map(|t| (t.name.clone(), t.tensor.shallow_clone())).collect();
-        checkpoint::save(run_dir, name, &trained, &self.opt.state(), &self.state)
+        checkpoint::save(run_dir, name, &self.trained(), &self.opt.state(), &self.state)
+    }
+
+    /// Saves the trained tensors and the position, without the optimizer's moments, as `checkpoints/best`.
+    pub fn save_best(&self, run_dir: &Path) -> Result<PathBuf, Problems> {
+        checkpoint::save(run_dir, checkpoint::BEST, &self.trained(), &[], &self.state)
+    }
+
+    fn trained(&self) -> Vec<(String, Tensor)> {
+        self.built.trainable.iter().map(|t| (t.name.clone(), t.tensor.shallow_clone())).collect()
     }
 
     /// Restores the trained tensors, the moments and the position of checkpoint `dir`.
