@@ -8,7 +8,7 @@ use crate::config::{DataFormat, Init, MethodConfig, Resolved, KEYS};
 use crate::data::SplitSizes;
 use crate::device::Placement;
 use crate::error::Problems;
-use crate::methods::memory::{self, AutoChoice, MemoryPlan};
+use crate::methods::memory::{self, mib_text as bytes, AutoChoice, MemoryPlan};
 use crate::methods::{self, random_architecture};
 use crate::model::spec::{Family, ModelSpec};
 use crate::source::BaseModel;
@@ -309,16 +309,6 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
         write_memory(&mut out, plan, memory, r);
     }
     out
-}
-
-/// `1.23 GiB`, `456.7 MiB`.
-pub fn bytes(n: u64) -> String {
-    let mib = n as f64 / 1048576.0;
-    if mib >= 1024.0 {
-        format!("{:.2} GiB", mib / 1024.0)
-    } else {
-        format!("{mib:.1} MiB")
-    }
 }
 
 /// The expected peak memory by part, and whether it fits the device.

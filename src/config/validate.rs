@@ -208,6 +208,12 @@ fn check_train(c: &Config, bad: &mut impl FnMut(&str, String)) {
             bad(key, format!("is {value}; it must be at most {max}"));
         }
     }
+    if c.train.auto_micro_batch() && !c.train.batch_size.is_multiple_of(c.train.devices.max(1)) {
+        bad(
+            "train.batch_size",
+            format!("is {}, not a multiple of devices = {}; make it a multiple", c.train.batch_size, c.train.devices),
+        );
+    }
     let per_step = c.train.micro_batch_size.saturating_mul(c.train.devices);
     if per_step > 0 && !c.train.batch_size.is_multiple_of(per_step) {
         bad(

@@ -133,7 +133,7 @@ pub fn evaluate_run(dir: &Path, req: &EvalRequest) -> Result<RunEval, Problems> 
         return Err(Problems::one(format!("{}: the {} split is empty", dir.display(), req.split)));
     }
     data.check_ids(run.model.spec.vocab_size)?;
-    let micro = run.config.train.micro_batch_size as usize;
+    let micro = run.config.train.micro_batch_size.max(1) as usize;
     let (loss, em) = crate::error::guard(&format!("evaluating {}", dir.display()), || {
         let loss = mean_loss(&mut run.model, samples, micro, None);
         (loss, req.generate.then(|| exact_match(&run.model, &run.tokenizer, samples, 3)))

@@ -138,12 +138,30 @@ pub struct RunInfo {
     /// The processes of a run on several devices.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub world: Option<World>,
+    /// How `train.micro_batch_size = "auto"` resolved.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub micro_batch: Option<MicroBatchRecord>,
     /// Why a failed run failed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
     /// `ftexp eval` results by split (`test`, or `test_base` for the base model).
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub evaluations: BTreeMap<String, Evaluation>,
+}
+
+/// The micro-batch `train.micro_batch_size = "auto"` chose: the largest the memory plan fits in the
+/// budget, halved after each trial step that ran out of memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MicroBatchRecord {
+    pub chosen: u64,
+    /// The plan's expected peak for it, in bytes.
+    pub planned_peak_bytes: u64,
+    /// 90% of the device's memory, in bytes, when known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub budget_bytes: Option<u64>,
+    /// Micro-batches whose trial step ran out of memory.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub out_of_memory: Vec<u64>,
 }
 
 /// The prepared data a run trained on.
@@ -256,6 +274,7 @@ impl Experiment {
             parameters: None,
             results: None,
             world: None,
+            micro_batch: None,
             error: None,
             evaluations: BTreeMap::new(),
         };

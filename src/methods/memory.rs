@@ -466,3 +466,13 @@ pub fn choose_micro_batch(
     }
     AutoChoice { chosen: 1, budget, weighed, over_budget: true }
 }
+
+/// `1.23 GiB`, `456.7 MiB`.
+pub fn mib_text(n: u64) -> String {
+    let mib = n as f64 / 1048576.0;
+    if mib >= 1024.0 {
+        format!("{:.2} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
+}

@@ -178,6 +178,7 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
     let mut longest: Option<(u64, u64, u64)> = None;
     let mut trainer = Trainer::new(built, c, &train, steps, TrainerState::default());
     trainer.replicas = replicas;
+    super::fit::resolve_micro_batch(c, &mut trainer, None)?;
     super::launch::start_replicas(&mut trainer, None)?;
     let (mut micro_batches, mut real, mut padded, mut flops) = (0u64, 0u64, 0u64, 0f64);
     let mut losses = Vec::new();

@@ -37,7 +37,7 @@ pub fn join(c: &Config) -> Result<Option<Replicas>, Problems> {
             c.train.devices, rank.local_world, rank.local_world
         )));
     }
-    let per_step = c.train.micro_batch_size * rank.world as u64;
+    let per_step = c.train.micro_batch_size.max(1) * rank.world as u64;
     if !c.train.batch_size.is_multiple_of(per_step) {
         return Err(Problems::one(format!(
             "train.batch_size = {} is not a multiple of micro_batch_size × processes = {} × {} = {per_step}; make it {}",

@@ -4,6 +4,7 @@
 pub mod bench;
 mod best;
 mod finish;
+mod fit;
 pub mod launch;
 pub mod optimizer;
 pub mod replicas;
@@ -143,15 +144,21 @@ pub fn run(c: &Config, start: Start, allow_changed_base: bool) -> anyhow::Result
     let state = TrainerState { method: Some(c.method.kind), ..TrainerState::default() };
     let mut trainer = Trainer::new(built, c, data.split("train"), total, state);
     trainer.replicas = replicas;
+    let recorded_micro = match &start {
+        Start::Resume { .. } => start.recorded()?.and_then(|i| i.micro_batch),
+        _ => None,
+    };
     let opened = if first { Some(open(c, start, &mut trainer)?) } else { None };
     let exp = opened.as_ref().map(|(exp, _lock)| exp);
     catch_interrupts();
     // A libtorch error anywhere in the loop (a panic from tch) fails the run like any other error.
     let place = exp.map_or("training".to_string(), |e| e.dir.display().to_string());
     let outcome = guard(&place, || -> anyhow::Result<RunStatus> {
+        let micro_batch = fit::resolve_micro_batch(c, &mut trainer, recorded_micro.as_ref())?;
         launch::start_replicas(&mut trainer, exp)?;
         if let Some(exp) = exp {
             record_inputs(c, exp, &trainer, &data)?;
+            exp.update(|i| i.micro_batch = micro_batch)?;
         }
         train_loop(c, &mut trainer, exp, &data)
     })
@@ -340,7 +347,8 @@ fn train_loop(
     let mut stopped_early = false;
     while trainer.state.step < total {
         let stop = INTERRUPTED.load(Ordering::SeqCst);
-        let stats = guard(&format!("step {}", trainer.state.step + 1), || trainer.step(stop))??;
+        let stats = guard(&format!("step {}", trainer.state.step + 1), || trainer.step(stop))
+            .map_err(|e| fit::memory_hint(e, c, trainer, last_good.as_deref()))??;
         trainer.state.elapsed_s = progress.elapsed_before + progress.clock.elapsed().as_secs_f64();
         let step = stats.step;
         let is_eval = step.is_multiple_of(t.eval_interval) && !data.split("val").is_empty();

@@ -76,6 +76,11 @@ impl<'a> Trainer<'a> {
         self.t.micro_batch_size.max(1) as usize
     }
 
+    /// Sets the micro-batch (`micro_batch_size = "auto"` resolved).
+    pub fn set_micro_batch_size(&mut self, micro: u64) {
+        self.t.micro_batch_size = micro;
+    }
+
     pub fn model(&mut self) -> &mut Gpt {
         &mut self.built.model
     }
