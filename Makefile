@@ -20,7 +20,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup gloo-headers build test lint demo sweep clean-venv bench bench-train bench-generate bench-data bench-formats bench-packing bench-devices
+.PHONY: setup gloo-headers build test lint demo sweep clean-venv bench bench-train bench-generate bench-data bench-formats bench-packing bench-devices bench-memory
 
 setup: $(TORCH_STAMP) gloo-headers
 
@@ -93,3 +93,7 @@ bench-formats: build
 
 bench-packing: build
 	bash bench/packing.sh
+
+# The memory plan against measured peak memory over a grid of methods, micro-batches, lengths and two models.
+bench-memory: build
+	bash bench/memory.sh
