@@ -112,9 +112,10 @@ pub fn make(r: &Resolved) -> Result<Plan, Problems> {
         _ => None,
     };
     let micro = auto_micro_batch.as_ref().map_or(t.micro_batch_size, |a| a.chosen);
-    let memory = spec.as_ref().ok().map(|spec| {
-        memory::estimate(spec, &c.method, &placement, (micro, c.data.max_seq_length), None)
-    });
+    let memory = spec
+        .as_ref()
+        .ok()
+        .map(|spec| memory::estimate(spec, &c.method, &placement, (micro, c.data.max_seq_length), None));
     let (architecture, architecture_missing) = match spec {
         Ok(spec) => (Some(summarize(&spec, &c.method)), None),
         Err(e) => (None, Some(e.to_string())),
@@ -319,7 +320,8 @@ fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
         "\n# memory (the peak of one training step on each device: micro-batches of {} × {} positions, every position scored)",
         m.micro_batch_size, m.seq_len
     );
-    let trainable = if c.method.kind == crate::config::MethodKind::Full { "all weights" } else { "the method's tensors" };
+    let trainable =
+        if c.method.kind == crate::config::MethodKind::Full { "all weights" } else { "the method's tensors" };
     let layers = m.activations_per_layer.len().max(1) as u64;
     let per_layer = m.activations_per_layer.iter().max().copied().unwrap_or(0);
     let rows = [
@@ -336,7 +338,8 @@ fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
     }
     let _ = writeln!(out, "{:<52}{:>12}", "total:", bytes(m.total));
     if let Some(a) = &plan.auto_micro_batch {
-        let tried: Vec<String> = a.weighed.iter().map(|(micro, total)| format!("{micro} → {}", bytes(*total))).collect();
+        let tried: Vec<String> =
+            a.weighed.iter().map(|(micro, total)| format!("{micro} → {}", bytes(*total))).collect();
         let verdict = if a.over_budget { "none fits; 1 is tried" } else { "the largest that fits" };
         let _ = writeln!(
             out,

@@ -11,6 +11,7 @@ mod faults;
 mod hub;
 mod hub_data;
 mod layers;
+mod memory;
 mod model;
 mod packing;
 mod plan;

@@ -2,8 +2,8 @@
 //! table ([`crate::model::layout`]), their initial values from the method's own file
 //! (`model/lora.rs`, `model/adapter.rs`), and which tensors train from their role.
 mod build;
-pub mod memory;
 pub mod export;
+pub mod memory;
 
 use tch::{Kind, Tensor};
 

@@ -6,8 +6,8 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tch::Kind;
 
-use super::{peak_rss_mib, rss_mib};
 use super::trainer::Trainer;
+use super::{peak_rss_mib, rss_mib};
 use crate::config::{Config, MethodKind};
 use crate::data::batches::MicroBatch;
 use crate::data::prepare::labels;

@@ -45,7 +45,12 @@ pub fn resolve_micro_batch(
     trainer.set_micro_batch_size(micro);
     println!("micro_batch_size = \"auto\": {micro}{}", note(&out_of_memory));
     let planned = memory::estimate(&spec, &c.method, &placement, (micro, c.data.max_seq_length), None);
-    Ok(Some(MicroBatchRecord { chosen: micro, planned_peak_bytes: planned.total, budget_bytes: choice.budget, out_of_memory }))
+    Ok(Some(MicroBatchRecord {
+        chosen: micro,
+        planned_peak_bytes: planned.total,
+        budget_bytes: choice.budget,
+        out_of_memory,
+    }))
 }
 
 fn note(out_of_memory: &[u64]) -> String {
@@ -70,7 +75,9 @@ pub fn memory_hint(e: Problems, c: &Config, trainer: &Trainer, kept: Option<&std
     let available = memory::device_memory(&c.model, placement)
         .map(|b| format!(" of the {} available", crate::methods::memory::mib_text(b)))
         .unwrap_or_default();
-    let kept = kept.map_or("no checkpoint was saved yet".to_string(), |p| format!("the last checkpoint, {}, is kept", p.display()));
+    let kept = kept.map_or("no checkpoint was saved yet".to_string(), |p| {
+        format!("the last checkpoint, {}, is kept", p.display())
+    });
     Problems(
         e.0.into_iter()
             .map(|m| {
@@ -126,4 +133,3 @@ fn smallest_over_ranks(r: &Replicas, micro: u64, device: tch::Device) -> Result<
     let all = r.sum(&slots, device)?;
     Ok(all.iter().map(|m| m.round() as u64).min().unwrap_or(micro).max(1))
 }
-
