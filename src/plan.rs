@@ -112,10 +112,8 @@ pub fn make(r: &Resolved) -> Result<Plan, Problems> {
         _ => None,
     };
     let micro = auto_micro_batch.as_ref().map_or(t.micro_batch_size, |a| a.chosen);
-    let memory = spec
-        .as_ref()
-        .ok()
-        .map(|spec| memory::estimate(spec, &c.method, &placement, (micro, c.data.max_seq_length), None));
+    let memory =
+        spec.as_ref().ok().map(|spec| memory::estimate(spec, &c.method, &placement, memory::Shape::worst(c, micro)));
     let (architecture, architecture_missing) = match spec {
         Ok(spec) => (Some(summarize(&spec, &c.method)), None),
         Err(e) => (None, Some(e.to_string())),

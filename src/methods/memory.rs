@@ -61,19 +61,31 @@ const CUDA_RUNTIME: u64 = 600 << 20;
 /// What the CPU libraries (OpenMP, oneDNN) allocate for themselves on the first step, as measured.
 const CPU_SCRATCH: u64 = 24 << 20;
 
-/// The expected peak memory of training `spec` with `m` on `placement`, with micro-batches of
-/// `micro` rows of `seq_len` positions, `supervised` of them scored by the LM head (`None`: every
-/// position, the worst case).
-pub fn estimate(
-    spec: &ModelSpec,
-    m: &MethodConfig,
-    placement: &Placement,
-    (micro, seq_len): (u64, u64),
-    supervised: Option<u64>,
-) -> MemoryPlan {
+/// The micro-batch a plan is for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    pub rows: u64,
+    /// Positions per row.
+    pub len: u64,
+    /// Positions the LM head scores; `None`: every one (the worst case).
+    pub scored: Option<u64>,
+    /// Packed rows (`data.packing`): attention is masked per sample.
+    pub packed: bool,
+}
+
+impl Shape {
+    /// The largest micro-batch of `rows` a run of `c` can meet: full-length rows, every position scored.
+    pub fn worst(c: &crate::config::Config, rows: u64) -> Shape {
+        Shape { rows, len: c.data.max_seq_length, scored: None, packed: c.data.packing }
+    }
+}
+
+/// The expected peak memory of training `spec` with `m` on `placement` with micro-batches of `shape`.
+pub fn estimate(spec: &ModelSpec, m: &MethodConfig, placement: &Placement, shape: Shape) -> MemoryPlan {
     let tensors = Tensors::of(spec, m, placement);
-    let mut walk = Walk::new(spec, &tensors, placement, m, (micro as i64, seq_len as i64));
-    walk.supervised = supervised.map_or(micro as i64 * seq_len as i64, |s| s as i64);
+    let mut walk = Walk::new(spec, &tensors, placement, m, (shape.rows as i64, shape.len as i64));
+    walk.supervised = shape.scored.map_or(shape.rows as i64 * shape.len as i64, |s| s as i64);
+    walk.packed = shape.packed;
     let (activations_per_layer, lm_head) = walk.forward_backward();
     let activations = activations_per_layer.iter().sum::<u64>() + walk.outside_layers;
     let weights = tensors.bytes(|_| true);
@@ -86,8 +98,8 @@ pub fn estimate(
     let overhead = if placement.device.is_cuda() { CUDA_RUNTIME } else { CPU_SCRATCH };
     let total = weights + gradients + optimizer + activations + lm_head + working + overhead;
     MemoryPlan {
-        micro_batch_size: micro,
-        seq_len,
+        micro_batch_size: shape.rows,
+        seq_len: shape.len,
         weights,
         gradients,
         optimizer,
@@ -179,6 +191,8 @@ struct Walk<'a> {
     widest: u64,
     /// Positions the LM head scores.
     supervised: i64,
+    /// Packed rows: every attention keeps its own copy of the (time × time) mask in the compute dtype.
+    packed: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -203,6 +217,7 @@ impl<'a> Walk<'a> {
             outside_layers: 0,
             widest: 0,
             supervised: batch * time,
+            packed: false,
         }
     }
 
@@ -380,6 +395,10 @@ impl<'a> Walk<'a> {
             }
             let lse = self.val(q.rows, self.spec.n_head, 4, false);
             self.save(lse);
+            if self.packed && k.rows == q.rows {
+                let mask = self.val(q.rows, self.time, q.elem_bytes, false);
+                self.save(mask);
+            }
         }
         out
     }
@@ -458,7 +477,7 @@ pub fn choose_micro_batch(
     let budget = device_memory.map(|b| (b as f64 * AUTO_SHARE) as u64);
     let mut weighed = Vec::new();
     for micro in (1..=per_device).rev().filter(|m| per_device.is_multiple_of(*m)) {
-        let total = estimate(spec, &c.method, placement, (micro, c.data.max_seq_length), None).total;
+        let total = estimate(spec, &c.method, placement, Shape::worst(c, micro)).total;
         weighed.push((micro, total));
         if budget.is_none_or(|b| total <= b) {
             return AutoChoice { chosen: micro, budget, weighed, over_budget: false };

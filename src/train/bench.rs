@@ -15,7 +15,7 @@ use crate::data::Sample;
 use crate::experiment::checkpoint::TrainerState;
 use crate::experiment::ParamCount;
 use crate::methods;
-use crate::methods::memory::MemoryPlan;
+use crate::methods::memory::{MemoryPlan, Shape};
 use crate::model::spec::{Mlp, ModelSpec};
 
 #[derive(Debug, Serialize)]
@@ -171,16 +171,12 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
     let parameters = methods::count(&spec, &c.method);
     let (device, kind, precision) = (built.model.device(), built.model.kind(), built.placement.precision);
     let placement = built.placement;
-    super::reset_peak_rss();
-    crate::device::reset_cpu_peak();
-    let model_rss_mib = rss_mib();
-    let model_tensors = crate::device::cpu_memory().map(|(current, _)| current);
-    let mut longest: Option<(u64, u64, u64)> = None;
+    let mark = MemoryMark::now();
     let mut trainer = Trainer::new(built, c, &train, steps, TrainerState::default());
     trainer.replicas = replicas;
     super::fit::resolve_micro_batch(c, &mut trainer, None)?;
     super::launch::start_replicas(&mut trainer, None)?;
-    let (mut micro_batches, mut real, mut padded, mut flops) = (0u64, 0u64, 0u64, 0f64);
+    let mut n = Counts::default();
     let mut losses = Vec::new();
     let watch = match device {
         tch::Device::Cuda(index) if crate::dist::cuda_memory(index).is_none() => Some(GpuMemoryWatch::start(index)),
@@ -191,14 +187,7 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
         let stats = trainer.step(false)?;
         losses.push(stats.loss.double_value(&[]));
         for b in &stats.micro_batches {
-            micro_batches += 1;
-            real += b.real_tokens as u64;
-            padded += (b.rows * (b.width + 1)) as u64;
-            flops += step_flops(&spec, b, c.method.kind == MethodKind::Full, parameters.trainable as f64);
-            let shape = (b.rows as u64, b.width as u64, b.supervised as u64);
-            if longest.is_none_or(|l| (l.0 * l.1, l.2) < (shape.0 * shape.1, shape.2)) {
-                longest = Some(shape);
-            }
+            n.add(b, step_flops(&spec, b, c.method.kind == MethodKind::Full, parameters.trainable as f64));
         }
     }
     if let tch::Device::Cuda(index) = device {
@@ -222,19 +211,19 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
             (r.rank.world, r.sum(&slots, device)?, Some(sync_ms))
         }
     };
-    let tflops = flops / seconds / 1e12;
+    let tflops = n.flops / seconds / 1e12;
     Ok(Report {
         method: c.method.kind.to_string(),
         device: crate::device::name(device),
         precision: precision.to_string(),
         data,
         steps,
-        micro_batches,
+        micro_batches: n.micro_batches,
         samples: trainer.state.samples_seen,
-        real_tokens: real,
-        padded_tokens: padded,
+        real_tokens: n.real,
+        padded_tokens: n.padded,
         seconds,
-        tokens_per_s: real as f64 / seconds,
+        tokens_per_s: n.real as f64 / seconds,
         losses,
         peak_rss_mib: peak_rss_mib(),
         peak_gpu_mib,
@@ -245,16 +234,61 @@ pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Repor
         model_tflops_per_s: tflops,
         mfu: peak_flops(device, kind).map(|p| tflops * 1e12 / p / world_size as f64),
         parameters,
-        model_rss_mib,
-        training_rss_mib: peak_rss_mib().zip(model_rss_mib).map(|(peak, model)| peak - model),
-        cpu_tensor_peak_mib: match (device, crate::device::cpu_memory(), model_tensors) {
-            (tch::Device::Cpu, Some((_, peak)), Some(model)) => Some((peak - model) as f64 / 1048576.0),
-            _ => None,
-        },
-        memory_plan: longest.map(|(rows, width, supervised)| {
-            methods::memory::estimate(&spec, &c.method, &placement, (rows, width), Some(supervised))
+        model_rss_mib: mark.rss,
+        training_rss_mib: peak_rss_mib().zip(mark.rss).map(|(peak, model)| peak - model),
+        cpu_tensor_peak_mib: mark.tensor_peak_mib(device),
+        memory_plan: n.largest.map(|mut shape| {
+            shape.packed = c.data.packing;
+            methods::memory::estimate(&spec, &c.method, &placement, shape)
         }),
     })
+}
+
+/// What the micro-batches of a bench held, and the largest of them.
+#[derive(Default)]
+struct Counts {
+    micro_batches: u64,
+    real: u64,
+    padded: u64,
+    flops: f64,
+    largest: Option<Shape>,
+}
+
+impl Counts {
+    fn add(&mut self, b: &MicroBatch, flops: f64) {
+        self.micro_batches += 1;
+        self.real += b.real_tokens as u64;
+        self.padded += (b.rows * (b.width + 1)) as u64;
+        self.flops += flops;
+        let shape =
+            Shape { rows: b.rows as u64, len: b.width as u64, scored: Some(b.supervised as u64), packed: false };
+        let size = |s: &Shape| (s.rows * s.len, s.scored);
+        if self.largest.is_none_or(|l| size(&l) < size(&shape)) {
+            self.largest = Some(shape);
+        }
+    }
+}
+
+/// Memory in use once the model is built, with the peaks reset, to measure what training adds.
+struct MemoryMark {
+    rss: Option<f64>,
+    tensors: Option<u64>,
+}
+
+impl MemoryMark {
+    fn now() -> MemoryMark {
+        super::reset_peak_rss();
+        crate::device::reset_cpu_peak();
+        MemoryMark { rss: rss_mib(), tensors: crate::device::cpu_memory().map(|(current, _)| current) }
+    }
+
+    /// The peak bytes of CPU tensors above the mark, in MiB.
+    fn tensor_peak_mib(&self, device: tch::Device) -> Option<f64> {
+        match (device, crate::device::cpu_memory(), self.tensors) {
+            (tch::Device::Cpu, Some((_, peak)), Some(model)) => Some((peak - model) as f64 / 1048576.0),
+            _ => None,
+        }
+    }
 }
 
 /// The samples to train on: the config's train split, or synthetic ones; and where they came from.

@@ -44,7 +44,7 @@ pub fn resolve_micro_batch(
     }
     trainer.set_micro_batch_size(micro);
     println!("micro_batch_size = \"auto\": {micro}{}", note(&out_of_memory));
-    let planned = memory::estimate(&spec, &c.method, &placement, (micro, c.data.max_seq_length), None);
+    let planned = memory::estimate(&spec, &c.method, &placement, memory::Shape::worst(c, micro));
     Ok(Some(MicroBatchRecord {
         chosen: micro,
         planned_peak_bytes: planned.total,
@@ -71,7 +71,7 @@ pub fn memory_hint(e: Problems, c: &Config, trainer: &Trainer, kept: Option<&std
     }
     let placement = &trainer.built.placement;
     let (micro, seq) = (trainer.micro_batch_size() as u64, c.data.max_seq_length);
-    let plan = memory::estimate(&trainer.built.model.spec, &c.method, placement, (micro, seq), None);
+    let plan = memory::estimate(&trainer.built.model.spec, &c.method, placement, memory::Shape::worst(c, micro));
     let available = memory::device_memory(&c.model, placement)
         .map(|b| format!(" of the {} available", crate::methods::memory::mib_text(b)))
         .unwrap_or_default();
