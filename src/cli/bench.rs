@@ -26,11 +26,10 @@ pub struct Args {
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
     let config = a.config.resolve()?.config;
-    let rank = Rank::from_env()?.filter(|r| r.world > 1);
-    if config.train.devices > 1 && rank.is_none() {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        return Ok(launch::spawn_local(config.train.devices as usize, &args)?);
+    if launch::starts_processes(config.train.devices)? {
+        return Ok(launch::start_processes(config.train.devices)?);
     }
+    let rank = Rank::from_env()?.filter(|r| r.world > 1);
     let r = bench::run(&config, a.steps, a.synthetic)?;
     if rank.is_some_and(|r| r.rank > 0) {
         return Ok(());

@@ -1,8 +1,6 @@
 //! `ftexp rerun`.
 use std::path::PathBuf;
 
-use ftexp::dist::Rank;
-
 use super::args::BaseArg;
 
 /// Run a finished experiment again from its saved config.toml, on the base it was trained on, into a new
@@ -22,9 +20,8 @@ pub struct Args {
 pub fn exec(a: Args) -> anyhow::Result<()> {
     // A run on several devices is run again on as many, each process started here.
     let devices = ftexp::train::saved_config(&a.run_dir, &[])?.train.devices;
-    if devices > 1 && Rank::from_env()?.is_none_or(|r| r.world <= 1) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        return Ok(ftexp::train::launch::spawn_local(devices as usize, &args)?);
+    if ftexp::train::launch::starts_processes(devices)? {
+        return Ok(ftexp::train::launch::start_processes(devices)?);
     }
     ftexp::train::rerun(&a.run_dir, a.seed, a.base.allow_changed_base)?;
     Ok(())

@@ -1,7 +1,6 @@
 //! `ftexp run`.
 use std::path::PathBuf;
 
-use ftexp::dist::Rank;
 use ftexp::error::Problems;
 use ftexp::experiment::{self, EXPERIMENTS_DIR};
 use ftexp::train::{self, launch, Start};
@@ -34,15 +33,13 @@ pub fn exec(mut a: Args) -> anyhow::Result<()> {
     let root = PathBuf::from(EXPERIMENTS_DIR);
     // A process of a group a launcher (this command, torchrun, …) started trains; otherwise a run on
     // several devices starts one process per device.
-    let in_group = Rank::from_env()?.is_some_and(|r| r.world > 1);
-    let args: Vec<String> = std::env::args().skip(1).collect();
     match a.resume {
         None => {
             let config = a.config.resolve()?.config;
-            if config.train.devices > 1 && !in_group {
+            if launch::starts_processes(config.train.devices)? {
                 // Once here, so the processes find the data prepared and the base in place.
                 train::prepare_shared(&config)?;
-                return Ok(launch::spawn_local(config.train.devices as usize, &args)?);
+                return Ok(launch::start_processes(config.train.devices)?);
             }
             let start = Start::New { experiments_root: root, tag: a.tag };
             train::run(&config, start, false)?;
@@ -56,8 +53,8 @@ pub fn exec(mut a: Args) -> anyhow::Result<()> {
                 PathBuf::from(dir)
             };
             let devices = train::saved_config(&run_dir, &overrides)?.train.devices;
-            if devices > 1 && !in_group {
-                return Ok(launch::spawn_local(devices as usize, &args)?);
+            if launch::starts_processes(devices)? {
+                return Ok(launch::start_processes(devices)?);
             }
             train::resume(&run_dir, &overrides, a.base.allow_changed_base)?;
         }

@@ -91,6 +91,18 @@ extern "C" fn on_stop(signal: libc::c_int) {
 /// Starts `n` copies of this program with `args` on this machine, one per device, and waits for them.
 /// The first one to fail stops the others (within seconds) and the error names it; Ctrl-C or SIGTERM
 /// is passed on, so the run saves a checkpoint and stops.
+/// Whether a command asked for `devices` processes starts them itself: more than one, and no
+/// launcher's group (torchrun's variables) to join.
+pub fn starts_processes(devices: u64) -> Result<bool, Problems> {
+    Ok(devices > 1 && Rank::from_env()?.is_none_or(|r| r.world <= 1))
+}
+
+/// Starts `devices` copies of this very command line and waits for them (see [`spawn_local`]).
+pub fn start_processes(devices: u64) -> Result<(), Problems> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    spawn_local(devices as usize, &args)
+}
+
 pub fn spawn_local(n: usize, args: &[String]) -> Result<(), Problems> {
     let exe = std::env::current_exe().map_err(|e| Problems::one(format!("cannot find the ftexp binary: {e}")))?;
     let port = free_port()?;
