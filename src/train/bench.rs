@@ -164,9 +164,7 @@ impl GpuMemoryWatch {
 /// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
 pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
     let replicas = super::launch::join(c)?;
-    // Tensors on the CPU are counted; `model.device_memory` limits them only when the run is on the CPU.
-    let on_cpu = crate::device::Placement::resolve(c.model.device, c.model.precision).device == tch::Device::Cpu;
-    crate::device::count_cpu_memory(c.model.device_memory_bytes().filter(|_| on_cpu));
+    count_cpu_tensors(c);
     let built = methods::build(&super::launch::on_rank(c, replicas.as_ref().map(|r| &r.rank)))?;
     let spec = built.model.spec.clone();
     let (train, data) = samples(c, &spec, synthetic_data)?;
@@ -269,6 +267,12 @@ impl Counts {
             self.largest = Some(shape);
         }
     }
+}
+
+/// Counts CPU tensors from here on; `model.device_memory` limits them only when the run is on the CPU.
+fn count_cpu_tensors(c: &Config) {
+    let on_cpu = crate::device::Placement::resolve(c.model.device, c.model.precision).device == tch::Device::Cpu;
+    crate::device::count_cpu_memory(c.model.device_memory_bytes().filter(|_| on_cpu));
 }
 
 /// Memory in use once the model is built, with the peaks reset, to measure what training adds.
