@@ -379,6 +379,11 @@ impl TrainConfig {
     pub fn keeps_best(&self) -> bool {
         self.save_best.unwrap_or(self.patience().is_some())
     }
+
+    /// `micro_batch_size = "auto"`, still to be resolved.
+    pub fn auto_micro_batch(&self) -> bool {
+        self.micro_batch_size == 0
+    }
 }
 
 /// A count that may be written `"auto"`, held as 0.
@@ -404,13 +409,6 @@ mod auto_or_count {
             Raw::Word(w) if w == "auto" => Ok(0),
             Raw::Word(w) => Err(serde::de::Error::custom(format!("`{w}` is neither a whole number nor \"auto\""))),
         }
-    }
-}
-
-impl TrainConfig {
-    /// `micro_batch_size = "auto"`, still to be resolved.
-    pub fn auto_micro_batch(&self) -> bool {
-        self.micro_batch_size == 0
     }
 }
 

@@ -112,6 +112,15 @@ pub fn estimate(spec: &ModelSpec, m: &MethodConfig, placement: &Placement, shape
     }
 }
 
+/// Bytes per element of the kinds a model holds: fp32, or a 16-bit float.
+fn kind_bytes(kind: tch::Kind) -> u64 {
+    if kind == tch::Kind::Float {
+        4
+    } else {
+        2
+    }
+}
+
 struct TensorInfo {
     elems: u64,
     elem_bytes: u64,
@@ -123,13 +132,12 @@ struct Tensors(HashMap<At, TensorInfo>);
 
 impl Tensors {
     fn of(spec: &ModelSpec, m: &MethodConfig, placement: &Placement) -> Tensors {
-        let size = |k: tch::Kind| if k == tch::Kind::Float { 4 } else { 2 };
         let map = layout::tensors(spec, Some(m))
             .into_iter()
             .map(|t| {
                 let trainable = is_trainable(m.kind, t.role());
                 let kind = if trainable { placement.trainable_kind() } else { placement.weight_kind() };
-                (t.at, TensorInfo { elems: t.numel() as u64, elem_bytes: size(kind), trainable })
+                (t.at, TensorInfo { elems: t.numel() as u64, elem_bytes: kind_bytes(kind), trainable })
             })
             .collect();
         Tensors(map)
@@ -203,13 +211,12 @@ impl<'a> Walk<'a> {
         method: &'a MethodConfig,
         (batch, time): (i64, i64),
     ) -> Walk<'a> {
-        let size = |k: tch::Kind| if k == tch::Kind::Float { 4 } else { 2 };
         Walk {
             spec,
             tensors,
             method,
-            compute: size(placement.weight_kind()),
-            trainable_bytes: size(placement.trainable_kind()),
+            compute: kind_bytes(placement.weight_kind()),
+            trainable_bytes: kind_bytes(placement.trainable_kind()),
             batch,
             time,
             next: 0,

@@ -73,7 +73,7 @@ pub fn memory_hint(e: Problems, c: &Config, trainer: &Trainer, kept: Option<&std
     let (micro, seq) = (trainer.micro_batch_size() as u64, c.data.max_seq_length);
     let plan = memory::estimate(&trainer.built.model.spec, &c.method, placement, memory::Shape::worst(c, micro));
     let available = memory::device_memory(&c.model, placement)
-        .map(|b| format!(" of the {} available", crate::methods::memory::mib_text(b)))
+        .map(|b| format!(" of the {} available", memory::mib_text(b)))
         .unwrap_or_default();
     let kept = kept.map_or("no checkpoint was saved yet".to_string(), |p| {
         format!("the last checkpoint, {}, is kept", p.display())
@@ -83,7 +83,7 @@ pub fn memory_hint(e: Problems, c: &Config, trainer: &Trainer, kept: Option<&std
             .map(|m| {
                 format!(
                     "{m}; the memory plan expects a peak of {} for micro-batches of {micro} × {seq} (see `ftexp plan`){available}; {kept}",
-                    crate::methods::memory::mib_text(plan.total)
+                    memory::mib_text(plan.total)
                 )
             })
             .collect(),
