@@ -10,6 +10,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo:rerun-if-changed=csrc/memory.cpp");
+    println!("cargo:rerun-if-changed=csrc/tensors.cpp");
     println!("cargo::rustc-check-cfg=cfg(ftexp_dist)");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:rustc-env=BUILT_LIBTORCH_VERSION=unknown");
@@ -54,6 +55,7 @@ fn dist_bridge(lib: &Path, cuda: bool) {
         .std("c++17")
         .file("csrc/dist.cpp")
         .file("csrc/memory.cpp")
+        .file("csrc/tensors.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag_if_supported("-w");

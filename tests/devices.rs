@@ -10,8 +10,11 @@ use crate::common::{doubling_project, fixtures, ftexp, stderr, BIN};
 
 /// A project training the llama fixture with `kind`, 4 samples per step in micro-batches of 1, so two
 /// processes accumulate two micro-batches each. No dropout: its masks depend on which process draws them.
+/// The learning rate (1e-3, the loss still falls from 13.3 to 2.6 in 12 full steps) keeps training out
+/// of the chaotic regime where rounding differences grow: two processes add a step's gradients in
+/// another order than one, and at 1e-2 that difference of 1e-7 grew past 1e-5 within 8 steps.
 fn project(kind: &str, steps: u64) -> tempfile::TempDir {
-    project_lr(kind, steps, 0.01)
+    project_lr(kind, steps, 0.001)
 }
 
 /// [`project`] with another learning rate.
@@ -24,7 +27,7 @@ fn project_lr(kind: &str, steps: u64, lr: f64) -> tempfile::TempDir {
 }
 
 /// One thread per process in every run compared: matrix products split over another number of threads
-/// round differently, and over a few steps of a high learning rate that grows past 1e-5.
+/// round differently, and over a few steps of training that difference can grow past 1e-5.
 const ONE_THREAD: [(&str, &str); 1] = [("OMP_NUM_THREADS", "1")];
 
 fn run_dir(p: &Path, v: u32) -> PathBuf {

@@ -520,3 +520,47 @@ fn runs_written_before_named_mlp_fields_still_load() {
     std::fs::write(dir.join("run.json"), run.to_string()).unwrap();
     assert_eq!(eval(), before);
 }
+
+#[test]
+fn fused_adamw_makes_the_update_of_the_formula() {
+    // fp32 tensors take libtorch's fused AdamW; fp64 copies of them take the separate operations. Both
+    // must make the same three updates, with and without weight decay.
+    use ftexp::methods::Trainable;
+    use tch::{Kind, Tensor};
+    tch::manual_seed(7);
+    let values = [
+        Tensor::randn([64, 32], (Kind::Float, tch::Device::Cpu)),
+        Tensor::randn([32], (Kind::Float, tch::Device::Cpu)),
+    ];
+    let make = |kind: Kind| -> Vec<Trainable> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Trainable {
+                name: format!("t{i}"),
+                tensor: v.to_kind(kind).copy().set_requires_grad(true),
+                decays: i == 0,
+            })
+            .collect()
+    };
+    let (fused, separate) = (make(Kind::Float), make(Kind::Double));
+    let mut opts = [ftexp::train::optimizer::AdamW::new(&fused), ftexp::train::optimizer::AdamW::new(&separate)];
+    for step in 0..3 {
+        let weights: Vec<Tensor> = values.iter().map(|v| v.randn_like()).collect();
+        for (params, opt) in [&fused, &separate].into_iter().zip(opts.iter_mut()) {
+            let loss = params
+                .iter()
+                .zip(&weights)
+                .map(|(p, w)| (&p.tensor * w.to_kind(p.tensor.kind())).square().sum(Kind::Double))
+                .fold(Tensor::zeros([], (Kind::Double, tch::Device::Cpu)), |a, b| a + b);
+            loss.backward();
+            opt.step(1e-2 * (step + 1) as f64, 0.1);
+        }
+    }
+    for ((f, s), start) in fused.iter().zip(&separate).zip(&values) {
+        let (f, s) = (f.tensor.to_kind(Kind::Double), s.tensor.detach());
+        let moved = (&f - start.to_kind(Kind::Double)).abs().max().double_value(&[]);
+        let diff = (&f - &s).abs().max().double_value(&[]);
+        assert!(moved > 1e-2 && diff < 1e-6, "moved {moved}; fused and separate updates differ by {diff}");
+    }
+}

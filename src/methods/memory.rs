@@ -91,9 +91,10 @@ pub fn estimate(spec: &ModelSpec, m: &MethodConfig, placement: &Placement, shape
     let weights = tensors.bytes(|_| true);
     let gradients = tensors.bytes(|t| t.trainable);
     let optimizer = 2 * 4 * tensors.trainable_elems();
-    // AdamW's update holds about four fp32 temporaries of the tensor it updates, when the
-    // activations of the last micro-batch are already freed.
-    let update = 4 * 4 * tensors.largest_trainable();
+    // libtorch's fused AdamW updates fp32 tensors in place; a 16-bit one takes separate operations
+    // holding about four fp32 temporaries of its size, when the activations of the last micro-batch
+    // are already freed.
+    let update = 4 * 4 * tensors.largest_16_bit_trainable();
     let working = walk.working().max(update.saturating_sub(activations + lm_head));
     let overhead = if placement.device.is_cuda() { CUDA_RUNTIME } else { CPU_SCRATCH };
     let total = weights + gradients + optimizer + activations + lm_head + working + overhead;
@@ -151,8 +152,8 @@ impl Tensors {
         self.0.values().filter(|t| t.trainable).map(|t| t.elems).sum()
     }
 
-    fn largest_trainable(&self) -> u64 {
-        self.0.values().filter(|t| t.trainable).map(|t| t.elems).max().unwrap_or(0)
+    fn largest_16_bit_trainable(&self) -> u64 {
+        self.0.values().filter(|t| t.trainable && t.elem_bytes == 2).map(|t| t.elems).max().unwrap_or(0)
     }
 
     fn get(&self, module: Module, param: Param) -> Option<&TensorInfo> {

@@ -69,8 +69,9 @@ pub fn on_rank(c: &Config, rank: Option<&Rank>) -> Config {
 
 /// Makes every replica start from rank 0's tensors and position, and records the processes in run.json.
 pub(super) fn start_replicas(trainer: &mut Trainer, exp: Option<&Experiment>) -> Result<(), Problems> {
-    let Some(replicas) = &trainer.replicas else { return Ok(()) };
+    let Some(replicas) = &mut trainer.replicas else { return Ok(()) };
     replicas.copy_from_first(&trainer.built.trainable, &mut trainer.opt, &mut trainer.state)?;
+    replicas.attach(&trainer.built.trainable)?;
     let device = trainer.built.model.device();
     let me = format!("{}/{}", experiment::host_name(), crate::device::name(device));
     let ranks = replicas.gather_text(&me, device)?;

@@ -41,12 +41,12 @@ impl AdamW {
                 .iter()
                 .map(|(_, p)| p.grad())
                 .filter(|g| g.defined())
-                .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
+                .map(|g| g.to_kind(Kind::Float).norm())
                 .collect();
             if norms.is_empty() {
                 return;
             }
-            let total = Tensor::stack(&norms, 0).sum(Kind::Float).sqrt();
+            let total = Tensor::stack(&norms, 0).norm();
             let factor = (total + 1e-6).reciprocal().g_mul_scalar(max_norm).clamp_max(1.0);
             for (_, p) in &self.params {
                 let mut g = p.grad();
@@ -63,29 +63,91 @@ impl AdamW {
         self.step(lr, t.weight_decay);
     }
 
-    /// One update with learning rate `lr`, then zeroes the gradients.
+    /// One update with learning rate `lr`, then zeroes the gradients. fp32 tensors go through libtorch's
+    /// fused AdamW (one pass each, decaying and not decaying in two calls); others, and every tensor on a
+    /// build without the native bridge, through the same formula in separate operations.
     pub fn step(&mut self, lr: f64, weight_decay: f64) {
         self.step += 1;
-        let t = self.step as i32;
-        let (c1, c2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
+        let step = self.step;
         tch::no_grad(|| {
+            let mut fused: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
             for (i, (_, p)) in self.params.iter().enumerate() {
-                let mut g = p.grad();
+                let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
-                let gf = g.to_kind(Kind::Float);
-                let _ = self.m[i].g_mul_scalar_(BETA1).g_add_(&(&gf * (1.0 - BETA1)));
-                let _ = self.v[i].g_mul_scalar_(BETA2).g_add_(&(gf.square() * (1.0 - BETA2)));
-                let update = (&self.m[i] / c1) / ((&self.v[i] / c2).sqrt() + EPS) * lr;
-                let mut p = p.shallow_clone();
-                if self.decay[i] && weight_decay > 0.0 {
-                    let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
+                let decays = self.decay[i] && weight_decay > 0.0;
+                if cfg!(ftexp_dist) && p.kind() == Kind::Float && g.kind() == Kind::Float {
+                    fused[decays as usize].push(i);
+                } else {
+                    self.step_one(i, step, lr, if decays { weight_decay } else { 0.0 });
                 }
-                let _ = p.g_sub_(&update.to_kind(p.kind()));
-                let _ = g.zero_();
+            }
+            for (decays, members) in fused.iter().enumerate() {
+                let wd = if decays == 1 { weight_decay } else { 0.0 };
+                if let Err(e) = self.fused_step(members, step, lr, wd) {
+                    // Not expected (the tensors were checked above); the separate operations do the same.
+                    eprintln!("warning: fused AdamW failed ({e}); updating tensor by tensor");
+                    members.iter().for_each(|&i| self.step_one(i, step, lr, wd));
+                }
+            }
+            for (_, p) in &self.params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
             }
         });
+    }
+
+    /// libtorch's fused AdamW over the tensors `members`.
+    fn fused_step(&self, members: &[usize], step: u64, lr: f64, weight_decay: f64) -> Result<(), String> {
+        let grads: Vec<Tensor> = members.iter().map(|&i| self.params[i].1.grad()).collect();
+        let ptrs = |ts: Vec<&Tensor>| ts.into_iter().map(|t| t.as_ptr() as *mut std::ffi::c_void).collect::<Vec<_>>();
+        let params = ptrs(members.iter().map(|&i| &self.params[i].1).collect());
+        let (m, v) =
+            (ptrs(members.iter().map(|&i| &self.m[i]).collect()), ptrs(members.iter().map(|&i| &self.v[i]).collect()));
+        let grads = ptrs(grads.iter().collect());
+        let mut err = [0 as std::ffi::c_char; 512];
+        // SAFETY: arrays of live tensors, `members.len()` long; `err` is a buffer of its stated length.
+        let rc = unsafe {
+            ffi::ftexp_fused_adamw(
+                params.as_ptr(),
+                grads.as_ptr(),
+                m.as_ptr(),
+                v.as_ptr(),
+                members.len(),
+                step as f64,
+                lr,
+                BETA1,
+                BETA2,
+                weight_decay,
+                EPS,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        // SAFETY: the bridge wrote a NUL-terminated message into `err`.
+        Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+    }
+
+    /// The update of tensor `i` in separate operations.
+    fn step_one(&self, i: usize, step: u64, lr: f64, weight_decay: f64) {
+        let t = step as i32;
+        let (c1, c2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
+        let p = &self.params[i].1;
+        let gf = p.grad().to_kind(Kind::Float);
+        let _ = self.m[i].shallow_clone().g_mul_scalar_(BETA1).g_add_(&(&gf * (1.0 - BETA1)));
+        let _ = self.v[i].shallow_clone().g_mul_scalar_(BETA2).g_add_(&(gf.square() * (1.0 - BETA2)));
+        let update = (&self.m[i] / c1) / ((&self.v[i] / c2).sqrt() + EPS) * lr;
+        let mut p = p.shallow_clone();
+        if weight_decay > 0.0 {
+            let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
+        }
+        let _ = p.g_sub_(&update.to_kind(p.kind()));
     }
 
     /// The moment tensors, in a fixed order.
@@ -131,5 +193,52 @@ impl AdamW {
             self.v[i] = take("v")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(ftexp_dist)]
+mod ffi {
+    use std::ffi::{c_char, c_void};
+    extern "C" {
+        #[allow(clippy::too_many_arguments)]
+        pub fn ftexp_fused_adamw(
+            params: *const *mut c_void,
+            grads: *const *mut c_void,
+            exp_avgs: *const *mut c_void,
+            exp_avg_sqs: *const *mut c_void,
+            n: usize,
+            step: f64,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            weight_decay: f64,
+            eps: f64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
+    }
+}
+
+/// Without the native bridge every tensor takes the separate operations.
+#[cfg(not(ftexp_dist))]
+#[allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
+mod ffi {
+    use std::ffi::{c_char, c_void};
+    pub unsafe fn ftexp_fused_adamw(
+        _: *const *mut c_void,
+        _: *const *mut c_void,
+        _: *const *mut c_void,
+        _: *const *mut c_void,
+        _: usize,
+        _: f64,
+        _: f64,
+        _: f64,
+        _: f64,
+        _: f64,
+        _: f64,
+        _: *mut c_char,
+        _: usize,
+    ) -> i32 {
+        -1
     }
 }

@@ -1,7 +1,10 @@
 //! Data-parallel training over a c10d process group: every rank holds a replica of the model, starts
 //! from rank 0's tensors, and after its share of a step's micro-batches adds its gradients to the
 //! others' — in flat buckets, in the trainable tensors' fixed order on every rank — so each replica
-//! makes the same update a single process would.
+//! makes the same update a single process would. An fp32 gradient is a view into its bucket (as
+//! PyTorch DDP's `gradient_as_bucket_view`): backward passes add into the bucket and c10d sums it in
+//! place, with no copy either way.
+use std::ffi::c_void;
 use std::time::{Duration, Instant};
 
 use tch::{Kind, Tensor};
@@ -19,11 +22,22 @@ const BUCKET_ELEMENTS: i64 = 1 << 23;
 pub struct Replicas {
     group: Group,
     pub rank: Rank,
-    /// Ranges of the trainable tensors, each summed as one flat buffer.
-    buckets: Vec<std::ops::Range<usize>>,
+    /// The trainable tensors in flat buffers, each summed as one.
+    buckets: Vec<Bucket>,
     /// Time spent in the gradient exchange so far.
     pub sync_time: Duration,
 }
+
+/// Consecutive trainable tensors whose gradients are summed as one flat fp32 buffer.
+struct Bucket {
+    flat: Tensor,
+    /// The trainable tensors whose gradients are copied into `flat` and back (not fp32), by index and
+    /// offset; the others' gradients are views into it.
+    copied: Vec<(usize, i64)>,
+}
+
+/// Room at the end of the first bucket for the step's loss share and the stop request.
+const EXTRA: i64 = 2;
 
 /// What every rank learns from a step's exchange besides the gradients.
 pub struct Exchanged {
@@ -53,6 +67,35 @@ impl Replicas {
         }
         buckets.push(start..trainable.len());
         buckets
+    }
+
+    /// Allocates the buckets and makes each fp32 trainable tensor's gradient a view into its bucket,
+    /// holding the gradient it had.
+    pub fn attach(&mut self, trainable: &[Trainable]) -> Result<(), Problems> {
+        let device = self.device(trainable);
+        self.buckets.clear();
+        for (b, members) in Replicas::plan_buckets(trainable).into_iter().enumerate() {
+            let size: i64 = trainable[members.clone()].iter().map(|t| t.tensor.numel() as i64).sum();
+            let flat = Tensor::zeros([size + if b == 0 { EXTRA } else { 0 }], (Kind::Float, device));
+            let (mut copied, mut offset) = (Vec::new(), 0);
+            for i in members {
+                let (t, n) = (&trainable[i], trainable[i].tensor.numel() as i64);
+                if t.tensor.kind() == Kind::Float && cfg!(ftexp_dist) {
+                    let view = flat.narrow(0, offset, n).view(t.tensor.size().as_slice());
+                    let had = t.tensor.grad();
+                    if had.defined() {
+                        tch::no_grad(|| view.shallow_clone().copy_(&had));
+                    }
+                    set_grad(&t.tensor, &view)
+                        .map_err(|e| Problems::one(format!("preparing the gradient of {}: {e}", t.name)))?;
+                } else {
+                    copied.push((i, offset));
+                }
+                offset += n;
+            }
+            self.buckets.push(Bucket { flat, copied });
+        }
+        Ok(())
     }
 
     pub fn is_first(&self) -> bool {
@@ -106,43 +149,35 @@ impl Replicas {
     pub fn exchange(&mut self, trainable: &[Trainable], loss: &Tensor, stop: bool) -> Result<Exchanged, Problems> {
         let clock = Instant::now();
         if self.buckets.is_empty() {
-            self.buckets = Replicas::plan_buckets(trainable);
+            self.attach(trainable)?;
         }
-        let device = self.device(trainable);
         let mut out = None;
         tch::no_grad(|| -> Result<(), Problems> {
-            for (b, range) in self.buckets.iter().enumerate() {
-                let members = &trainable[range.clone()];
-                let mut parts: Vec<Tensor> = members
-                    .iter()
-                    .map(|t| {
-                        let g = t.tensor.grad();
-                        if g.defined() {
-                            g.to_kind(Kind::Float).reshape([-1])
-                        } else {
-                            Tensor::zeros([t.tensor.numel() as i64], (Kind::Float, device))
-                        }
-                    })
-                    .collect();
-                if b == 0 {
-                    let flag = Tensor::from(if stop { 1.0f32 } else { 0.0 }).to_device(device);
-                    parts.push(loss.to_kind(Kind::Float).reshape([1]));
-                    parts.push(flag.reshape([1]));
-                }
-                let flat = Tensor::cat(&parts, 0);
-                self.group.allreduce_sum(&flat)?;
-                let mut offset = 0;
-                for t in members {
-                    let n = t.tensor.numel() as i64;
-                    let mut g = t.tensor.grad();
+            for (b, bucket) in self.buckets.iter().enumerate() {
+                for &(i, offset) in &bucket.copied {
+                    let (t, g) = (&trainable[i].tensor, trainable[i].tensor.grad());
+                    let mut slot = bucket.flat.narrow(0, offset, t.numel() as i64);
                     if g.defined() {
-                        g.copy_(&flat.narrow(0, offset, n).view_as(&g));
+                        slot.copy_(&g.reshape([-1]));
+                    } else {
+                        let _ = slot.zero_();
                     }
-                    offset += n;
+                }
+                let end = bucket.flat.numel() as i64 - EXTRA;
+                if b == 0 {
+                    bucket.flat.narrow(0, end, 1).copy_(&loss.reshape([1]));
+                    let _ = bucket.flat.narrow(0, end + 1, 1).fill_(if stop { 1.0 } else { 0.0 });
+                }
+                self.group.allreduce_sum(&bucket.flat)?;
+                for &(i, offset) in &bucket.copied {
+                    let mut g = trainable[i].tensor.grad();
+                    if g.defined() {
+                        g.copy_(&bucket.flat.narrow(0, offset, g.numel() as i64).view_as(&g));
+                    }
                 }
                 if b == 0 {
-                    let stop = flat.double_value(&[offset + 1]) > 0.0;
-                    out = Some(Exchanged { loss: flat.narrow(0, offset, 1).reshape([]), stop });
+                    let stop = bucket.flat.double_value(&[end + 1]) > 0.0;
+                    out = Some(Exchanged { loss: bucket.flat.narrow(0, end, 1).reshape([]).copy(), stop });
                 }
             }
             Ok(())
@@ -177,5 +212,37 @@ impl Replicas {
                 String::from_utf8_lossy(&bytes).into_owned()
             })
             .collect())
+    }
+}
+
+/// Makes `grad` the `.grad` of `tensor`.
+fn set_grad(tensor: &Tensor, grad: &Tensor) -> Result<(), String> {
+    let mut err = [0 as std::ffi::c_char; 512];
+    // SAFETY: two live tensors; `err` is a buffer of its stated length.
+    let rc = unsafe {
+        ffi::ftexp_set_grad(tensor.as_ptr() as *mut c_void, grad.as_ptr() as *mut c_void, err.as_mut_ptr(), err.len())
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: the bridge wrote a NUL-terminated message into `err`.
+    Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+#[cfg(ftexp_dist)]
+mod ffi {
+    use std::ffi::{c_char, c_void};
+    extern "C" {
+        pub fn ftexp_set_grad(tensor: *mut c_void, grad: *mut c_void, err: *mut c_char, err_len: usize) -> i32;
+    }
+}
+
+/// Without the native bridge no gradient is aliased (and no group can be joined).
+#[cfg(not(ftexp_dist))]
+#[allow(clippy::missing_safety_doc)]
+mod ffi {
+    use std::ffi::{c_char, c_void};
+    pub unsafe fn ftexp_set_grad(_: *mut c_void, _: *mut c_void, _: *mut c_char, _: usize) -> i32 {
+        -1
     }
 }
