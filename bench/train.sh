@@ -131,7 +131,7 @@ def pick(key):
         return None
     med = lambda i: statistics.median(r[i] for r in use)
     return dict(tps=med(1), rss=med(2), first=med(3), last=med(4), note=f"{len(clean)}/{len(rs)}" + ("" if clean else "!"))
-goals = {"adapter_v2": 3.0, "lora": 3.0, "full": 2.0}
+goals = {"adapter_v2": 6.0, "lora": 6.0, "full": 4.0}
 head = f"{'method':<11}{'tool':<8}{'tokens/s':>9}{'peak RSS MiB':>13}{'loss step 1':>12}{'loss step 20':>13}{'runs':>6}{'ftexp/litgpt':>13}{'goal':>6}{'RSS ok':>7}"
 print(head); print("-" * len(head))
 for m in dict.fromkeys(k[1] for k in runs):
@@ -142,7 +142,7 @@ for m in dict.fromkeys(k[1] for k in runs):
         ratio = goal = rss_ok = ""
         if tool == "ftexp" and l:
             ratio = f"{d['tps'] / l['tps']:.2f}x"
-            goal = "met" if d["tps"] / l["tps"] >= goals.get(m, 3.0) else "no"
+            goal = "met" if d["tps"] / l["tps"] >= goals.get(m, 6.0) else "no"
             rss_ok = "yes" if d["rss"] <= l["rss"] else "no"
         print(f"{m:<11}{tool:<8}{d['tps']:>9.0f}{d['rss']:>13.0f}{d['first']:>12.4f}{d['last']:>13.4f}{d['note']:>6}{ratio:>13}{goal:>6}{rss_ok:>7}")
 print(f"goals: ftexp/litgpt >= {goals['adapter_v2']}x (adapter_v2, lora), >= {goals['full']}x (full); peak RSS not above litgpt's")

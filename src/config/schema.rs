@@ -145,7 +145,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!("method.lora_alpha", Float, Some("16"),
         "LoRA scaling: the update is multiplied by `lora_alpha / lora_r`. Often twice the rank."),
     key!("method.lora_dropout", Float, Some("0.05"),
-        "Share of the LoRA branch's inputs randomly dropped during training, against overfitting. 0 to less than 1."),
+        "Share of the LoRA branches' inputs randomly dropped during training, against overfitting (one mask per input, shared by the branches that read it, as litgpt does for q, k and v). 0 to less than 1."),
     key!("method.lora_query", Bool, Some("true"), "Apply LoRA to the attention query projection."),
     key!("method.lora_key", Bool, Some("false"), "Apply LoRA to the attention key projection."),
     key!("method.lora_value", Bool, Some("true"), "Apply LoRA to the attention value projection."),

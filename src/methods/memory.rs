@@ -196,6 +196,8 @@ struct Walk<'a> {
     saved: HashMap<usize, u64>,
     /// Saved outside the blocks (the embedding's indices).
     outside_layers: u64,
+    /// The LoRA dropout of each input, by its id.
+    dropped: HashMap<usize, Val>,
     /// The largest activation a layer's backward pass holds gradients of at once.
     widest: u64,
     /// Positions the LM head scores.
@@ -223,6 +225,7 @@ impl<'a> Walk<'a> {
             next: 0,
             saved: HashMap::new(),
             outside_layers: 0,
+            dropped: HashMap::new(),
             widest: 0,
             supervised: batch * time,
             packed: false,
@@ -275,7 +278,13 @@ impl<'a> Walk<'a> {
         // and a 16-bit model adds the scores' gradient in their own dtype.
         let scores = (logits.rows * logits.width) as u64;
         let cast = if self.compute == 4 { 0 } else { scores * self.compute };
-        3 * 4 * scores + cast
+        // From the second step on, a trained head's new weight gradient is computed beside the one kept
+        // (before it is added in) while the scores' gradient is still alive.
+        let new_gradient = match self.tensors.get(Module::Head, Param::Weight) {
+            Some(w) if w.trainable => w.elems * w.elem_bytes + 4 * scores,
+            _ => 0,
+        };
+        (3 * 4 * scores).max(new_gradient) + cast
     }
 
     fn block(&mut self, i: usize, x: Val) -> Val {
@@ -354,13 +363,17 @@ impl<'a> Walk<'a> {
     }
 
     fn lora(&mut self, x: Val, y: Val, r: i64) -> Val {
-        let dropped = match self.method.lora_dropout > 0.0 {
-            true => {
+        // One dropout of an input for every LoRA branch reading it (q, k and v share theirs).
+        let dropped = match (self.method.lora_dropout > 0.0, self.dropped.get(&x.id)) {
+            (true, Some(&d)) => d,
+            (true, None) => {
                 let mask = self.val(x.rows, x.width, 1, false);
                 self.save(mask);
-                self.val(x.rows, x.width, x.elem_bytes, x.grad)
+                let d = self.val(x.rows, x.width, x.elem_bytes, x.grad);
+                self.dropped.insert(x.id, d);
+                d
             }
-            false => x,
+            (false, _) => x,
         };
         self.save(dropped);
         let mid = self.val(x.rows, r, self.compute, true);

@@ -5,7 +5,7 @@ use tch::{Kind, Tensor};
 
 use super::adapter::{Adapter, AdapterV2};
 use super::layout::{self, At, Module, Param, Proj, TensorSpec};
-use super::lora::{self, Lora, LoraScaling};
+use super::lora::{self, Input, Lora, LoraScaling};
 use super::spec::{Mlp as MlpKind, ModelSpec, Norm as NormKind};
 
 /// `t` in the kind of `like` (trainable weights may be kept in fp32 under a 16-bit compute kind).
@@ -42,10 +42,16 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        self.forward_input(&Input::new(x), ctx)
+    }
+
+    /// [`Linear::forward`] of an input other layers read too (sharing its LoRA dropout).
+    pub fn forward_input(&self, input: &Input, ctx: Ctx) -> Tensor {
+        let x = input.x;
         let bias = self.bias.as_ref().map(|b| cast(b, x));
         let y = x.linear(&cast(&self.weight, x), bias.as_ref());
         let y = match &self.lora {
-            Some(l) => y + lora::delta(l, x, ctx.lora, ctx.training),
+            Some(l) => y + lora::delta(l, input, ctx.lora, ctx.training),
             None => y,
         };
         match &self.adapter_v2 {
@@ -396,7 +402,10 @@ impl Gpt {
         let s = &self.spec;
         let (batch, t) = (x.size()[0], x.size()[1]);
         // (batch, time, n × head) → (batch, n, time, head)
-        let heads = |lin: &Linear, n: i64| lin.forward(x, self.ctx()).view([batch, t, n, s.head_size]).transpose(1, 2);
+        let input = Input::new(x);
+        let heads = |lin: &Linear, n: i64| {
+            lin.forward_input(&input, self.ctx()).view([batch, t, n, s.head_size]).transpose(1, 2)
+        };
         let q = apply_rope(&heads(&b.q, s.n_head), rope, s.rope_dims); // (batch, heads, time, head)
         let k = apply_rope(&heads(&b.k, s.n_query_groups), rope, s.rope_dims); // (batch, groups, time, head)
         let v = heads(&b.v, s.n_query_groups); // (batch, groups, time, head)
@@ -432,9 +441,9 @@ impl Gpt {
     }
 
     fn mlp(&self, b: &Block, x: &Tensor) -> Tensor {
-        let (m, ctx) = (&b.mlp, self.ctx());
+        let (m, ctx, input) = (&b.mlp, self.ctx(), Input::new(x));
         let hidden = match (self.spec.mlp, &m.gate) {
-            (MlpKind::SwiGlu, Some(gate)) => gate.forward(x, ctx).silu() * m.up.forward(x, ctx),
+            (MlpKind::SwiGlu, Some(gate)) => gate.forward_input(&input, ctx).silu() * m.up.forward_input(&input, ctx),
             (MlpKind::GeluTanh, _) => m.up.forward(x, ctx).gelu("tanh"),
             _ => m.up.forward(x, ctx).gelu("none"),
         };

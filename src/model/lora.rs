@@ -1,5 +1,7 @@
 //! LoRA: a low-rank update `B·A` beside a frozen linear layer, scaled by `alpha / r`. A starts
 //! Kaiming-uniform and B at zero, so before the first step the layer computes exactly the base's output.
+use std::cell::OnceCell;
+
 use tch::{Device, Kind, Tensor};
 
 use super::gpt::cast;
@@ -33,11 +35,35 @@ impl Default for LoraScaling {
     }
 }
 
+/// An input that several layers read (q, k and v; an MLP's gate and up). Its LoRA dropout is drawn
+/// once and shared by every LoRA branch that reads it, as litgpt's fused QKV LoRA does: on the CPU the
+/// random mask costs more than the branch's products, and one mask per input halves that for q and v.
+pub struct Input<'a> {
+    pub x: &'a Tensor,
+    dropped: OnceCell<Tensor>,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(x: &'a Tensor) -> Input<'a> {
+        Input { x, dropped: OnceCell::new() }
+    }
+
+    fn dropped(&self, s: LoraScaling, training: bool) -> &Tensor {
+        self.dropped.get_or_init(|| {
+            if training && s.dropout > 0.0 {
+                self.x.dropout(s.dropout, true)
+            } else {
+                self.x.shallow_clone()
+            }
+        })
+    }
+}
+
 /// `dropout(x)·Aᵀ·Bᵀ·scale`, in the kind of `x`.
-pub fn delta(lora: &Lora, x: &Tensor, s: LoraScaling, training: bool) -> Tensor {
-    let x = if training && s.dropout > 0.0 { x.dropout(s.dropout, true) } else { x.shallow_clone() };
+pub fn delta(lora: &Lora, input: &Input, s: LoraScaling, training: bool) -> Tensor {
+    let x = input.dropped(s, training);
     // (…, in) → (…, r) → (…, out)
-    x.linear::<&Tensor>(&cast(&lora.a, &x), None).linear::<&Tensor>(&cast(&lora.b, &x), None) * s.scale
+    x.linear::<&Tensor>(&cast(&lora.a, x), None).linear::<&Tensor>(&cast(&lora.b, x), None) * s.scale
 }
 
 /// A fresh LoRA tensor in fp32 (draws from the global generator for A).
