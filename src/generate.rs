@@ -43,7 +43,7 @@ pub fn generate(
         let mut rng = rand_pcg::Pcg64::seed_from_u64(sampling.seed);
         let mut cache = use_cache.then(|| {
             let capacity = (prompt.len() + sampling.max_new_tokens) as i64;
-            KvCache::new(&model.spec, 1, capacity, model.kind(), device)
+            KvCache::new(&model.spec, 1, capacity, model.compute_kind, device)
         });
         let mut out: Vec<u32> = Vec::new();
         let mut next_input = ids_tensor(prompt, device);

@@ -231,7 +231,14 @@ fn the_seed_falcon_config_runs_on_cpu_with_a_tiny_falcon() {
 
 #[test]
 fn bf16_mixed_keeps_trainable_weights_in_fp32() {
-    let p = project("llama", "lora", "");
+    // Full fine-tuning too: its embedding trains in fp32 while the blocks compute in bf16.
+    for kind in ["lora", "full"] {
+        bf16_mixed_run_and_generate(kind);
+    }
+}
+
+fn bf16_mixed_run_and_generate(kind: &str) {
+    let p = project("llama", kind, "");
     let out =
         ftexp(p.path(), &["run", "exp.toml", "--set", "model.precision=bf16-mixed", "--set", "train.max_steps=3"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));

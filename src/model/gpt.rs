@@ -320,7 +320,7 @@ impl Gpt {
         let positions = Tensor::arange_start(start, start + len, (Kind::Float, self.device()));
         let freqs = positions.outer(&self.inv_freq);
         let angles = Tensor::cat(&[&freqs, &freqs], -1);
-        Rope { cos: angles.cos().to_kind(self.kind()), sin: angles.sin().to_kind(self.kind()) }
+        Rope { cos: angles.cos().to_kind(self.compute_kind), sin: angles.sin().to_kind(self.compute_kind) }
     }
 
     /// Final-norm hidden states `(batch, time, hidden)` for `ids` `(batch, time)`, continuing `cache`.
@@ -345,7 +345,7 @@ impl Gpt {
     pub fn hidden_packed(&self, ids: &Tensor, positions: &Tensor, segments: &Tensor) -> Tensor {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq; // (batch, time, dims / 2)
         let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // (batch, 1, time, dims)
-        let rope = Rope { cos: angles.cos().to_kind(self.kind()), sin: angles.sin().to_kind(self.kind()) };
+        let rope = Rope { cos: angles.cos().to_kind(self.compute_kind), sin: angles.sin().to_kind(self.compute_kind) };
         let t = ids.size()[1];
         let same = segments.unsqueeze(2).eq_tensor(&segments.unsqueeze(1)); // (batch, time, time)
         let causal = Tensor::ones([t, t], (Kind::Bool, ids.device())).tril(0);
