@@ -124,6 +124,16 @@ fn message(buf: &[u8]) -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// Calls a function of the native bridge that returns 0, or writes its error into the buffer it is
+/// given (pointer and length) and returns another value.
+pub fn bridge_call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
+    let mut err = [0u8; ERR_LEN];
+    if f(err.as_mut_ptr() as *mut c_char, ERR_LEN) == 0 {
+        return Ok(());
+    }
+    Err(message(&err))
+}
+
 impl Group {
     /// Joins the group of `r.world` processes that rank 0 hosts at `MASTER_ADDR:MASTER_PORT`; gives up
     /// after `timeout` (also the limit on each collective).
@@ -157,16 +167,12 @@ impl Group {
     }
 
     fn call(&self, what: &str, f: impl FnOnce(*mut c_char) -> c_int) -> Result<(), Problems> {
-        let mut err = [0u8; ERR_LEN];
-        if f(err.as_mut_ptr() as *mut c_char) == 0 {
-            return Ok(());
-        }
-        Err(Problems::one(format!(
-            "rank {} of {}: {what} failed: {} (another process stopped or did not answer in time)",
-            self.rank,
-            self.world,
-            message(&err)
-        )))
+        bridge_call(|err, _| f(err)).map_err(|m| {
+            Problems::one(format!(
+                "rank {} of {}: {what} failed: {m} (another process stopped or did not answer in time)",
+                self.rank, self.world
+            ))
+        })
     }
 
     /// Adds up `t` over all ranks, in place on every rank.

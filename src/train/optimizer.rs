@@ -108,9 +108,8 @@ impl AdamW {
         let (m, v) =
             (ptrs(members.iter().map(|&i| &self.m[i]).collect()), ptrs(members.iter().map(|&i| &self.v[i]).collect()));
         let grads = ptrs(grads.iter().collect());
-        let mut err = [0 as std::ffi::c_char; 512];
-        // SAFETY: arrays of live tensors, `members.len()` long; `err` is a buffer of its stated length.
-        let rc = unsafe {
+        // SAFETY: arrays of live tensors, `members.len()` long; `err` is a buffer of `len` bytes.
+        crate::dist::bridge_call(|err, len| unsafe {
             ffi::ftexp_fused_adamw(
                 params.as_ptr(),
                 grads.as_ptr(),
@@ -123,15 +122,10 @@ impl AdamW {
                 BETA2,
                 weight_decay,
                 EPS,
-                err.as_mut_ptr(),
-                err.len(),
+                err,
+                len,
             )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        // SAFETY: the bridge wrote a NUL-terminated message into `err`.
-        Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+        })
     }
 
     /// The update of tensor `i` in separate operations.

@@ -217,16 +217,10 @@ impl Replicas {
 
 /// Makes `grad` the `.grad` of `tensor`.
 fn set_grad(tensor: &Tensor, grad: &Tensor) -> Result<(), String> {
-    let mut err = [0 as std::ffi::c_char; 512];
-    // SAFETY: two live tensors; `err` is a buffer of its stated length.
-    let rc = unsafe {
-        ffi::ftexp_set_grad(tensor.as_ptr() as *mut c_void, grad.as_ptr() as *mut c_void, err.as_mut_ptr(), err.len())
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    // SAFETY: the bridge wrote a NUL-terminated message into `err`.
-    Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+    // SAFETY: two live tensors; `err` is a buffer of `len` bytes.
+    crate::dist::bridge_call(|err, len| unsafe {
+        ffi::ftexp_set_grad(tensor.as_ptr() as *mut c_void, grad.as_ptr() as *mut c_void, err, len)
+    })
 }
 
 #[cfg(ftexp_dist)]
