@@ -3,7 +3,7 @@
 //! One module per pipeline stage, each importing only the stages listed before it (`tests/layers.rs`
 //! checks this):
 //! `error` → `config` → `device` → `dist` → `experiment` → `hub` → `source` → `tokenizer` → `data` → `model` →
-//! `methods` → `generate` → `eval` → `train` → `plan`, `report`, `sweep`, `export`.
+//! `methods` → `plan` → `generate` → `eval` → `train` → `report`, `sweep`, `export`.
 //! The command line (`src/main.rs`, `src/cli/`) is the binary's, not the library's.
 pub mod config;
 pub mod data;

@@ -143,7 +143,7 @@ fn resume_keeps_the_patience_count_and_never_restores_best() {
     let p = stopped_run();
     let (whole, cut) = (run_dir(p, 1), p.join("experiments/resumed/v1"));
     let kept = cut_back(&whole, &cut);
-    let out = ftexp(p, &["run", "exp.toml", "--resume", cut.to_str().unwrap()], &[]);
+    let out = ftexp(p, &["resume", cut.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let from = format!("checkpoints/step-{kept:06} (step {kept})");
     assert!(stdout(&out).contains(&from), "resumed from the newest step checkpoint: {}", stdout(&out));
@@ -189,7 +189,7 @@ fn two_processes_stop_early_together_and_resume_with_the_patience_count() {
     assert_eq!(json_file(&whole.join("run.json"))["results"]["steps"], stop);
     let cut = p.path().join("experiments/resumed/v1");
     cut_back(&whole, &cut);
-    let out = ftexp(p.path(), &["run", "exp.toml", "--resume", cut.to_str().unwrap()], &[("OMP_NUM_THREADS", "1")]);
+    let out = ftexp(p.path(), &["resume", cut.to_str().unwrap()], &[("OMP_NUM_THREADS", "1")]);
     assert!(out.status.success(), "{}", stderr(&out));
     let results = &json_file(&cut.join("run.json"))["results"];
     assert_eq!((&results["steps"], &results["stopped_early"]), (&Value::from(stop), &Value::from(true)));

@@ -211,7 +211,7 @@ fn a_killed_rank_stops_the_run_and_one_process_resumes_it() {
     assert_eq!(run_json(&dir)["status"], "failed");
     assert!(!dir.join("checkpoints/final").exists());
     // Resumed on one process, the run ends where an uninterrupted one-process run does.
-    let resumed = ftexp(p.path(), &["run", "exp.toml", "--resume", "--set", "train.devices=1"], &ONE_THREAD);
+    let resumed = ftexp(p.path(), &["resume", "experiments/t", "--set", "train.devices=1"], &ONE_THREAD);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     let whole = ftexp(p.path(), &["run", "exp.toml"], &ONE_THREAD);
     assert!(whole.status.success(), "{}", stderr(&whole));
@@ -223,7 +223,7 @@ fn a_killed_rank_stops_the_run_and_one_process_resumes_it() {
 #[test]
 fn a_resumed_run_refuses_other_changes_and_a_lone_process_is_told_how_to_start() {
     let p = project("lora", 4);
-    let out = ftexp(p.path(), &["run", "exp.toml", "--resume", "--set", "train.learning_rate=1"], &[]);
+    let out = ftexp(p.path(), &["resume", "experiments/t", "--set", "train.learning_rate=1"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("only train.devices and train.sync_timeout_s can change"), "{}", stderr(&out));
     let out = ftexp(p.path(), &["run", "exp.toml", "--set", "train.devices=3"], &[]);
@@ -285,7 +285,7 @@ fn sigterm_on_the_launcher_saves_a_checkpoint_and_stops_every_process() {
     let steps = rows(&dir).len() as u64 - 1;
     assert!(steps < 300, "stopped early, after {steps} steps");
     assert_eq!(last.to_string_lossy(), format!("step-{steps:06}"), "a checkpoint of the last step logged");
-    let resumed = ftexp(p.path(), &["run", "exp.toml", "--resume"], &ONE_THREAD);
+    let resumed = ftexp(p.path(), &["resume", "experiments/t"], &ONE_THREAD);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     let steps: Vec<u64> = rows(&dir).iter().skip(1).map(|r| r[0].parse().unwrap()).collect();
     assert_eq!(steps, (1..=300).collect::<Vec<u64>>(), "every step logged once");

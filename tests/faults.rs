@@ -90,7 +90,7 @@ fn optimizer_moments_of_another_shape_are_refused_on_resume() {
     let mut info = run_json(&run);
     info["status"] = "interrupted".into();
     std::fs::write(run.join("run.json"), info.to_string()).unwrap();
-    let out = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
+    let out = ftexp(p.path(), &["resume", "experiments/t"], &[]);
     one_line_error(&out, &["step-000001", "[3, 3]"]);
 }
 
@@ -130,7 +130,7 @@ fn runs_are_locked_and_resume_is_idempotent() {
     let run = p.path().join("experiments/t/v1");
     // a completed run: --resume says so and changes nothing
     let before = std::fs::read(run.join("run.json")).unwrap();
-    let out = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
+    let out = ftexp(p.path(), &["resume", "experiments/t"], &[]);
     one_line_error(&out, &["the run is completed; there is nothing to resume"]);
     assert_eq!(std::fs::read(run.join("run.json")).unwrap(), before, "run.json unchanged");
 
@@ -147,11 +147,11 @@ fn runs_are_locked_and_resume_is_idempotent() {
 
     // while another process holds the run, a resume is refused
     let held = ftexp::experiment::Experiment::open(&run).unwrap().lock().unwrap();
-    let out = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
+    let out = ftexp(p.path(), &["resume", "experiments/t"], &[]);
     one_line_error(&out, &["another ftexp process is training this run"]);
     drop(held);
 
-    let out = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
+    let out = ftexp(p.path(), &["resume", "experiments/t"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(crate::common::stdout(&out).contains("step-000002 (step 2)"), "fell back to the previous checkpoint");
     assert!(stderr(&out).contains("skipped a damaged checkpoint") && stderr(&out).contains("step-000003"));

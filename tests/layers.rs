@@ -16,10 +16,11 @@ const LAYERS: &[&[&str]] = &[
     &["data"],
     &["model"],
     &["methods"],
+    &["plan"],
     &["generate"],
     &["eval"],
     &["train"],
-    &["plan", "report", "sweep", "export"],
+    &["report", "sweep", "export"],
 ];
 
 fn rank(module: &str) -> Option<usize> {

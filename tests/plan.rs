@@ -100,3 +100,30 @@ fn plan_text_shows_sources_and_says_what_to_do_without_the_model() {
     assert!(text.contains("optimizer steps in total:   12 (train.max_steps)"), "{text}");
     assert!(text.contains("tiiuae/falcon-7b-instruct is not downloaded yet"), "{text}");
 }
+
+#[test]
+fn a_run_records_the_plan_ftexp_plan_prints() {
+    let config = format!(
+        "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\n[method]\nkind = \"lora\"\n[train]\nlearning_rate = 0.01\nepochs = 2\nbatch_size = 4\nmicro_batch_size = \"auto\"\nwarmup_iters = 2\neval_interval = 4\neval_iters = 2\nsave_interval = 5\n",
+        fixtures().join("models/llama").display()
+    );
+    let p = crate::common::doubling_project(&config);
+    let before = ftexp(p.path(), &["plan", "exp.toml", "--json"], &[]);
+    let before: Value = serde_json::from_str(&stdout(&before)).unwrap();
+    assert_eq!(before["plan"]["data_prepared"], false, "no cache yet: the file's records are counted");
+    let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.path().join("experiments/t/v1/run.json")).unwrap()).unwrap();
+    let after = ftexp(p.path(), &["plan", "exp.toml", "--json"], &[]);
+    let after: Value = serde_json::from_str(&stdout(&after)).unwrap();
+    assert_eq!(info["plan"], after["plan"], "run.json holds the plan `ftexp plan --json` prints");
+    let plan = &info["plan"];
+    assert_eq!(plan["data_prepared"], true);
+    let train = plan["data"]["train"].as_u64().unwrap();
+    assert_eq!(plan["total_steps"].as_u64().unwrap(), 2 * (train / 4), "2 epochs of the prepared train split");
+    assert_eq!(info["results"]["steps"], plan["total_steps"]);
+    assert_eq!(plan["micro_batch_size"], info["micro_batch"]["chosen"]);
+    assert_eq!(plan["schedule"]["total"], plan["total_steps"]);
+    assert_eq!(plan["strategies"]["sharding"], "none");
+}

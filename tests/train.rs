@@ -151,7 +151,7 @@ fn resume_after_sigkill_gives_the_same_metrics() {
     let killed: Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir(p.path(), 2).join("run.json")).unwrap()).unwrap();
     assert_eq!(killed["status"], "running", "a killed run could not mark itself");
-    let resumed = ftexp(p.path(), &["run", "exp.toml", "--resume"], &[]);
+    let resumed = ftexp(p.path(), &["resume", "experiments/t"], &[]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert!(stdout(&resumed).contains("resuming"), "{}", stdout(&resumed));
     let (a, b) = (metrics(&run_dir(p.path(), 1)), metrics(&run_dir(p.path(), 2)));

@@ -25,12 +25,13 @@ pub struct Args {
 }
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
-    let config = a.config.resolve()?.config;
+    let resolved = a.config.resolve()?;
+    let config = &resolved.config;
     if launch::starts_processes(config.train.devices)? {
         return Ok(launch::start_processes(config.train.devices)?);
     }
     let rank = Rank::from_env()?.filter(|r| r.world > 1);
-    let r = bench::run(&config, a.steps, a.synthetic)?;
+    let r = bench::run(&ftexp::plan::make(&resolved)?, a.steps, a.synthetic)?;
     if rank.is_some_and(|r| r.rank > 0) {
         return Ok(());
     }

@@ -12,6 +12,7 @@ mod plan;
 mod prepare;
 mod report;
 mod rerun;
+mod resume;
 mod run;
 mod sweep;
 mod tokenizer;
@@ -34,6 +35,7 @@ enum Command {
     Env(env::Args),
     Plan(plan::Args),
     Run(run::Args),
+    Resume(resume::Args),
     Bench(bench::Args),
     Sweep(sweep::Args),
     Rerun(rerun::Args),
@@ -52,6 +54,7 @@ fn exec(command: Command) -> Result<()> {
         Command::Env(a) => env::exec(a),
         Command::Plan(a) => plan::exec(a),
         Command::Run(a) => run::exec(a),
+        Command::Resume(a) => resume::exec(a),
         Command::Bench(a) => bench::exec(a),
         Command::Sweep(a) => sweep::exec(a),
         Command::Rerun(a) => rerun::exec(a),

@@ -19,7 +19,7 @@ pub struct Args {
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
     // A run on several devices is run again on as many, each process started here.
-    let devices = ftexp::train::saved_config(&a.run_dir, &[])?.train.devices;
+    let devices = ftexp::train::saved_config(&a.run_dir, &[])?.config.train.devices;
     if ftexp::train::launch::starts_processes(devices)? {
         return Ok(ftexp::train::launch::start_processes(devices)?);
     }

@@ -2,27 +2,16 @@
 //! text, and the exact-match rate of greedy answers.
 use tch::{Kind, Tensor};
 
-use crate::data::batches::{self, Batch};
+use super::objective::Objective;
+use crate::data::batches;
 use crate::data::Sample;
 use crate::generate::{generate, ids_tensor, Sampling};
 use crate::model::Gpt;
 use crate::tokenizer::Tokenizer;
 
-/// Cross entropy of the supervised positions only: the LM head never sees prompt or padding positions.
-pub fn supervised_loss(model: &Gpt, batch: &Batch, reduction: tch::Reduction) -> Tensor {
-    let hidden = match &batch.packed {
-        Some(p) => model.hidden_packed(&batch.inputs, &p.positions, &p.segments),
-        None => model.hidden(&batch.inputs, None),
-    }; // (batch, time, hidden)
-    let width = hidden.size()[2];
-    let picked = hidden.view([-1, width]).index_select(0, &batch.positions); // (supervised, hidden)
-    let logits = model.logits(&picked).to_kind(Kind::Float);
-    logits.cross_entropy_loss::<Tensor>(&batch.targets, None, reduction, -100, 0.0)
-}
-
 /// Mean loss over supervised tokens of `samples` in micro-batches of `micro`, at most `max_batches`.
 pub fn mean_loss(model: &mut Gpt, samples: &[Sample], micro: usize, max_batches: Option<usize>) -> Option<f64> {
-    let (sum, count) = loss_sums(model, samples, micro, max_batches, (0, 1));
+    let (sum, count) = loss_sums(model, Objective::Sft, samples, micro, max_batches, (0, 1));
     (count > 0).then(|| sum / count as f64)
 }
 
@@ -30,6 +19,7 @@ pub fn mean_loss(model: &mut Gpt, samples: &[Sample], micro: usize, max_batches:
 /// `rank + world`, …) of the micro-batches [`mean_loss`] averages over; the ranks' sums add up to it.
 pub fn loss_sums(
     model: &mut Gpt,
+    objective: Objective,
     samples: &[Sample],
     micro: usize,
     max_batches: Option<usize>,
@@ -45,7 +35,7 @@ pub fn loss_sums(
         for chunk in chunks.skip(rank).step_by(world.max(1)) {
             let refs: Vec<&Sample> = chunk.iter().collect();
             let batch = batches::make(&refs, model.device());
-            sum += supervised_loss(model, &batch, tch::Reduction::Sum);
+            sum += objective.loss(model, &batch);
             count += batch.supervised;
         }
     });

@@ -1,12 +1,14 @@
 //! Using a run: its model loaded with the trained tensors of a checkpoint, and its data splits
 //! evaluated (loss, perplexity, exact match), the results kept in its run.json for `ftexp report`.
 mod measures;
+mod objective;
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use measures::{exact_match, loss_sums, mean_loss, perplexity, supervised_loss, ExactMatch, Perplexity};
+pub use measures::{exact_match, loss_sums, mean_loss, perplexity, ExactMatch, Perplexity};
+pub use objective::{supervised_loss, Objective};
 
 use crate::config::{Config, DeviceSetting};
 use crate::device::Placement;

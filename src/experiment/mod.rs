@@ -85,7 +85,7 @@ pub enum RunStatus {
     Running,
     Completed,
     Failed,
-    /// Stopped by Ctrl-C or SIGTERM after saving a checkpoint; `--resume` continues it.
+    /// Stopped by Ctrl-C or SIGTERM after saving a checkpoint; `ftexp resume` continues it.
     Interrupted,
 }
 
@@ -122,7 +122,7 @@ pub struct RunInfo {
     /// The run directory `ftexp rerun` reproduced.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rerun_of: Option<String>,
-    /// The checkpoint the last `--resume` continued from.
+    /// The checkpoint the last `ftexp resume` continued from.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resumed_from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -141,6 +141,9 @@ pub struct RunInfo {
     /// How `train.micro_batch_size = "auto"` resolved.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub micro_batch: Option<MicroBatchRecord>,
+    /// The run plan the run followed (`ftexp plan --json`'s `plan`), as the run completed it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub plan: Option<serde_json::Value>,
     /// Why a failed run failed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
@@ -275,6 +278,7 @@ impl Experiment {
             results: None,
             world: None,
             micro_batch: None,
+            plan: None,
             error: None,
             evaluations: BTreeMap::new(),
         };

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
-use super::Trainable;
+use super::{Located, Trainable};
 use crate::config::{Config, Init, MethodKind, ModelConfig, ModelType};
 use crate::device::Placement;
 use crate::error::Problems;
@@ -44,45 +44,43 @@ pub fn recorded_base(info: &RunInfo, init: Init, allow_changed: bool) -> Result<
 /// `model.checkpoint` names today.
 pub fn build_on(c: &Config, base: Option<&Path>) -> Result<Built, Problems> {
     let placement = Placement::resolve(c.model.device, c.model.precision);
+    let located = super::locate(&c.model, true, base)?;
+    build_located(c, &located, placement)
+}
+
+/// The model of `c` on `placement`, on the base the plan `located`.
+pub fn build_located(c: &Config, located: &Located, placement: Placement) -> Result<Built, Problems> {
     placement.check_available().map_err(|why| {
         Problems::one(format!("model.device = \"{}\" but {why}; use --set model.device=cpu", c.model.device))
     })?;
     if let (tch::Device::Cpu, Some(limit)) = (placement.device, c.model.device_memory_bytes()) {
         crate::device::count_cpu_memory(Some(limit));
     }
-    let kind = placement.weight_kind();
-    let (mut model, base_dir, config_json, tokenizer_dir) = if c.model.init == Init::Random {
-        let (json, tokenizer_dir) = random_architecture(&c.model, true)?;
-        let spec = ModelSpec::from_json(&json).map_err(|e| Problems::one(format!("[model.architecture]: {e}")))?;
-        super::check_memory(&spec, &c.method, &placement)
-            .map_err(|e| Problems::one(format!("model.init = \"random\": {e}")))?;
-        (model::random(spec, c.seed, kind, placement.device), tokenizer_dir.clone(), json, tokenizer_dir)
-    } else {
-        let dir = match base {
-            Some(dir) => dir.to_path_buf(),
-            None => locate_base(&c.model)?,
-        };
-        let config = dir.join("config.json");
-        if let Ok(spec) = ModelSpec::from_file(&config) {
-            super::check_memory(&spec, &c.method, &placement)
-                .map_err(|e| Problems::one(format!("{}: {e}", config.display())))?;
-        }
-        let model = model::load(&dir, kind, placement.device)?;
-        let json = std::fs::read_to_string(dir.join("config.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
-        let tokenizer_dir = match (&c.model.tokenizer, base) {
-            (None, Some(dir)) => dir.to_path_buf(),
-            _ => source::tokenizer_dir(&c.model, true)?,
-        };
-        (model, dir, json.unwrap_or_default(), tokenizer_dir)
+    let (kind, spec, base_dir) = (placement.weight_kind(), located.spec.clone(), &located.base_dir);
+    let random = c.model.init == Init::Random;
+    super::check_memory(&spec, &c.method, &placement).map_err(|e| match random {
+        true => Problems::one(format!("model.init = \"random\": {e}")),
+        false => Problems::one(format!("{}: {e}", base_dir.join("config.json").display())),
+    })?;
+    let mut model = match random {
+        true => model::random(spec, c.seed, kind, placement.device),
+        false => model::load_spec(base_dir, spec, kind, placement.device)?,
     };
     super::check_fits(&model.spec, &c.method)
         .map_err(|msg| Problems::one(format!("{msg} ({})", base_dir.display())))?;
-    if c.model.init == Init::Pretrained {
-        check_vocab(&Tokenizer::from_dir(&tokenizer_dir)?, &tokenizer_dir, &model.spec, &base_dir)?;
+    if !random {
+        check_vocab(&Tokenizer::from_dir(&located.tokenizer_dir)?, &located.tokenizer_dir, &model.spec, base_dir)?;
     }
     super::apply(&mut model, &c.method, c.seed, placement.trainable_kind());
     let trainable = super::trainable(&mut model, c.method.kind, placement.trainable_kind());
-    Ok(Built { model, trainable, base_dir, tokenizer_dir, config_json, placement })
+    Ok(Built {
+        model,
+        trainable,
+        base_dir: base_dir.clone(),
+        tokenizer_dir: located.tokenizer_dir.clone(),
+        config_json: located.config_json.clone(),
+        placement,
+    })
 }
 
 /// The name a tensor had in checkpoints written before MLP layers had named fields: their linears were

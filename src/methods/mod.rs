@@ -3,14 +3,16 @@
 //! (`model/lora.rs`, `model/adapter.rs`), and which tensors train from their role.
 mod build;
 pub mod export;
+mod locate;
 pub mod memory;
 
 use tch::{Kind, Tensor};
 
 pub use build::{
-    build, build_on, check_vocab, is_swiglu, legacy_name, load_trained, locate_base, random_architecture,
-    recorded_base, Built,
+    build, build_located, build_on, check_vocab, is_swiglu, legacy_name, load_trained, locate_base,
+    random_architecture, recorded_base, Built,
 };
+pub use locate::{locate, Located};
 
 use crate::config::{MethodConfig, MethodKind};
 use crate::device::Placement;

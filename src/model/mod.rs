@@ -28,7 +28,11 @@ pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Gpt, Problems> {
             dir.display()
         )));
     }
-    let spec = spec::ModelSpec::from_file(&config)?;
+    load_spec(dir, spec::ModelSpec::from_file(&config)?, kind, device)
+}
+
+/// [`load`] with the spec its `config.json` gives, already read.
+pub fn load_spec(dir: &Path, spec: spec::ModelSpec, kind: Kind, device: Device) -> Result<Gpt, Problems> {
     // Converting and moving the weights can run out of memory: a one-line error, not a panic.
     crate::error::guard(&dir.display().to_string(), || {
         let mut hub = weights::load(dir, &spec, kind, device)?;

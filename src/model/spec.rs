@@ -109,12 +109,18 @@ impl Json<'_> {
 
 impl ModelSpec {
     pub fn from_file(path: &Path) -> Result<ModelSpec, Problems> {
+        Self::read(path).map(|(spec, _)| spec)
+    }
+
+    /// The spec of the `config.json` at `path`, with the JSON itself (read once for both).
+    pub fn read(path: &Path) -> Result<(ModelSpec, Value), Problems> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
         let json: Value = serde_json::from_str(&text).map_err(|e| {
             Problems::one(format!("{}: invalid JSON at line {}, column {}: {e}", path.display(), e.line(), e.column()))
         })?;
-        Self::from_json(&json).map_err(|msg| Problems::one(format!("{}: {msg}", path.display())))
+        let spec = Self::from_json(&json).map_err(|msg| Problems::one(format!("{}: {msg}", path.display())))?;
+        Ok((spec, json))
     }
 
     pub fn from_json(json: &Value) -> Result<ModelSpec, String> {

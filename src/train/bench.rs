@@ -17,6 +17,8 @@ use crate::experiment::ParamCount;
 use crate::methods;
 use crate::methods::memory::{MemoryPlan, Shape};
 use crate::model::spec::{Mlp, ModelSpec};
+use crate::plan::steps::Schedule;
+use crate::plan::RunPlan;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -162,19 +164,22 @@ impl GpuMemoryWatch {
 
 /// Runs `steps` optimizer steps of `c` (its model, method, precision, batch sizes and learning-rate
 /// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
-pub fn run(c: &Config, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
+pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
+    let c = &plan.config;
     let replicas = super::launch::join(c)?;
     count_cpu_tensors(c);
-    let built = methods::build(&super::launch::on_rank(c, replicas.as_ref().map(|r| &r.rank)))?;
+    let placement = super::launch::on_rank(c, replicas.as_ref().map(|r| &r.rank));
+    let built = methods::build_located(c, &super::find_base(plan)?, placement)?;
     let spec = built.model.spec.clone();
     let (train, data) = samples(c, &spec, synthetic_data)?;
     let parameters = methods::count(&spec, &c.method);
     let (device, kind, precision) = (built.model.device(), built.model.kind(), built.placement.precision);
     let placement = built.placement;
     let mark = MemoryMark::now();
-    let mut trainer = Trainer::new(built, c, &train, steps, TrainerState::default());
+    let schedule = Schedule::new(&c.train, steps);
+    let mut trainer = Trainer::new(built, c, &train, schedule, TrainerState::default());
     trainer.replicas = replicas;
-    super::fit::resolve_micro_batch(c, &mut trainer, None)?;
+    super::fit::resolve_micro_batch(plan, &mut trainer, None)?;
     super::launch::start_replicas(&mut trainer, None)?;
     let mut n = Counts::default();
     let mut losses = Vec::new();

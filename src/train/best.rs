@@ -1,11 +1,9 @@
 //! The best checkpoint and early stopping: after each evaluation the lowest val loss so far and its step
 //! are kept in the trainer's state (so they survive a resume), `checkpoints/best` is rewritten when it
 //! fell, and the run stops once `train.early_stopping` evaluations in a row did not improve on it.
-use super::trainer::Trainer;
 use crate::config::{Config, TrainConfig};
 use crate::error::Problems;
 use crate::experiment::checkpoint::TrainerState;
-use crate::experiment::Experiment;
 
 /// Counts an evaluation's val loss at `step` into `state`; returns whether it is the lowest so far.
 /// Only a fall of more than `min_delta` below the best resets the patience count.
@@ -20,47 +18,15 @@ pub(super) fn record(state: &mut TrainerState, t: &TrainConfig, step: u64, val: 
     lowest
 }
 
-/// After the evaluation at `step`: the best kept (by rank 0, which writes `exp`), and whether to stop
-/// early, the same answer on every rank.
-pub(super) fn after_eval(
-    c: &Config,
-    trainer: &mut Trainer,
-    exp: Option<&Experiment>,
-    step: u64,
-    val: f64,
-) -> Result<bool, Problems> {
-    let lowest = record(&mut trainer.state, &c.train, step, val);
-    save_if_lowest(c, trainer, exp, lowest)?;
-    let Some(patience) = c.train.patience() else { return Ok(false) };
-    let mut stop = trainer.state.evals_without_improvement >= patience;
-    if let Some(r) = &trainer.replicas {
-        // Every rank sees the same summed val loss; agreeing on the answer anyway means no rank can
-        // ever wait alone in the next step's exchange.
-        stop = r.sum(&[f64::from(u8::from(stop))], trainer.built.model.device())?[0] > 0.0;
-    }
-    Ok(stop)
-}
-
-/// The final val loss counts as one more evaluation when the last step had none.
-pub(super) fn after_final(
-    c: &Config,
-    trainer: &mut Trainer,
-    exp: Option<&Experiment>,
-    val: Option<f64>,
-) -> Result<(), Problems> {
-    let step = trainer.state.step;
-    let Some(val) = val.filter(|_| !step.is_multiple_of(c.train.eval_interval)) else { return Ok(()) };
-    let patience = trainer.state.evals_without_improvement;
-    let lowest = record(&mut trainer.state, &c.train, step, val);
-    trainer.state.evals_without_improvement = patience;
-    save_if_lowest(c, trainer, exp, lowest)
-}
-
-fn save_if_lowest(c: &Config, trainer: &Trainer, exp: Option<&Experiment>, lowest: bool) -> Result<(), Problems> {
-    if let (true, true, Some(exp)) = (lowest, c.train.keeps_best(), exp) {
-        trainer.save_best(&exp.dir)?;
-    }
-    Ok(())
+/// The final val loss counts as one more evaluation when the last step had none (the patience count
+/// stays); returns whether it is the lowest.
+pub(super) fn after_final(t: &TrainConfig, state: &mut TrainerState, val: Option<f64>) -> bool {
+    let step = state.step;
+    let Some(val) = val.filter(|_| !step.is_multiple_of(t.eval_interval)) else { return false };
+    let patience = state.evals_without_improvement;
+    let lowest = record(state, t, step, val);
+    state.evals_without_improvement = patience;
+    lowest
 }
 
 /// What a run stopped early at `step` prints.

@@ -3,32 +3,29 @@
 //! of full-length rows, every position scored), halved while the trial runs out of memory.
 use super::replicas::Replicas;
 use super::trainer::Trainer;
-use crate::config::Config;
 use crate::data::batches;
 use crate::data::Sample;
 use crate::error::{guard, Problems};
-use crate::eval::supervised_loss;
 use crate::experiment::MicroBatchRecord;
 use crate::methods::memory;
+use crate::plan::RunPlan;
 
-/// Resolves `"auto"` for `trainer` (a resumed run keeps the `recorded` choice); `None` when the
-/// config names a number.
+/// Confirms the plan's `"auto"` choice for `trainer` (a resumed run keeps the `recorded` choice);
+/// `None` when the config names a number.
 pub fn resolve_micro_batch(
-    c: &Config,
+    plan: &RunPlan,
     trainer: &mut Trainer,
     recorded: Option<&MicroBatchRecord>,
 ) -> Result<Option<MicroBatchRecord>, Problems> {
-    if !c.train.auto_micro_batch() {
-        return Ok(None);
-    }
+    let c = &plan.config;
+    let Some(choice) = plan.auto_micro_batch.as_ref() else { return Ok(None) };
     if let Some(r) = recorded {
         trainer.set_micro_batch_size(r.chosen);
         return Ok(Some(r.clone()));
     }
-    let world = trainer.replicas.as_ref().map_or(1, |r| r.rank.world as u64);
+    let world = plan.world_size;
     let placement = trainer.built.placement;
     let spec = trainer.built.model.spec.clone();
-    let choice = memory::choose_micro_batch(&spec, c, &placement, world, memory::device_memory(&c.model, &placement));
     let (mut micro, mut out_of_memory) = (choice.chosen, Vec::new());
     let seq_len = c.data.max_seq_length as usize;
     while let Err(e) = guard("trial step", || trial_step(trainer, micro, seq_len)) {
@@ -65,16 +62,15 @@ fn note(out_of_memory: &[u64]) -> String {
 
 /// An out-of-memory error of a training step with the memory plan's figure for the run, what the
 /// device has, and the checkpoint that is kept; other errors unchanged.
-pub fn memory_hint(e: Problems, c: &Config, trainer: &Trainer, kept: Option<&std::path::Path>) -> Problems {
+pub fn memory_hint(e: Problems, plan: &RunPlan, trainer: &Trainer, kept: Option<&std::path::Path>) -> Problems {
     if !e.to_string().contains("out of memory") {
         return e;
     }
-    let placement = &trainer.built.placement;
+    let (c, placement) = (&plan.config, &trainer.built.placement);
     let (micro, seq) = (trainer.micro_batch_size() as u64, c.data.max_seq_length);
-    let plan = memory::estimate(&trainer.built.model.spec, &c.method, placement, memory::Shape::worst(c, micro));
-    let available = memory::device_memory(&c.model, placement)
-        .map(|b| format!(" of the {} available", memory::mib_text(b)))
-        .unwrap_or_default();
+    let peak = memory::estimate(&trainer.built.model.spec, &c.method, placement, memory::Shape::worst(c, micro)).total;
+    let available =
+        plan.device_memory.map(|b| format!(" of the {} available", memory::mib_text(b))).unwrap_or_default();
     let kept = kept.map_or("no checkpoint was saved yet".to_string(), |p| {
         format!("the last checkpoint, {}, is kept", p.display())
     });
@@ -83,7 +79,7 @@ pub fn memory_hint(e: Problems, c: &Config, trainer: &Trainer, kept: Option<&std
             .map(|m| {
                 format!(
                     "{m}; the memory plan expects a peak of {} for micro-batches of {micro} × {seq} (see `ftexp plan`){available}; {kept}",
-                    memory::mib_text(plan.total)
+                    memory::mib_text(peak)
                 )
             })
             .collect(),
@@ -108,10 +104,11 @@ fn trial_step(trainer: &mut Trainer, micro: u64, seq_len: usize) {
         input_ids: ids,
     };
     let rows: Vec<&Sample> = (0..micro).map(|_| &row).collect();
+    let objective = trainer.objective;
     let model = trainer.model();
     let batch = batches::make(&rows, model.device());
     let was = std::mem::replace(&mut model.training, true);
-    supervised_loss(model, &batch, tch::Reduction::Sum).backward();
+    objective.loss(model, &batch).backward();
     model.training = was;
 }
 

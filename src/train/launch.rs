@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::replicas::Replicas;
 use super::trainer::Trainer;
-use crate::config::{Config, DeviceSetting};
+use crate::config::Config;
 use crate::device::Placement;
 use crate::dist::Rank;
 use crate::error::Problems;
@@ -56,15 +56,13 @@ pub fn join(c: &Config) -> Result<Option<Replicas>, Problems> {
     Replicas::join(rank, device, timeout).map(Some)
 }
 
-/// The config a rank builds its model from: on GPU `LOCAL_RANK` when the run is on CUDA.
-pub fn on_rank(c: &Config, rank: Option<&Rank>) -> Config {
-    let mut c = c.clone();
-    if let Some(r) = rank {
-        if Placement::resolve(c.model.device, c.model.precision).device.is_cuda() {
-            c.model.device = DeviceSetting::Cuda(r.local_rank);
-        }
+/// Where a rank builds its model: on GPU `LOCAL_RANK` when the run is on CUDA.
+pub fn on_rank(c: &Config, rank: Option<&Rank>) -> Placement {
+    let placement = Placement::resolve(c.model.device, c.model.precision);
+    match rank {
+        Some(r) if placement.device.is_cuda() => Placement { device: tch::Device::Cuda(r.local_rank), ..placement },
+        _ => placement,
     }
-    c
 }
 
 /// Makes every replica start from rank 0's tensors and position, and records the processes in run.json.

@@ -6,15 +6,15 @@ use tch::{Kind, Tensor};
 
 use super::optimizer::AdamW;
 use super::replicas::Replicas;
-use super::schedule::Schedule;
 use crate::config::{Config, TrainConfig};
 use crate::data::batches::{self, Batch, MicroBatch, Order};
 use crate::data::Sample;
 use crate::error::Problems;
-use crate::eval::supervised_loss;
+use crate::eval::Objective;
 use crate::experiment::checkpoint::{self, TrainerState};
 use crate::methods::Built;
 use crate::model::Gpt;
+use crate::plan::steps::Schedule;
 
 pub struct Trainer<'a> {
     pub built: Built,
@@ -29,6 +29,8 @@ pub struct Trainer<'a> {
     pub replicas: Option<Replicas>,
     /// `data.packing`: the row length samples are packed into.
     packing: Option<usize>,
+    /// What the steps minimise.
+    pub objective: Objective,
 }
 
 pub struct StepStats {
@@ -50,20 +52,21 @@ impl StepStats {
 }
 
 impl<'a> Trainer<'a> {
-    /// A trainer of `built` on `train` for `total` steps, continuing from `state`.
-    pub fn new(built: Built, c: &Config, train: &'a [Sample], total: u64, state: TrainerState) -> Trainer<'a> {
+    /// A trainer of `built` on `train` over the steps of `schedule`, continuing from `state`.
+    pub fn new(built: Built, c: &Config, train: &'a [Sample], schedule: Schedule, state: TrainerState) -> Trainer<'a> {
         let opt = AdamW::new(&built.trainable);
         Trainer {
             built,
             opt,
             state,
-            schedule: Schedule::new(&c.train, total),
+            schedule,
             train,
             order: Order::new(c.seed, train.len()),
             t: c.train.clone(),
             seed: c.seed,
             replicas: None,
             packing: c.data.packing.then_some(c.data.max_seq_length as usize),
+            objective: Objective::Sft,
         }
     }
 
@@ -93,7 +96,8 @@ impl<'a> Trainer<'a> {
         let share = self.replicas.as_ref().map_or((0, 1), |r| (r.rank.rank, r.rank.world));
         let (train, order, seen) = (self.train, &mut self.order, &mut self.state.samples_seen);
         let batches = batches::for_step(train, order, seen, &self.t, self.packing, device, share);
-        let mut loss = accumulate_gradients(&mut self.built.model, &batches.mine, batches.supervised());
+        let supervised = batches.supervised();
+        let mut loss = accumulate_gradients(&mut self.built.model, self.objective, &batches.mine, supervised);
         let mut stop = stop;
         if let Some(replicas) = self.replicas.as_mut() {
             let exchanged = replicas.exchange(&self.built.trainable, &loss, stop)?;
@@ -156,11 +160,11 @@ fn seed_step(seed: u64, step: u64) {
 
 /// Forward and backward passes over the micro-batches of one optimizer step, their gradients added up;
 /// returns their share of the step's mean loss per supervised token (`supervised` over all ranks).
-fn accumulate_gradients(model: &mut Gpt, step_batches: &[Batch], supervised: i64) -> Tensor {
+fn accumulate_gradients(model: &mut Gpt, objective: Objective, step_batches: &[Batch], supervised: i64) -> Tensor {
     model.training = true;
     let mut step_loss = Tensor::zeros([], (Kind::Float, model.device()));
     for batch in step_batches {
-        let loss = supervised_loss(model, batch, tch::Reduction::Sum) / supervised.max(1) as f64;
+        let loss = objective.loss(model, batch) / supervised.max(1) as f64;
         loss.backward();
         step_loss += loss.detach();
     }

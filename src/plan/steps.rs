@@ -22,7 +22,7 @@ pub fn step_counts(t: &TrainConfig, train_len: usize) -> StepCounts {
 }
 
 /// The learning rate of a run's steps.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Schedule {
     pub lr: f64,
     pub min_lr: f64,

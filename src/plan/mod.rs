@@ -1,0 +1,303 @@
+//! The run plan: everything a run will do, derived from a resolved config before any weight is loaded
+//! (placement and processes, the base located once, micro-batch and accumulation, steps and learning
+//! rate schedule, the memory budget, and one slot per memory or scale strategy). `ftexp plan` prints
+//! it, `train::run` consumes it, and run.json records it.
+mod render;
+pub mod steps;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::{Config, DataFormat, Init, MethodConfig, Resolved};
+use crate::data::prepare::SplitStats;
+use crate::data::SplitSizes;
+use crate::device::Placement;
+use crate::error::Problems;
+use crate::methods::memory::{self, AutoChoice, MemoryPlan};
+use crate::methods::{self, Located};
+use crate::model::spec::{Family, ModelSpec};
+use crate::source::BaseModel;
+
+pub use render::{render, render_config, thousands, to_json};
+use steps::{step_counts, Schedule};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Architecture {
+    pub family: Family,
+    pub model_type: String,
+    pub layers: i64,
+    pub heads: i64,
+    pub query_groups: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub vocab_size: i64,
+    /// The base model's parameters.
+    pub parameters: i64,
+    /// With the method's own tensors added (LoRA matrices, adapter prompts …).
+    pub parameters_with_method: i64,
+    pub trainable_parameters: i64,
+}
+
+/// How the run keeps its memory down. Each slot names the strategy the run uses; ftexp has none of
+/// these strategies yet, so each is its plain form.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Strategies {
+    /// Each block recomputes its forward in the backward pass instead of keeping its activations.
+    pub activation_checkpointing: bool,
+    /// How the frozen base's weights are held: `none` (in the precision's dtype).
+    pub quantization: &'static str,
+    /// What each process holds of the trained state: `none` (a full replica each).
+    pub sharding: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunPlan {
+    pub device: String,
+    pub precision: String,
+    pub checkpoint_dir: PathBuf,
+    /// The base and its tokenizer, found once (absent until downloaded: see `architecture_missing`).
+    pub base: Option<Located>,
+    pub architecture: Option<Architecture>,
+    /// Why the architecture is not shown, and what to run.
+    pub architecture_missing: Option<String>,
+    pub data: Option<SplitSizes>,
+    /// Whether `data` counts the prepared samples (the cache exists; long samples dropped) rather than
+    /// the records of the file.
+    pub data_prepared: bool,
+    pub data_missing: Option<String>,
+    /// Processes training together (`train.devices`, or the launcher's WORLD_SIZE under torchrun).
+    pub world_size: u64,
+    /// Each process's device.
+    pub rank_devices: Vec<String>,
+    /// Samples (or packed rows) per micro-batch: `train.micro_batch_size`, or what `"auto"` chose.
+    pub micro_batch_size: u64,
+    /// Micro-batches each process runs per optimizer step, with no communication in between.
+    pub gradient_accumulation_iters: u64,
+    pub epoch_size: Option<u64>,
+    pub steps_per_epoch: Option<u64>,
+    pub total_steps: Option<u64>,
+    pub warmup_steps: Option<u64>,
+    /// The learning rate of every step (known once the step count is).
+    pub schedule: Option<Schedule>,
+    pub eval_steps: Vec<u64>,
+    pub save_steps: Vec<u64>,
+    /// batch_size × max_seq_length: the most tokens one optimizer step can see.
+    pub max_tokens_per_step: u64,
+    /// The expected peak memory of a training step on each device, by part.
+    pub memory: Option<MemoryPlan>,
+    /// The memory of the device the run is planned for: `model.device_memory`, else the GPU's or the
+    /// machine's own.
+    pub device_memory: Option<u64>,
+    /// Whether `memory.total` fits in `device_memory`.
+    pub fits: Option<bool>,
+    /// How `train.micro_batch_size = "auto"` resolves here, with the micro-batches it tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_micro_batch: Option<AutoChoice>,
+    pub strategies: Strategies,
+    /// The resolved config the plan is of (printed beside the plan, not inside it).
+    #[serde(skip)]
+    pub config: Config,
+    #[serde(skip)]
+    pub placement: Placement,
+}
+
+/// How the plan finds the base: `ftexp plan` only looks; a run downloads it (or exports it from the
+/// run it names) and takes a resumed or rerun run's recorded base directory.
+#[derive(Debug, Clone, Default)]
+pub struct Find {
+    pub download: bool,
+    pub recorded_base: Option<PathBuf>,
+}
+
+const STEPS_SHOWN: usize = 5;
+
+fn every(interval: u64, total: Option<u64>) -> Vec<u64> {
+    let total = total.unwrap_or(u64::MAX);
+    (1..).map(|i| i * interval).take_while(|s| *s <= total).take(STEPS_SHOWN).collect()
+}
+
+/// The plan of `r`, the base only looked for. Errors are the config's run rules
+/// (`config::check_run`) and a method that does not fit the model; a model or data set that is not on
+/// disk yet is only noted in the plan.
+pub fn make(r: &Resolved) -> Result<RunPlan, Problems> {
+    make_with(r, &Find::default())
+}
+
+/// [`make`], finding the base as `find` says.
+pub fn make_with(r: &Resolved, find: &Find) -> Result<RunPlan, Problems> {
+    crate::config::check_run(r)?;
+    let c = &r.config;
+    let placement = Placement::resolve(c.model.device, c.model.precision);
+    let checkpoint_dir = match (&c.model.init, &c.model.tokenizer) {
+        (Init::Random, Some(tokenizer)) => PathBuf::from(tokenizer),
+        _ => BaseModel::parse(&c.model).expected_dir(),
+    };
+    let base = methods::locate(&c.model, find.download, find.recorded_base.as_deref());
+    if let Ok(located) = &base {
+        methods::check_fits(&located.spec, &c.method).map_err(Problems::one)?;
+        methods::check_memory(&located.spec, &c.method, &placement).map_err(Problems::one)?;
+    }
+    let world = match crate::dist::Rank::from_env()? {
+        Some(rank) => rank.world as u64,
+        None => c.train.devices,
+    };
+    let (data, data_prepared, data_missing) = match count_samples(r) {
+        Ok((sizes, prepared)) => (Some(sizes), prepared, None),
+        Err(e) => (None, false, Some(e.to_string())),
+    };
+    let mut plan = RunPlan {
+        device: placement.device_name(),
+        precision: placement.precision.to_string(),
+        checkpoint_dir,
+        base: None,
+        architecture: None,
+        architecture_missing: None,
+        data,
+        data_prepared,
+        data_missing,
+        world_size: world,
+        rank_devices: (0..world as usize).map(|rank| rank_device(&placement, rank, world)).collect(),
+        micro_batch_size: c.train.micro_batch_size,
+        gradient_accumulation_iters: 0,
+        epoch_size: None,
+        steps_per_epoch: None,
+        total_steps: None,
+        warmup_steps: None,
+        schedule: None,
+        eval_steps: Vec::new(),
+        save_steps: Vec::new(),
+        max_tokens_per_step: c.train.batch_size * c.data.max_seq_length,
+        memory: None,
+        device_memory: memory::device_memory(&c.model, &placement),
+        fits: None,
+        auto_micro_batch: None,
+        strategies: Strategies { activation_checkpointing: false, quantization: "none", sharding: "none" },
+        config: c.clone(),
+        placement,
+    };
+    match base {
+        Ok(located) => plan = plan.with_base(located),
+        Err(e) => {
+            plan.architecture_missing = Some(e.to_string());
+            plan.plan_memory();
+        }
+    }
+    plan.plan_steps();
+    Ok(plan)
+}
+
+/// The split sizes of prepared data (`stats` by split): its records, and each split's samples.
+pub fn prepared_sizes(stats: &BTreeMap<String, SplitStats>) -> SplitSizes {
+    let samples = |split: &str| stats.get(split).map_or(0, |s| s.samples);
+    let records = stats.values().map(|s| s.records).sum();
+    SplitSizes { records, train: samples("train"), val: samples("val"), test: samples("test") }
+}
+
+impl RunPlan {
+    /// The architecture of the base, when it was found.
+    pub fn spec(&self) -> Option<&ModelSpec> {
+        self.base.as_ref().map(|b| &b.spec)
+    }
+
+    /// The same plan on the base `located` (when it had none: not downloaded when the plan was made).
+    pub fn with_base(mut self, located: Located) -> RunPlan {
+        if self.base.is_some() {
+            return self;
+        }
+        self.architecture = Some(summarize(&located.spec, &self.config.method));
+        (self.base, self.architecture_missing) = (Some(located), None);
+        self.plan_memory();
+        self
+    }
+
+    /// The same plan with the step counts of the data as prepared (`sizes`), for a run whose data the
+    /// plan could only count in records.
+    pub fn with_prepared(mut self, sizes: SplitSizes) -> RunPlan {
+        self.data = Some(sizes);
+        (self.data_prepared, self.data_missing) = (true, None);
+        self.plan_steps();
+        self
+    }
+
+    /// The same plan with the micro-batch a run settled on (`"auto"` confirmed by a trial step).
+    pub fn with_micro_batch(mut self, micro: u64) -> RunPlan {
+        self.micro_batch_size = micro;
+        self.plan_memory();
+        self
+    }
+
+    fn plan_memory(&mut self) {
+        let c = &self.config;
+        let auto = c.train.auto_micro_batch();
+        if let (Some(spec), true, None) = (self.spec(), auto, &self.auto_micro_batch) {
+            let choice = memory::choose_micro_batch(spec, c, &self.placement, self.world_size, self.device_memory);
+            self.micro_batch_size = choice.chosen;
+            self.auto_micro_batch = Some(choice);
+        }
+        let micro = self.micro_batch_size;
+        let shape = memory::Shape::worst(c, micro);
+        self.memory = self.spec().map(|spec| memory::estimate(spec, &c.method, &self.placement, shape));
+        self.fits = self.memory.as_ref().zip(self.device_memory).map(|(m, available)| m.total <= available);
+        self.gradient_accumulation_iters = c.train.batch_size / (micro * self.world_size).max(1);
+    }
+
+    fn plan_steps(&mut self) {
+        let t = &self.config.train;
+        let counts = self.data.as_ref().map(|d| step_counts(t, d.train));
+        self.total_steps = t.max_steps.or(counts.map(|c| c.total));
+        self.epoch_size = t.epoch_size.or(counts.map(|c| c.epoch_size));
+        self.steps_per_epoch = self.epoch_size.map(|e| (e / t.batch_size).max(1));
+        self.warmup_steps = self.total_steps.map(|s| t.warmup_iters.min(s));
+        self.schedule = self.total_steps.map(|total| Schedule::new(t, total));
+        self.eval_steps = every(t.eval_interval, self.total_steps);
+        self.save_steps = every(t.save_interval, self.total_steps);
+    }
+}
+
+/// Rank `rank`'s device: GPU `rank` of this machine on CUDA, else the CPU (`threads` of its cores).
+fn rank_device(placement: &Placement, rank: usize, world: u64) -> String {
+    if placement.device.is_cuda() {
+        return format!("cuda:{rank}");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / world.max(1) as usize).max(1);
+    format!("cpu ({threads} thread{})", if threads == 1 { "" } else { "s" })
+}
+
+/// The split sizes of the data set: its prepared samples when the cache holds them (`true`), else its
+/// records (or, for a text corpus, which must be tokenized to be counted, an error saying so).
+fn count_samples(r: &Resolved) -> Result<(SplitSizes, bool), Problems> {
+    let c = &r.config;
+    let cached = crate::data::cached_stats(c).ok().flatten();
+    if let Some(stats) = cached {
+        return Ok((prepared_sizes(&stats), true));
+    }
+    if c.data.format == DataFormat::Text {
+        return Err(Problems::one(format!(
+            "{}: a text corpus is counted in blocks of max_seq_length tokens, which needs it tokenized; run `ftexp prepare {}` first",
+            c.data.path,
+            r.files.last().map_or(String::new(), |f| f.display().to_string())
+        )));
+    }
+    let n = crate::data::count_records(&c.data)?;
+    Ok((crate::data::split_sizes(n, c.data.split), false))
+}
+
+fn summarize(spec: &ModelSpec, method: &MethodConfig) -> Architecture {
+    let counts = methods::count(spec, method);
+    Architecture {
+        family: spec.family,
+        model_type: spec.model_type.clone(),
+        layers: spec.n_layer,
+        heads: spec.n_head,
+        query_groups: spec.n_query_groups,
+        hidden_size: spec.hidden_size,
+        intermediate_size: spec.intermediate_size,
+        vocab_size: spec.vocab_size,
+        parameters: spec.num_params(),
+        parameters_with_method: counts.total,
+        trainable_parameters: counts.trainable,
+    }
+}
