@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 
 use ftexp::config::{self, DeviceSetting, Precision, Resolved};
+use ftexp::device::Placement;
 use ftexp::error::Problems;
 
 /// A config file and its `--set` overrides.
@@ -32,6 +33,17 @@ pub struct DeviceArgs {
     /// auto (32-true on CPU, bf16-true on CUDA), 32-true, bf16-true, bf16-mixed or 16-true.
     #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<Precision>())]
     pub precision: Precision,
+}
+
+impl DeviceArgs {
+    /// The device and precision, checked to be on this machine.
+    pub fn placement(&self) -> Result<Placement, Problems> {
+        let placement = Placement::resolve(self.device, self.precision);
+        placement
+            .check_available()
+            .map_err(|why| Problems::one(format!("--device {}: {why}; use --device cpu", self.device)))?;
+        Ok(placement)
+    }
 }
 
 /// `--json`: one JSON object on stdout instead of text.

@@ -2,6 +2,7 @@
 use std::path::Path;
 
 use ftexp::dist::Rank;
+use ftexp::plan::{self, Find};
 use ftexp::train::bench::{self, Report};
 use ftexp::train::launch;
 
@@ -31,7 +32,8 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
         return Ok(launch::start_processes(config.train.devices)?);
     }
     let rank = Rank::from_env()?.filter(|r| r.world > 1);
-    let r = bench::run(&ftexp::plan::make(&resolved)?, a.steps, a.synthetic)?;
+    let find = Find { bench: true, ..Find::default() };
+    let r = bench::run(&plan::make_with(&resolved, &find)?, a.steps, a.synthetic)?;
     if rank.is_some_and(|r| r.rank > 0) {
         return Ok(());
     }

@@ -1,11 +1,7 @@
 //! `ftexp eval`.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use ftexp::device::Placement;
-use ftexp::error::Problems;
 use ftexp::eval::{self, EvalRequest, LoadOptions, RunEval};
-use ftexp::model::Gpt;
-use ftexp::tokenizer::Tokenizer;
 
 use super::args::{print_json, BaseArg, DeviceArgs, JsonArg};
 use ftexp::experiment::checkpoint::Pick;
@@ -45,15 +41,6 @@ pub struct Args {
     json: JsonArg,
 }
 
-/// A base checkpoint and its tokenizer on the device of `--device` and `--precision`.
-pub fn load_checkpoint(dir: &Path, d: &DeviceArgs) -> Result<(Gpt, Tokenizer), Problems> {
-    let placement = Placement::resolve(d.device, d.precision);
-    placement
-        .check_available()
-        .map_err(|why| Problems::one(format!("--device {}: {why}; use --device cpu", d.device)))?;
-    eval::load_checkpoint(dir, placement)
-}
-
 pub fn exec(a: Args) -> anyhow::Result<()> {
     if let Some(dir) = &a.run {
         let load = LoadOptions {
@@ -69,15 +56,8 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
     let (Some(checkpoint), Some(text)) = (&a.checkpoint, &a.text) else {
         ftexp::bail_user!("give a run directory, or --checkpoint and --text");
     };
-    let (model, tokenizer) = load_checkpoint(checkpoint, &a.device)?;
-    let body =
-        std::fs::read_to_string(text).map_err(|e| Problems::one(format!("{}: cannot read: {e}", text.display())))?;
-    let mut ids = tokenizer.encode(&body, true)?;
-    ids.truncate(a.max_tokens.unwrap_or(model.spec.max_position_embeddings as usize));
-    if ids.len() < 2 {
-        ftexp::bail_user!("{}: needs at least 2 tokens to measure next-token loss", text.display());
-    }
-    let p = eval::perplexity(&model, &ids);
+    let (model, tokenizer) = eval::load_checkpoint(checkpoint, a.device.placement()?)?;
+    let p = eval::text_perplexity(&model, &tokenizer, text, a.max_tokens)?;
     if a.json.json {
         println!("{}", serde_json::to_string(&p)?);
     } else {

@@ -2,9 +2,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use ftexp::config::DataFormat;
-use ftexp::data::chat::{ChatTemplate, Message};
-use ftexp::data::{prompt, Record};
+use ftexp::eval::ask::{self, Ask};
 use ftexp::eval::LoadOptions;
 use ftexp::generate::{timed, Sampling, Streamer};
 
@@ -58,40 +56,14 @@ pub struct Args {
 }
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
-    let (model, tokenizer, text) = if a.checkpoint.join("run.json").is_file() {
-        let load = LoadOptions {
-            step: a.step,
-            base: false,
-            device: Some(a.device.device),
-            allow_changed_base: a.base.allow_changed_base,
-        };
-        let run = ftexp::eval::load_run(&a.checkpoint, load)?;
-        let record = Record { instruction: a.prompt.clone(), input: a.input, output: String::new() };
-        let text = if a.raw {
-            Prompt::Plain(a.prompt)
-        } else if a.chat || run.config.data.format == DataFormat::Chat {
-            let dir = ftexp::source::tokenizer_dir(&run.config.model, false)?;
-            chat_prompt(&dir, run.config.data.chat_template.as_deref(), &a.prompt)?
-        } else {
-            Prompt::Plain(prompt::render(&run.config.data.prompt_style, &record))
-        };
-        (run.model, run.tokenizer, text)
-    } else {
-        let (model, tokenizer) = super::eval::load_checkpoint(&a.checkpoint, &a.device)?;
-        let text = match a.chat {
-            true => chat_prompt(&a.checkpoint, None, &a.prompt)?,
-            false => Prompt::Plain(a.prompt),
-        };
-        (model, tokenizer, text)
+    let load = LoadOptions {
+        step: a.step,
+        base: false,
+        device: Some(a.device.device),
+        allow_changed_base: a.base.allow_changed_base,
     };
-    // A chat template writes the special tokens (a BOS) itself.
-    let ids = match &text {
-        Prompt::Plain(text) => tokenizer.encode(text, true)?,
-        Prompt::Chat(text) => tokenizer.encode(text, false)?,
-    };
-    if ids.is_empty() {
-        ftexp::bail_user!("--prompt is empty after tokenization; give some text");
-    }
+    let ask = Ask { instruction: &a.prompt, input: &a.input, raw: a.raw, chat: a.chat };
+    let (model, tokenizer, ids) = ask::prepare(&a.checkpoint, &ask, load, a.device.placement()?)?;
     let sampling = Sampling {
         max_new_tokens: a.max_new_tokens as usize,
         temperature: a.temperature,
@@ -123,23 +95,6 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
         println!();
     }
     Ok(())
-}
-
-/// The text the model is prompted with, and whether a chat template wrote it.
-enum Prompt {
-    Plain(String),
-    Chat(String),
-}
-
-/// `prompt` as a user turn in the chat template (`setting`, else the tokenizer's own in `dir`),
-/// followed by the assistant's header.
-fn chat_prompt(dir: &std::path::Path, setting: Option<&str>, prompt: &str) -> anyhow::Result<Prompt> {
-    let template = ChatTemplate::load(dir, setting)?;
-    let user = Message { role: "user".into(), content: prompt.to_string() };
-    match template.render(&[user], true) {
-        Ok(text) => Ok(Prompt::Chat(text)),
-        Err(e) => ftexp::bail_user!("--prompt: {e}"),
-    }
 }
 
 /// A parser for a finite number in `low..=high`.

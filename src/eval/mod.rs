@@ -1,5 +1,6 @@
 //! Using a run: its model loaded with the trained tensors of a checkpoint, and its data splits
 //! evaluated (loss, perplexity, exact match), the results kept in its run.json for `ftexp report`.
+pub mod ask;
 mod measures;
 mod objective;
 
@@ -174,4 +175,22 @@ pub fn load_checkpoint(dir: &Path, placement: Placement) -> Result<(Gpt, Tokeniz
     let model = crate::model::load(dir, placement.weight_kind(), placement.device)?;
     methods::check_vocab(&tokenizer, dir, &model.spec, dir)?;
     Ok((model, tokenizer))
+}
+
+/// The perplexity of `model` on the UTF-8 text file `path`, read as one sequence of at most
+/// `max_tokens` tokens (the model's context length by default).
+pub fn text_perplexity(
+    model: &Gpt,
+    tokenizer: &Tokenizer,
+    path: &Path,
+    max_tokens: Option<usize>,
+) -> Result<Perplexity, Problems> {
+    let body =
+        std::fs::read_to_string(path).map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
+    let mut ids = tokenizer.encode(&body, true)?;
+    ids.truncate(max_tokens.unwrap_or(model.spec.max_position_embeddings as usize));
+    if ids.len() < 2 {
+        crate::bail_user!("{}: needs at least 2 tokens to measure next-token loss", path.display());
+    }
+    Ok(perplexity(model, &ids))
 }

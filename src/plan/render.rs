@@ -101,6 +101,15 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
         st.quantization,
         st.sharding
     );
+    write_model(&mut out, plan, r);
+    if let Some(memory) = &plan.memory {
+        write_memory(&mut out, plan, memory, r);
+    }
+    out
+}
+
+/// The base's architecture and parameter counts.
+fn write_model(out: &mut String, plan: &Plan, r: &Resolved) {
     let _ = writeln!(out, "\n# model ({})", plan.checkpoint_dir.display());
     match (&plan.architecture, &plan.architecture_missing) {
         (Some(a), _) => {
@@ -126,10 +135,6 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
         }
         _ => {}
     }
-    if let Some(memory) = &plan.memory {
-        write_memory(&mut out, plan, memory, r);
-    }
-    out
 }
 
 /// The expected peak memory by part, and whether it fits the device.

@@ -162,6 +162,17 @@ impl GpuMemoryWatch {
     }
 }
 
+/// The GPU's peak memory in MiB over the steps, and where it was read.
+fn gpu_peak(device: tch::Device, watch: Option<GpuMemoryWatch>) -> (Option<f64>, Option<&'static str>) {
+    match (device, watch) {
+        (_, Some(watch)) => (watch.finish(), Some("nvidia-smi")),
+        (tch::Device::Cuda(index), None) => {
+            (crate::dist::cuda_memory(index).map(|(_, peak)| peak as f64 / 1048576.0), Some("allocator"))
+        }
+        _ => (None, None),
+    }
+}
+
 /// Runs `steps` optimizer steps of `c` (its model, method, precision, batch sizes and learning-rate
 /// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
 pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
@@ -199,13 +210,7 @@ pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<R
         tch::Cuda::synchronize(index as i64);
     }
     let seconds = clock.elapsed().as_secs_f64();
-    let (peak_gpu_mib, gpu_memory_source) = match (device, watch) {
-        (_, Some(watch)) => (watch.finish(), Some("nvidia-smi")),
-        (tch::Device::Cuda(index), None) => {
-            (crate::dist::cuda_memory(index).map(|(_, peak)| peak as f64 / 1048576.0), Some("allocator"))
-        }
-        _ => (None, None),
-    };
+    let (peak_gpu_mib, gpu_memory_source) = gpu_peak(device, watch);
     let mine = peak_gpu_mib.or_else(peak_rss_mib).unwrap_or(0.0);
     let (world_size, rank_peak_mib, allreduce_ms_per_step) = match &trainer.replicas {
         None => (1, vec![mine], None),

@@ -79,7 +79,7 @@ pub fn plan_for(r: &Resolved, start: &Start, allow_changed_base: bool) -> Result
         Some(info) => methods::recorded_base(&info, r.config.model.init, allow_changed_base)?,
         None => None,
     };
-    plan::make_with(r, &Find { download: false, recorded_base })
+    plan::make_with(r, &Find { recorded_base, ..Find::default() })
 }
 
 /// The saved config of the run in `run_dir`, with `overrides` (`train.devices` on resume, say).
