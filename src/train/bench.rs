@@ -177,9 +177,9 @@ fn gpu_peak(device: tch::Device, watch: Option<GpuMemoryWatch>) -> (Option<f64>,
 /// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
 pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
     let c = &plan.config;
-    let replicas = super::launch::join(c)?;
+    let replicas = super::launch::join(plan)?;
     count_cpu_tensors(c);
-    let placement = super::launch::on_rank(c, replicas.as_ref().map(|r| &r.rank));
+    let placement = super::launch::on_rank(plan.placement, replicas.as_ref().map(|r| &r.rank));
     let built = methods::build_located(c, &super::find_base(plan)?, placement)?;
     let spec = built.model.spec.clone();
     let (train, data) = samples(c, &spec, synthetic_data)?;

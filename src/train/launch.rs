@@ -9,56 +9,56 @@ use std::time::{Duration, Instant};
 
 use super::replicas::Replicas;
 use super::trainer::Trainer;
-use crate::config::Config;
 use crate::device::Placement;
 use crate::dist::Rank;
 use crate::error::Problems;
 use crate::experiment::{self, Experiment, RunStatus, World};
+use crate::plan::RunPlan;
 
 /// (Not `FTEXP_…`: those are config keys.) Rank 0 of processes this launcher started writes its run directory into the file this names, so
 /// the launcher can mark the run failed when rank 0 itself was killed.
 const RUN_DIR_FILE: &str = "_FTEXP_RUN_DIR_FILE";
 
 /// Joins the process group this process belongs to, if any (torchrun's variables say; a world of one
-/// is a process on its own), after checking it against the config.
-pub fn join(c: &Config) -> Result<Option<Replicas>, Problems> {
+/// is a process on its own), after checking it against the plan's training settings.
+pub fn join(plan: &RunPlan) -> Result<Option<Replicas>, Problems> {
+    let t = &plan.config.train;
     let Some(rank) = Rank::from_env()?.filter(|r| r.world > 1) else {
-        if c.train.devices > 1 {
+        if t.devices > 1 {
             return Err(Problems::one(format!(
                 "train.devices = {}: start the run with `ftexp run`, which starts one process per device, or with a launcher such as torchrun",
-                c.train.devices
+                t.devices
             )));
         }
         return Ok(None);
     };
-    if c.train.devices as usize != rank.local_world {
+    if t.devices as usize != rank.local_world {
         return Err(Problems::one(format!(
             "train.devices = {} but the launcher started {} processes on this machine (LOCAL_WORLD_SIZE); set train.devices = {}",
-            c.train.devices, rank.local_world, rank.local_world
+            t.devices, rank.local_world, rank.local_world
         )));
     }
-    let per_step = c.train.micro_batch_size.max(1) * rank.world as u64;
-    if !c.train.batch_size.is_multiple_of(per_step) {
+    let per_step = t.micro_batch_size.max(1) * rank.world as u64;
+    if !t.batch_size.is_multiple_of(per_step) {
         return Err(Problems::one(format!(
             "train.batch_size = {} is not a multiple of micro_batch_size × processes = {} × {} = {per_step}; make it {}",
-            c.train.batch_size,
-            c.train.micro_batch_size,
+            t.batch_size,
+            t.micro_batch_size,
             rank.world,
-            (c.train.batch_size / per_step + 1) * per_step
+            (t.batch_size / per_step + 1) * per_step
         )));
     }
-    let device = rank.device(Placement::resolve(c.model.device, c.model.precision).device);
+    let device = rank.device(plan.placement.device);
     if !device.is_cuda() && std::env::var_os("OMP_NUM_THREADS").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         tch::set_num_threads((cores / rank.local_world).max(1) as i32);
     }
-    let timeout = Duration::from_secs(c.train.sync_timeout_s);
+    let timeout = Duration::from_secs(t.sync_timeout_s);
     Replicas::join(rank, device, timeout).map(Some)
 }
 
 /// Where a rank builds its model: on GPU `LOCAL_RANK` when the run is on CUDA.
-pub fn on_rank(c: &Config, rank: Option<&Rank>) -> Placement {
-    let placement = Placement::resolve(c.model.device, c.model.precision);
+pub fn on_rank(placement: Placement, rank: Option<&Rank>) -> Placement {
     match rank {
         Some(r) if placement.device.is_cuda() => Placement { device: tch::Device::Cuda(r.local_rank), ..placement },
         _ => placement,

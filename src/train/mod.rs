@@ -133,7 +133,7 @@ fn find_base(plan: &RunPlan) -> Result<methods::Located, Problems> {
 /// share of every batch, and only rank 0 writes the run directory (the others return an empty path).
 pub fn run(plan: &RunPlan, start: Start) -> anyhow::Result<PathBuf> {
     let c = &plan.config;
-    let replicas = launch::join(c)?;
+    let replicas = launch::join(plan)?;
     let first = replicas.as_ref().is_none_or(Replicas::is_first);
     // The first process of each machine prepares the data and finds the base; the others then read the caches.
     let first_here = replicas.as_ref().is_none_or(|r| r.rank.local_rank == 0);
@@ -230,7 +230,7 @@ fn inputs(
             c.data.path, c.data.max_seq_length
         )));
     }
-    let placement = launch::on_rank(c, rank);
+    let placement = launch::on_rank(plan.placement, rank);
     let built = methods::build_located(c, &located, placement)?;
     data.check_ids(built.model.spec.vocab_size)?;
     let plan = plan.clone().with_base(located).with_prepared(prepared_sizes(&data));
