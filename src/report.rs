@@ -53,7 +53,9 @@ impl RunRow {
 pub enum Format {
     /// An aligned table and the seed groups.
     Text,
-    /// One object: `columns`, `runs` (one object per row, keyed by column) and `groups`.
+    /// One object: `columns`, `runs` (one object per row, keyed by column) and `groups` (`--json`,
+    /// spelled as in every other command).
+    #[value(skip)]
     Json,
     /// A header and one line per run.
     Csv,

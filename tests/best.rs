@@ -93,7 +93,7 @@ fn best_holds_the_lowest_val_loss_step() {
     assert!(out.status.success(), "{}", stderr(&out));
     let eval: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert!(close(eval["loss"].as_f64().unwrap(), best_val), "{eval} vs {best_val}");
-    let out = ftexp(p, &["report", "experiments/t/v1", "--format", "json"], &[]);
+    let out = ftexp(p, &["report", "experiments/t/v1", "--json"], &[]);
     let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(report["runs"][0]["best_step"], best_step, "{report}");
 }

@@ -6,7 +6,7 @@ use ftexp::eval::ask::{self, Ask};
 use ftexp::eval::LoadOptions;
 use ftexp::generate::{timed, Sampling, Streamer};
 
-use super::args::{BaseArg, DeviceArgs};
+use super::args::{BaseArg, DeviceArgs, JsonArg};
 use ftexp::experiment::checkpoint::Pick;
 
 /// Generate text from a checkpoint: one prefill, then one token per step, streamed to stdout.
@@ -50,9 +50,9 @@ pub struct Args {
     device: DeviceArgs,
     #[command(flatten)]
     base: BaseArg,
-    /// Print {"ids": [...], "text": "...", timings} for the generated part instead of streaming text.
-    #[arg(long)]
-    json: bool,
+    // --json: {"ids": [...], "text": "...", timings} for the generated part instead of streaming text.
+    #[command(flatten)]
+    json: JsonArg,
 }
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
@@ -74,14 +74,14 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
     let mut streamer = Streamer::new(&tokenizer);
     let out = ftexp::error::guard("generating", || {
         timed(&model, &ids, &sampling, &tokenizer.eos_ids, |id| {
-            if !a.json {
+            if !a.json.json {
                 let mut lock = std::io::stdout().lock();
                 let _ = write!(lock, "{}", streamer.push(id));
                 let _ = lock.flush();
             }
         })
     })?;
-    if a.json {
+    if a.json.json {
         println!(
             "{}",
             serde_json::json!({

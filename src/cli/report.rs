@@ -13,7 +13,7 @@ pub struct Args {
     /// Experiment directories (experiments/<name>) or run directories (experiments/<name>/v<N>).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// text, json or csv.
+    /// text or csv (`--json` for one JSON object).
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     #[command(flatten)]
