@@ -1,7 +1,7 @@
-//! The base model a config names in `model.checkpoint`, parsed once: a local directory, a hub repo
+//! The base model a config names in `model.checkpoint` (`BaseModel::parse`): a local directory, a hub repo
 //! (downloaded into `checkpoints/<org>/<name>/` on first use), or a finished experiment
-//! (`experiment:<name>[/v<N>][@best]`, the model its last completed `full` run exported, or the model of
-//! its best checkpoint).
+//! (`experiment:<name>[/v<N>][@best]`: the hub checkpoint a completed run exported, of its final or its
+//! best checkpoint).
 use std::path::{Path, PathBuf};
 
 use crate::config::ModelConfig;

@@ -214,10 +214,11 @@ fn the_binary_prints_one_line_per_problem_and_exits_2() {
 }
 
 #[test]
-fn readme_config_reference_is_the_schema() {
-    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+fn docs_config_reference_is_the_schema() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md");
+    let doc = std::fs::read_to_string(path).unwrap();
     let start =
-        readme.find("<!-- keys:start -->\n").expect("README has the keys table") + "<!-- keys:start -->\n".len();
-    let end = readme.find("<!-- keys:end -->").unwrap();
-    assert_eq!(&readme[start..end], ftexp::config::keys_reference(true), "regenerate with `ftexp keys --markdown`");
+        doc.find("<!-- keys:start -->\n").expect("docs/config.md has the keys table") + "<!-- keys:start -->\n".len();
+    let end = doc.find("<!-- keys:end -->").unwrap();
+    assert_eq!(&doc[start..end], ftexp::config::keys_reference(true), "regenerate with `ftexp keys --markdown`");
 }

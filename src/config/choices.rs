@@ -1,9 +1,14 @@
 //! The typed settings a config chooses from. Each enum is the one list of its choices: the schema's
-//! type check, `ftexp keys`, the README and the code that acts on a setting all read it.
+//! type check, `ftexp keys`, docs/config.md and the code that acts on a setting all read it.
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// `options` quoted and separated by commas, as error messages and the key table list them.
+pub fn quoted_list(options: &[&str]) -> String {
+    options.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ")
+}
 
 /// An enum of named choices, with `NAMES` (in the order `ftexp keys` lists them), `as_str` and `FromStr`.
 macro_rules! choices {
@@ -36,7 +41,7 @@ macro_rules! choices {
             fn from_str(s: &str) -> Result<Self, String> {
                 match s {
                     $($text => Ok(Self::$variant),)+
-                    _ => Err(format!("is \"{s}\"; use one of {}", super::schema::quoted_list(Self::NAMES))),
+                    _ => Err(format!("is \"{s}\"; use one of {}", quoted_list(Self::NAMES))),
                 }
             }
         }

@@ -3,11 +3,12 @@
 //! then figment merges the layers and extracts the typed [`Config`].
 mod choices;
 mod layers;
+mod resolved;
 pub mod schema;
 mod validate;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use choices::{
     DataFormat, DeviceSetting, ExportDtype, ExportFormat, Init, LongSamples, LrSchedule, MethodKind, ModelType,
@@ -15,28 +16,13 @@ pub use choices::{
 };
 use figment::Figment;
 pub use layers::{parse_literal, Layer, Origin};
+pub use resolved::Resolved;
 pub use schema::{
     Architecture, Columns, Config, DataConfig, KeyDoc, MethodConfig, ModelConfig, Split, TrainConfig, KEYS,
 };
 pub use validate::{check_name, check_run, run_rules};
 
 use crate::error::Problems;
-
-/// A config with every value resolved, and where each value came from.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    pub config: Config,
-    /// Dotted key → where its value was set (`default`, `configs/x.toml:4`, `env FTEXP_SEED`, `--set seed=1`).
-    pub sources: BTreeMap<String, String>,
-    /// The config files read, bases first, the named file last.
-    pub files: Vec<PathBuf>,
-}
-
-impl Resolved {
-    pub fn source(&self, key: &str) -> &str {
-        self.sources.get(key).map(String::as_str).unwrap_or("unset")
-    }
-}
 
 /// Resolves `path` with the process environment and the `--set` overrides.
 pub fn resolve(path: &Path, sets: &[String]) -> Result<Resolved, Problems> {
@@ -109,7 +95,7 @@ pub fn to_toml(config: &Config) -> String {
     toml::to_string(config).expect("a Config always serializes to TOML")
 }
 
-/// The config reference (`ftexp keys`, README's table), from the schema itself.
+/// The config reference (`ftexp keys`, the table of docs/config.md), from the schema itself.
 pub fn keys_reference(markdown: bool) -> String {
     let mut out = String::new();
     if markdown {

@@ -1,11 +1,11 @@
 //! The one schema: every key a config file may set, its type, its default and what it means.
-//! The defaults layer, the unknown-key check, the type check, `ftexp keys` and README's config
-//! reference all read this table, so they cannot drift apart.
+//! The defaults layer, the unknown-key check, the type check, `ftexp keys` and docs/config.md's
+//! key table all read this table, so they cannot drift apart.
 use serde::{Deserialize, Serialize};
 
 use super::choices::{
-    DataFormat, DeviceSetting, ExportDtype, ExportFormat, Init, LongSamples, LrSchedule, MethodKind, ModelType,
-    Precision, TrainOn,
+    quoted_list, DataFormat, DeviceSetting, ExportDtype, ExportFormat, Init, LongSamples, LrSchedule, MethodKind,
+    ModelType, Precision, TrainOn,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,10 +41,6 @@ impl Kind {
             Kind::Bytes => "an amount of memory such as \"24GB\" or \"80GiB\"".into(),
         }
     }
-}
-
-pub fn quoted_list(options: &[&str]) -> String {
-    options.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ")
 }
 
 pub struct KeyDoc {

@@ -1,9 +1,9 @@
 //! Checks: per layer (unknown keys, wrong types) and on the merged config (values that make no sense
 //! together). Every problem is collected, so a user fixes a file in one go.
-use super::choices::{DataFormat, DeviceSetting, ExportFormat, Init, MethodKind};
+use super::choices::{quoted_list, DataFormat, DeviceSetting, ExportFormat, Init, MethodKind};
 use super::layers::{remove_path, Layer};
-use super::schema::{self, Kind, KEYS, PROMPT_STYLES};
-use super::{Config, Resolved};
+use super::resolved::Resolved;
+use super::schema::{self, Config, Kind, KEYS, PROMPT_STYLES};
 use crate::error::{did_you_mean, Problems};
 
 /// Reports this layer's unknown keys and wrong types, in the order of the file's lines, and leaves
@@ -146,7 +146,7 @@ fn check_data(c: &Config, bad: &mut impl FnMut(&str, String)) {
             "data.prompt_style",
             format!(
                 "is \"{style}\": use one of {} or a template containing {{instruction}}",
-                schema::quoted_list(PROMPT_STYLES)
+                quoted_list(PROMPT_STYLES)
             ),
         );
     }

@@ -3,8 +3,7 @@
 use rand::{RngExt, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
-use super::prepare::IGNORE;
-use super::Sample;
+use super::samples::{Sample, IGNORE};
 use crate::config::TrainConfig;
 
 pub struct Batch {

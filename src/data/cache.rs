@@ -6,8 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::chat::Conversation;
-use super::prepare::{Prepared, Sample, SplitStats, IGNORE, SPLITS};
+use super::samples::{Conversation, Prepared, Sample, SplitStats, IGNORE, SPLITS};
 use crate::error::Problems;
 
 /// The splits of an entry, the conversations of a chat data set beside them (empty otherwise), and

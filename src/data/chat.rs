@@ -5,11 +5,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use minijinja::{context, Environment, Error, ErrorKind};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::files::{kind, read_rows, Needed, Row};
-use super::prepare::{length_stats, Sample, SplitStats, IGNORE};
+use super::samples::{length_stats, Sample, SplitStats, IGNORE};
+pub use super::samples::{Conversation, Message};
 use crate::config::schema::Columns;
 use crate::config::{DataConfig, LongSamples, TrainOn};
 use crate::error::Problems;
@@ -17,15 +17,6 @@ use crate::tokenizer::Tokenizer;
 
 /// ChatML, as Qwen2 and many others write it, for tokenizers without a template of their own.
 pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-
-/// One turn of a conversation, with the role named as chat templates expect it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-pub type Conversation = Vec<Message>;
 
 /// The conversations of `files`, in order, read through `columns`, each with where it is.
 pub fn read_conversations(files: &[PathBuf], columns: &Columns) -> Result<Vec<(Conversation, String)>, Problems> {

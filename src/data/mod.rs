@@ -6,17 +6,17 @@ pub mod files;
 pub mod prepare;
 pub mod prompt;
 mod records;
+mod samples;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use serde::Serialize;
-
-pub use prepare::{prepare, Prepared, Sample, SplitStats};
+pub use prepare::prepare;
 pub use records::{read_records, Record};
+pub use samples::{split_sizes, Prepared, Sample, SplitSizes, SplitStats};
 
-use crate::config::{Config, DataConfig, DataFormat, Split};
+use crate::config::{Config, DataConfig, DataFormat};
 use crate::error::Problems;
 use crate::tokenizer::Tokenizer;
 use crate::{hub, source};
@@ -89,22 +89,6 @@ fn inputs<'a>(
     hub: Option<&'a hub::DatasetFiles>,
 ) -> prepare::Inputs<'a> {
     prepare::Inputs { data: &config.data, seed: config.seed, tokenizer, tokenizer_file, hub }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SplitSizes {
-    pub records: usize,
-    pub train: usize,
-    pub val: usize,
-    pub test: usize,
-}
-
-/// Split sizes for `n` records: val and test are `n × ratio` rounded to the nearest whole record,
-/// train takes the rest.
-pub fn split_sizes(n: usize, split: Split) -> SplitSizes {
-    let val = (n as f64 * split.val).round() as usize;
-    let test = ((n as f64 * split.test).round() as usize).min(n - val);
-    SplitSizes { records: n, train: n - val - test, val, test }
 }
 
 /// The `ftexp prepare` report: per-split counts and lengths, with `packing` (the row length) how full
