@@ -139,7 +139,10 @@ fn read_run(dir: &Path) -> RunRow {
         best_step: best.map(|b| b.0),
         final_val_loss: results.and_then(|r| r.final_val_loss),
         test_loss: results.and_then(|r| r.test_loss),
-        exact_match: info.as_ref().and_then(|i| i.evaluations.get("test")).and_then(|e| e.exact_match),
+        exact_match: info
+            .as_ref()
+            .and_then(|i| i.evaluations.get(crate::data::Split::Test.name()))
+            .and_then(|e| e.exact_match),
         tokens_per_s: results.map(|r| r.tokens_per_s),
         seconds: results.map(|r| r.train_seconds),
         config,

@@ -3,9 +3,10 @@
 //! and bad input.
 use std::path::{Path, PathBuf};
 
-use ftexp::config::{Columns, DataConfig, DataFormat, Split, TrainOn};
+use ftexp::config::{Columns, DataConfig, DataFormat, SplitRatios, TrainOn};
 use ftexp::data::chat::{ChatTemplate, Message};
 use ftexp::data::prepare::{prepare, Inputs, IGNORE};
+use ftexp::data::Split;
 use ftexp::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
@@ -19,7 +20,7 @@ fn family(name: &str) -> PathBuf {
 const FAMILIES: [(&str, &str); 3] = [("llama3", "<|eot_id|>"), ("qwen2", "<|im_end|>"), ("mistral", "</s>")];
 
 pub fn chat_config(path: &Path) -> DataConfig {
-    let split = Split { train: 1.0, val: 0.0, test: 0.0 };
+    let split = SplitRatios { train: 1.0, val: 0.0, test: 0.0 };
     DataConfig { format: DataFormat::Chat, split, ..crate::data::data_config(path) }
 }
 
@@ -74,7 +75,7 @@ fn only_assistant_turns_and_their_end_of_turn_are_supervised() {
             &dir.path().join("c"),
         )
         .unwrap();
-        let samples = p.split("train");
+        let samples = p.split(Split::Train);
         assert_eq!(samples.len(), cases.len());
         for case in cases {
             let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
@@ -101,7 +102,7 @@ fn only_assistant_turns_and_their_end_of_turn_are_supervised() {
             &dir.path().join("c"),
         )
         .unwrap();
-        assert!(p.split("train").iter().all(|s| s.labels.iter().all(|&l| l != IGNORE)));
+        assert!(p.split(Split::Train).iter().all(|s| s.labels.iter().all(|&l| l != IGNORE)));
     }
 }
 
@@ -137,7 +138,7 @@ fn sharegpt_jsonl_and_parquet_conversations_give_the_same_samples() {
         assistant: "gpt".into(),
         ..jsonl.columns
     };
-    let split = Split { train: 0.5, val: 0.25, test: 0.25 };
+    let split = SplitRatios { train: 0.5, val: 0.25, test: 0.25 };
     let (parquet, jsonl) = (DataConfig { split, ..parquet }, DataConfig { split, ..jsonl });
     let a =
         prepare(&Inputs { data: &parquet, seed: 3, tokenizer: &tokenizer, tokenizer_file: &tf, hub: None }, dir.path())
@@ -147,7 +148,7 @@ fn sharegpt_jsonl_and_parquet_conversations_give_the_same_samples() {
             .unwrap();
     assert_eq!(a.splits, b.splits);
     assert_eq!(a.chats, b.chats);
-    assert_eq!((a.split("train").len(), a.split("val").len(), a.split("test").len()), (6, 3, 3));
+    assert_eq!((a.split(Split::Train).len(), a.split(Split::Val).len(), a.split(Split::Test).len()), (6, 3, 3));
     let with_system = a.chats.values().flatten().filter(|c| c[0].role == "system").count();
     assert_eq!(with_system, 4);
 }
@@ -272,6 +273,6 @@ fn a_parquet_file_without_the_mapped_column_and_a_tokenizer_without_a_template_a
     let p =
         prepare(&Inputs { data: &data, seed: 1, tokenizer: &plain_tok, tokenizer_file: &tf, hub: None }, dir.path())
             .unwrap();
-    assert_eq!(p.split("train").len(), 12);
+    assert_eq!(p.split(Split::Train).len(), 12);
     assert!(std::fs::read_dir(dir.path()).unwrap().count() == 1);
 }

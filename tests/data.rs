@@ -1,9 +1,9 @@
 //! Data preparation: templates, masks, length policy, seeded split, cache, and bad input.
 use std::path::Path;
 
-use ftexp::config::{Columns, DataConfig, DataFormat, LongSamples, Split, TrainOn};
+use ftexp::config::{Columns, DataConfig, DataFormat, LongSamples, SplitRatios, TrainOn};
 use ftexp::data::prepare::{cache_key, prepare, split_indices, Inputs, IGNORE};
-use ftexp::data::{prompt, Record};
+use ftexp::data::{prompt, Record, Split};
 use ftexp::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
@@ -30,7 +30,7 @@ pub fn data_config(path: &Path) -> DataConfig {
         },
         format: DataFormat::Alpaca,
         prompt_style: "alpaca".into(),
-        split: Split { train: 0.5, val: 0.25, test: 0.25 },
+        split: SplitRatios { train: 0.5, val: 0.25, test: 0.25 },
         max_seq_length: 512,
         long_samples: LongSamples::Truncate,
         mask_inputs: true,
@@ -86,7 +86,7 @@ fn tokens_labels_and_masks_are_exactly_the_template() {
     let eos = tokenizer.eos_ids[0];
     for mask in [true, false] {
         let mut data = data_config(&path);
-        data.split = Split { train: 1.0, val: 0.0, test: 0.0 };
+        data.split = SplitRatios { train: 1.0, val: 0.0, test: 0.0 };
         data.mask_inputs = mask;
         let tf = tokenizer_dir().join("tokenizer.json");
         let inputs = Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf, hub: None };
@@ -94,7 +94,7 @@ fn tokens_labels_and_masks_are_exactly_the_template() {
         let again = prepare(&inputs, &dir.path().join("cache")).unwrap();
         assert!(!p.reused && again.reused);
         assert_eq!(again.splits, p.splits, "the cache gives back exactly the prepared samples");
-        let train = p.split("train");
+        let train = p.split(Split::Train);
         assert_eq!(train.len(), 4);
         for s in train {
             let r = record(&s.instruction, &s.input, &s.output);
@@ -124,7 +124,7 @@ fn long_samples_are_truncated_with_eos_or_dropped_and_counted() {
     let tf = tokenizer_dir().join("tokenizer.json");
     let eos = tokenizer.eos_ids[0];
     let mut data = data_config(&path);
-    data.split = Split { train: 1.0, val: 0.0, test: 0.0 };
+    data.split = SplitRatios { train: 1.0, val: 0.0, test: 0.0 };
     data.max_seq_length = 80;
     data.prompt_style = "none".into();
     let p = prepare(
@@ -134,7 +134,7 @@ fn long_samples_are_truncated_with_eos_or_dropped_and_counted() {
     .unwrap();
     let stats = &p.stats["train"];
     assert_eq!((stats.records, stats.samples, stats.truncated, stats.dropped), (3, 2, 1, 1));
-    let cut = p.split("train").iter().find(|s| s.instruction == "Long answer.").unwrap();
+    let cut = p.split(Split::Train).iter().find(|s| s.instruction == "Long answer.").unwrap();
     assert_eq!(cut.input_ids.len(), 80);
     assert_eq!(*cut.input_ids.last().unwrap(), eos, "EOS stays last after truncation");
     assert_eq!(*cut.labels.last().unwrap(), eos as i64);
@@ -154,7 +154,7 @@ fn long_samples_are_truncated_with_eos_or_dropped_and_counted() {
 #[test]
 fn split_is_seeded_and_follows_the_ratios() {
     let mut data = data_config(Path::new("unused"));
-    data.split = Split { train: 0.8, val: 0.1, test: 0.1 };
+    data.split = SplitRatios { train: 0.8, val: 0.1, test: 0.1 };
     let a = split_indices(1001, &data, 42);
     assert_eq!((a["train"].len(), a["val"].len(), a["test"].len()), (801, 100, 100));
     assert_eq!(a, split_indices(1001, &data, 42));
@@ -372,7 +372,7 @@ fn json_parquet_csv_and_shard_directories_give_the_same_samples() {
         .unwrap()
     };
     let reference = prepared(&json_path);
-    assert_eq!(reference.split("train").len(), 12);
+    assert_eq!(reference.split(Split::Train).len(), 12);
     for path in [fixtures().join("data/alpaca.parquet"), dir.path().join("rows.csv"), dir.path().join("shards")] {
         let p = prepared(&path);
         assert_eq!(p.splits, reference.splits, "{}", path.display());
@@ -406,7 +406,7 @@ fn cache_entries_of_the_previous_layout_still_load() {
     }
     std::fs::write(entry.join("stats.json"), "{}").unwrap();
     let p = ftexp::data::prepare::load_entry(dir.path(), "0123456789abcdef").unwrap();
-    let train = p.split("train");
+    let train = p.split(Split::Train);
     assert_eq!(train.len(), 2);
     assert_eq!(
         (train[0].input_ids.clone(), train[0].labels.clone()),

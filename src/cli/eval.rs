@@ -1,6 +1,7 @@
 //! `ftexp eval`.
 use std::path::PathBuf;
 
+use ftexp::data::Split;
 use ftexp::eval::{self, EvalRequest, LoadOptions, RunEval};
 
 use super::args::{print_json, BaseArg, DeviceArgs, JsonArg};
@@ -13,8 +14,8 @@ pub struct Args {
     /// A run directory experiments/<name>/v<N>: loss and perplexity on one of its data splits.
     run: Option<PathBuf>,
     /// With a run: which split.
-    #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
-    split: String,
+    #[arg(long, default_value = "test")]
+    split: Split,
     /// With a run: also the exact-match rate of greedy answers against the split's outputs.
     #[arg(long)]
     generate: bool,
@@ -49,7 +50,7 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
             device: Some(a.device.device),
             allow_changed_base: a.base_files.allow_changed_base,
         };
-        let req = EvalRequest { split: &a.split, generate: a.generate, load };
+        let req = EvalRequest { split: a.split, generate: a.generate, load };
         let r = eval::evaluate_run(dir, &req)?;
         return if a.json.json { print_json(&r) } else { print_run(&r) };
     }

@@ -3,7 +3,7 @@
 /// List every config key with its type, default and meaning.
 #[derive(clap::Args)]
 pub struct Args {
-    /// As a Markdown table (README's config reference).
+    /// As a Markdown table (the key table of docs/config.md).
     #[arg(long)]
     markdown: bool,
 }

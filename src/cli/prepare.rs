@@ -30,7 +30,7 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
     }
     if a.json.json {
         let records: usize = prepared.stats.values().map(|s| s.records).sum();
-        let fill = packing.map(|row| data::batches::fill_ratio(prepared.split("train"), row));
+        let fill = packing.map(|row| data::batches::fill_ratio(prepared.split(data::Split::Train), row));
         return print_json(&serde_json::json!({
             "key": prepared.key, "dir": prepared.dir, "reused": prepared.reused, "splits": prepared.stats,
             "seconds": seconds, "records_per_s": records as f64 / seconds.max(1e-9), "packing_fill_ratio": fill,

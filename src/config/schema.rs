@@ -288,7 +288,7 @@ pub struct DataConfig {
     pub columns: Columns,
     pub format: DataFormat,
     pub prompt_style: String,
-    pub split: Split,
+    pub split: SplitRatios,
     pub max_seq_length: u64,
     pub long_samples: LongSamples,
     pub mask_inputs: bool,
@@ -312,7 +312,7 @@ pub struct Columns {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct Split {
+pub struct SplitRatios {
     pub train: f64,
     pub val: f64,
     pub test: f64,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::samples::{Conversation, Prepared, Sample, SplitStats, IGNORE, SPLITS};
+use super::samples::{Conversation, Prepared, Sample, Split, SplitStats, IGNORE};
 use crate::error::Problems;
 
 /// The splits of an entry, the conversations of a chat data set beside them (empty otherwise), and
@@ -106,9 +106,9 @@ fn write_cached(dir: &Path, name: &str, samples: &[Sample], chats: &[Conversatio
     std::fs::write(dir.join(format!("{name}.ids")), ids)
 }
 
-type Split = (Vec<Sample>, Vec<Conversation>);
+type CachedSplit = (Vec<Sample>, Vec<Conversation>);
 
-fn read_cached(dir: &Path, name: &str, with_runs: bool) -> Result<Split, Box<dyn std::error::Error>> {
+fn read_cached(dir: &Path, name: &str, with_runs: bool) -> Result<CachedSplit, Box<dyn std::error::Error>> {
     let bytes = std::fs::read(dir.join(format!("{name}.ids")))?;
     let words: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let text = std::fs::read_to_string(dir.join(format!("{name}.text.jsonl")))?;
@@ -152,7 +152,7 @@ fn read_cached(dir: &Path, name: &str, with_runs: bool) -> Result<Split, Box<dyn
 pub fn load(dir: &Path, key: &str) -> Result<Prepared, Box<dyn std::error::Error>> {
     let stats: BTreeMap<String, SplitStats> = serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json"))?)?;
     let (mut splits, mut chats) = (BTreeMap::new(), BTreeMap::new());
-    for name in SPLITS {
+    for name in Split::ALL.map(Split::name) {
         let (samples, chat) = read_cached(dir, name, dir.join(RUNS_MARKER).is_file())?;
         splits.insert(name.to_string(), samples);
         if !chat.is_empty() {
@@ -186,9 +186,9 @@ fn write_jsonl(path: &Path, samples: &[Sample], chats: &[Conversation]) -> std::
 pub fn export(prepared: &Prepared, out: &Path) -> Result<(), Problems> {
     let io = |e: std::io::Error| Problems::one(format!("{}: cannot write: {e}", out.display()));
     std::fs::create_dir_all(out).map_err(io)?;
-    for name in SPLITS {
-        let chats = prepared.chats.get(name).map(Vec::as_slice).unwrap_or(&[]);
-        write_jsonl(&out.join(format!("{name}.jsonl")), prepared.split(name), chats).map_err(io)?;
+    for split in Split::ALL {
+        let chats = prepared.chats.get(split.name()).map(Vec::as_slice).unwrap_or(&[]);
+        write_jsonl(&out.join(format!("{split}.jsonl")), prepared.split(split), chats).map_err(io)?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 
 pub use prepare::prepare;
 pub use records::{read_records, Record};
-pub use samples::{split_sizes, Prepared, Sample, SplitSizes, SplitStats};
+pub use samples::{split_sizes, Prepared, Sample, Split, SplitSizes, SplitStats};
 
 use crate::config::{Config, DataConfig, DataFormat};
 use crate::error::Problems;
@@ -102,7 +102,7 @@ pub fn describe(p: &Prepared, data_path: &str, tokenizer: &Tokenizer, packing: O
         "{:<6} {:>8} {:>8} {:>24} {:>10} {:>8}",
         "split", "records", "samples", "tokens min/median/p95/max", "truncated", "dropped"
     );
-    for name in prepare::SPLITS {
+    for name in Split::ALL.map(Split::name) {
         let s = &p.stats[name];
         let lengths = format!("{}/{}/{}/{}", s.min_tokens, s.median_tokens, s.p95_tokens, s.max_tokens);
         let _ = writeln!(
@@ -115,10 +115,10 @@ pub fn describe(p: &Prepared, data_path: &str, tokenizer: &Tokenizer, packing: O
         let _ = writeln!(
             out,
             "packing: train samples fill rows of {row} tokens to {:.1}% (first fit, longest first)",
-            100.0 * batches::fill_ratio(p.split("train"), row)
+            100.0 * batches::fill_ratio(p.split(Split::Train), row)
         );
     }
-    if let Some(sample) = p.split("train").first() {
+    if let Some(sample) = p.split(Split::Train).first() {
         let decode = |ids: &[u32]| tokenizer.inner.decode(ids, false).unwrap_or_default();
         let _ = writeln!(out, "\nexample (train, {} tokens; ⟦masked: not in the loss⟧):", sample.input_ids.len());
         let mut at = 0;

@@ -10,7 +10,7 @@ pub use super::cache::{export, labels_in};
 use super::cache::{load, store, Entry};
 use super::chat::{read_conversations, render_all, ChatTemplate};
 use super::records::{read_records, Record};
-pub use super::samples::{labels, length_stats, Prepared, Sample, SplitStats, IGNORE, SPLITS};
+pub use super::samples::{labels, length_stats, Prepared, Sample, Split, SplitStats, IGNORE};
 use super::samples::{split_sizes, Conversation};
 use super::{files, prompt};
 use crate::config::{DataConfig, DataFormat, LongSamples};
@@ -158,7 +158,7 @@ fn build(inputs: &Inputs) -> Result<Built, Problems> {
         DataFormat::Alpaca => {
             let records = read_records(&files, &d.columns)?;
             let indices = record_split(records.len(), inputs)?;
-            for name in SPLITS {
+            for name in Split::ALL.map(Split::name) {
                 let chosen: Vec<&Record> = indices[name].iter().map(|&i| &records[i]).collect();
                 let (samples, s) = tokenize(&chosen, d, inputs.tokenizer, eos)?;
                 built.splits.insert(name.to_string(), samples);
@@ -170,7 +170,7 @@ fn build(inputs: &Inputs) -> Result<Built, Problems> {
             let rows = read_conversations(&files, &d.columns)?;
             let rendered = render_all(&rows, &template)?;
             let indices = record_split(rows.len(), inputs)?;
-            for name in SPLITS {
+            for name in Split::ALL.map(Split::name) {
                 let chosen: Vec<_> = indices[name].iter().map(|&i| (&rows[i].0, &rendered[i])).collect();
                 let (samples, kept, s) = super::chat::tokenize(&chosen, d, inputs.tokenizer)?;
                 built.splits.insert(name.to_string(), samples);
@@ -229,7 +229,7 @@ fn build_text(inputs: &Inputs, eos: u32) -> Result<Built, Problems> {
     let indices = split_indices(blocks.len(), d, inputs.seed);
     let mut splits = BTreeMap::new();
     let mut stats = BTreeMap::new();
-    for name in SPLITS {
+    for name in Split::ALL.map(Split::name) {
         if indices[name].is_empty() && ratio(d, name) > 0.0 {
             return Err(Problems::one(format!(
                 "data.split.{name} = {} gives 0 of the {} blocks of {block} tokens in {}; add text or lower max_seq_length",

@@ -5,10 +5,48 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Split;
+use crate::config::SplitRatios;
 use crate::error::Problems;
 
-pub const SPLITS: [&str; 3] = ["train", "val", "test"];
+/// The three parts a data set is split into (`data.split`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
+
+    /// `train`, `val` or `test`: the name in `data.split`, the cache and run.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Split, String> {
+        Split::ALL
+            .into_iter()
+            .find(|split| split.name() == s)
+            .ok_or_else(|| format!("\"{s}\" is not a split: train, val or test"))
+    }
+}
+
 /// The label of a position that does not count in the loss.
 pub const IGNORE: i64 = -100;
 
@@ -57,8 +95,8 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn split(&self, name: &str) -> &[Sample] {
-        self.splits.get(name).map(Vec::as_slice).unwrap_or(&[])
+    pub fn split(&self, split: Split) -> &[Sample] {
+        self.splits.get(split.name()).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// `Err` naming the cache entry when a token id is not below `vocab_size` (the model's embedding rows).
@@ -84,7 +122,7 @@ pub struct SplitSizes {
 
 /// Split sizes for `n` records: val and test are `n × ratio` rounded to the nearest whole record,
 /// train takes the rest.
-pub fn split_sizes(n: usize, split: Split) -> SplitSizes {
+pub fn split_sizes(n: usize, split: SplitRatios) -> SplitSizes {
     let val = (n as f64 * split.val).round() as usize;
     let test = ((n as f64 * split.test).round() as usize).min(n - val);
     SplitSizes { records: n, train: n - val - test, val, test }

@@ -12,6 +12,7 @@ pub use measures::{exact_match, loss_sums, mean_loss, perplexity, ExactMatch, Pe
 pub use objective::{supervised_loss, Objective};
 
 use crate::config::{Config, DeviceSetting};
+use crate::data::Split;
 use crate::device::Placement;
 use crate::error::Problems;
 use crate::experiment::{checkpoint, utc_now, Evaluation, Experiment};
@@ -119,8 +120,8 @@ pub struct RunEval {
 }
 
 /// What to evaluate of a run.
-pub struct EvalRequest<'a> {
-    pub split: &'a str,
+pub struct EvalRequest {
+    pub split: Split,
     /// Also the exact-match rate of greedy answers.
     pub generate: bool,
     pub load: LoadOptions,

@@ -4,15 +4,14 @@
 mod build;
 pub mod export;
 mod locate;
+mod located;
 pub mod memory;
 
 use tch::{Kind, Tensor};
 
-pub use build::{
-    build, build_located, build_on, check_vocab, is_swiglu, legacy_name, load_trained, locate_base,
-    random_architecture, recorded_base, Built,
-};
-pub use locate::{locate, Located};
+pub use build::{build_located, check_vocab, is_swiglu, legacy_name, load_trained, recorded_base, Built};
+pub use locate::{build, build_on, locate, locate_base, random_architecture};
+pub use located::Located;
 
 use crate::config::{MethodConfig, MethodKind};
 use crate::device::Placement;

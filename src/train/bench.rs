@@ -12,6 +12,7 @@ use crate::config::{Config, MethodKind};
 use crate::data::batches::MicroBatch;
 use crate::data::prepare::labels;
 use crate::data::Sample;
+use crate::data::Split;
 use crate::experiment::checkpoint::TrainerState;
 use crate::experiment::ParamCount;
 use crate::methods;
@@ -315,7 +316,7 @@ fn samples(c: &Config, spec: &ModelSpec, synthetic_data: bool) -> anyhow::Result
         return Ok((samples, format!("synthetic: {len} random tokens per sample, the first half a masked prompt")));
     }
     let prepared = crate::data::prepare_for(c)?;
-    let train = prepared.split("train").to_vec();
+    let train = prepared.split(Split::Train).to_vec();
     if train.is_empty() {
         crate::bail_user!("{}: no training samples; see `ftexp prepare`", c.data.path);
     }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use observe::RunObserver;
 
 use crate::config::Resolved;
-use crate::data::{Prepared, SplitSizes};
+use crate::data::{Prepared, Split, SplitSizes};
 use crate::error::{guard, Problems};
 use crate::experiment::checkpoint::TrainerState;
 use crate::experiment::{self, Experiment, RunStatus};
@@ -141,13 +141,13 @@ pub fn run(plan: &RunPlan, start: Start) -> anyhow::Result<PathBuf> {
         r.barrier()?;
     }
     let (data, built, plan) = inputs(plan, &start, replicas.as_ref().map(|r| &r.rank))?;
-    best::check_val(c, data.split("val").len())?;
+    best::check_val(c, data.split(Split::Val).len())?;
     if let (true, Some(r)) = (first_here, &replicas) {
         r.barrier()?;
     }
     let schedule = plan.schedule.expect("a plan of prepared data knows its steps");
     let state = TrainerState { method: Some(c.method.kind), ..TrainerState::default() };
-    let mut trainer = Trainer::new(built, c, data.split("train"), schedule, state);
+    let mut trainer = Trainer::new(built, c, data.split(Split::Train), schedule, state);
     trainer.replicas = replicas;
     let recorded_micro = match &start {
         Start::Resume { .. } => start.recorded()?.and_then(|i| i.micro_batch),
@@ -223,7 +223,7 @@ fn inputs(
             data.key
         );
     }
-    if data.split("train").is_empty() {
+    if data.split(Split::Train).is_empty() {
         let dropped: usize = data.stats.values().map(|s| s.dropped).sum();
         return Err(Problems::one(format!(
             "{}: no training samples left after preparation ({dropped} records dropped as longer than data.max_seq_length = {} tokens); raise max_seq_length, or set data.long_samples = \"truncate\"; see `ftexp prepare`",

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::observe::{FinishEvent, Observers, StepEvent};
 use super::trainer::Trainer;
 use super::{fit, INTERRUPTED};
-use crate::data::{Prepared, Sample};
+use crate::data::{Prepared, Sample, Split};
 use crate::error::{guard, Problems};
 use crate::experiment::checkpoint;
 use crate::experiment::RunStatus;
@@ -50,7 +50,7 @@ pub(super) fn train_loop(
             .map_err(|e| fit::memory_hint(e, plan, trainer, last_good.as_deref()))??;
         trainer.state.elapsed_s = clock.elapsed_before + clock.clock.elapsed().as_secs_f64();
         let step = stats.step;
-        let is_eval = step.is_multiple_of(t.eval_interval) && !data.split("val").is_empty();
+        let is_eval = step.is_multiple_of(t.eval_interval) && !data.split(Split::Val).is_empty();
         let is_save = step.is_multiple_of(t.save_interval) && step < total;
         if step.is_multiple_of(t.log_interval) || step == total || is_eval || is_save {
             let loss = stats.loss.double_value(&[]);
@@ -59,7 +59,7 @@ pub(super) fn train_loop(
                 return Err(non_finite_loss(trainer, (step, loss, t.learning_rate), untouched, last_good.as_deref()));
             }
             let val_loss = match is_eval {
-                true => split_loss(trainer, data.split("val"), Some(t.eval_iters as usize))?,
+                true => split_loss(trainer, data.split(Split::Val), Some(t.eval_iters as usize))?,
                 false => None,
             };
             if let Some(val) = val_loss {
@@ -87,8 +87,8 @@ pub(super) fn train_loop(
             return Ok(RunStatus::Interrupted);
         }
     }
-    let final_val = split_loss(trainer, data.split("val"), None)?;
-    let final_test = split_loss(trainer, data.split("test"), None)?;
+    let final_val = split_loss(trainer, data.split(Split::Val), None)?;
+    let final_test = split_loss(trainer, data.split(Split::Test), None)?;
     let tokens_per_s = clock.tokens_per_s(trainer.state.tokens);
     let end = FinishEvent { final_val, final_test, final_train_loss: last_loss, tokens_per_s, stopped_early };
     observers.finish(trainer, &end)?;
