@@ -162,7 +162,7 @@ fn fold_adapter_v2(model: &mut Gpt, config_json: &mut Value) -> Result<(), Probl
         }
         if module == Module::Head && spec.tie_embeddings {
             model.spec.tie_embeddings = false;
-            model.head.weight = model.embed.copy();
+            model.head.weight = model.embed.copy().into();
         }
         let w = model.slot(At { module, param: Param::Weight });
         *w = (w.to_kind(Kind::Float) * scale.unsqueeze(1)).to_kind(w.kind()); // diag(s)·W: rows scaled
@@ -225,7 +225,7 @@ fn merge_lora(model: &mut Gpt) {
         let b = model.slot(At { module, param: Param::LoraB }).to_kind(Kind::Float); // (out, r)
         if module == Module::Head && model.spec.tie_embeddings {
             model.spec.tie_embeddings = false;
-            model.head.weight = model.embed.copy();
+            model.head.weight = model.embed.copy().into();
         }
         let w = model.slot(At { module, param: Param::Weight });
         *w = (w.to_kind(Kind::Float) + b.matmul(&a) * scale).to_kind(w.kind()); // (out, in)

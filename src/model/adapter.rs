@@ -1,12 +1,14 @@
 //! LLaMA-Adapter and Adapter v2. The adapter prompt: learned prompt vectors whose keys and values (from
 //! the layer's own projections, without rotary) are attended by a separate softmax and added through a
-//! zero-initialised gate per head. Adapter v2 adds a per-channel scale and bias to every linear layer:
-//! `scale ⊙ (Wx + b + bias)`, scale one and bias zero at first.
+//! zero-initialised gate per head. Adapter v2 adds a per-channel scale and bias to every linear layer
+//! (`AdapterV2`, in linear.rs): `scale ⊙ (Wx + b + bias)`, scale one and bias zero at first.
 use tch::{Device, Kind, Tensor};
 
-use super::gpt::{cast, Ctx, Linear};
-use super::layout::Param;
+use super::footprint::{Val, Walk};
+use super::layout::{Module, Param, Proj};
+use super::linear::{Ctx, Linear};
 use super::spec::ModelSpec;
+use super::weight::cast;
 
 #[derive(Debug)]
 pub struct Adapter {
@@ -19,25 +21,6 @@ pub struct Adapter {
 impl Adapter {
     pub fn empty() -> Adapter {
         Adapter { prefix: Tensor::new(), gate: Tensor::new() }
-    }
-}
-
-#[derive(Debug)]
-pub struct AdapterV2 {
-    /// `(out,)`.
-    pub scale: Tensor,
-    /// `(out,)`.
-    pub bias: Tensor,
-}
-
-impl AdapterV2 {
-    pub fn empty() -> AdapterV2 {
-        AdapterV2 { scale: Tensor::new(), bias: Tensor::new() }
-    }
-
-    /// `scale ⊙ (y + bias)` for a linear layer's output `y`.
-    pub fn apply(&self, y: Tensor) -> Tensor {
-        (&y + cast(&self.bias, &y)) * cast(&self.scale, &y)
     }
 }
 
@@ -77,5 +60,25 @@ pub fn init(param: Param, shape: &[i64], device: Device) -> Tensor {
         Param::AdapterPrefix => Tensor::randn(shape, (Kind::Float, device)),
         Param::AdapterScale => Tensor::ones(shape, (Kind::Float, device)),
         _ => Tensor::zeros(shape, (Kind::Float, device)),
+    }
+}
+
+impl Walk<'_> {
+    /// [`Adapter::attend`] of layer `i` added to the attention output `y`, when the layer has an
+    /// adapter prompt: the prompt's keys and values, its attention (kept by the gate's product), and the
+    /// sum laid out head by head, which flattening back to (time, hidden) copies.
+    pub(super) fn adapter_prompt(&mut self, i: usize, q: Val, y: Val) -> Val {
+        if self.tensors.get(Module::Adapter(i), Param::AdapterPrefix).is_none() {
+            return y;
+        }
+        let p = self.method.adapter_prompt_length as i64;
+        let prefix = self.val(p, self.spec.hidden_size, self.trainable_bytes, true);
+        let pk = self.linear(prefix, Module::Linear(i, Proj::K));
+        let pv = self.linear(prefix, Module::Linear(i, Proj::V));
+        let prompt = self.sdpa(q, pk, pv);
+        self.save(prompt);
+        let gated = self.val(y.rows, y.width, y.elem_bytes, true);
+        self.sum(y, gated);
+        self.val(y.rows, y.width, y.elem_bytes, true)
     }
 }

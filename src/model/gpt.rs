@@ -1,186 +1,17 @@
 //! One GPT for every supported family: the switches in [`ModelSpec`] pick the norm, the MLP, the
 //! residual layout, rotary details and biases. Which tensors exist, and their names, come from
-//! [`layout`](super::layout); this file holds them in plain structs and computes with them.
+//! [`layout`](super::layout); the embedding, the blocks ([`Block::forward`]), the final norm and the
+//! head hold them in plain structs and compute with them.
 use tch::{Kind, Tensor};
 
-use super::adapter::{Adapter, AdapterV2};
+use super::adapter::Adapter;
+use super::block::{Block, BlockCtx, KvCache, Mask, Rope};
+use super::footprint::{Val, Walk};
 use super::layout::{self, At, Module, Param, Proj, TensorSpec};
-use super::lora::{self, Input, Lora, LoraScaling};
-use super::spec::{Mlp as MlpKind, ModelSpec, Norm as NormKind};
-
-/// `t` in the kind of `like` (trainable weights may be kept in fp32 under a 16-bit compute kind).
-pub(super) fn cast(t: &Tensor, like: &Tensor) -> Tensor {
-    if t.kind() == like.kind() {
-        t.shallow_clone()
-    } else {
-        t.to_kind(like.kind())
-    }
-}
-
-/// How a forward pass runs: training (dropout on) or not, and the model's LoRA scaling.
-#[derive(Debug, Clone, Copy)]
-pub struct Ctx {
-    pub training: bool,
-    pub lora: LoraScaling,
-}
-
-#[derive(Debug)]
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-    pub lora: Option<Lora>,
-    pub adapter_v2: Option<AdapterV2>,
-}
-
-impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
-        Linear { weight, bias, lora: None, adapter_v2: None }
-    }
-
-    fn empty() -> Linear {
-        Linear::new(Tensor::new(), None)
-    }
-
-    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        self.forward_input(&Input::new(x), ctx)
-    }
-
-    /// [`Linear::forward`] of an input other layers read too (sharing its LoRA dropout).
-    pub fn forward_input(&self, input: &Input, ctx: Ctx) -> Tensor {
-        let x = input.x;
-        let bias = self.bias.as_ref().map(|b| cast(b, x));
-        let y = x.linear(&cast(&self.weight, x), bias.as_ref());
-        let y = match &self.lora {
-            Some(l) => y + lora::delta(l, input, ctx.lora, ctx.training),
-            None => y,
-        };
-        match &self.adapter_v2 {
-            Some(a) => a.apply(y),
-            None => y,
-        }
-    }
-
-    /// The tensor `param`, created empty when the layer has none yet.
-    fn slot(&mut self, param: Param) -> &mut Tensor {
-        match param {
-            Param::Weight => &mut self.weight,
-            Param::Bias => self.bias.get_or_insert_with(Tensor::new),
-            Param::LoraA => &mut self.lora.get_or_insert_with(Lora::empty).a,
-            Param::LoraB => &mut self.lora.get_or_insert_with(Lora::empty).b,
-            Param::AdapterScale => &mut self.adapter_v2.get_or_insert_with(AdapterV2::empty).scale,
-            Param::AdapterBias => &mut self.adapter_v2.get_or_insert_with(AdapterV2::empty).bias,
-            Param::AdapterPrefix | Param::AdapterGate => unreachable!("a linear layer has no {param:?}"),
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct Norm {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-    pub kind: NormKind,
-    pub eps: f64,
-}
-
-impl Norm {
-    fn empty(spec: &ModelSpec) -> Norm {
-        Norm { weight: Tensor::new(), bias: None, kind: spec.norm, eps: spec.norm_eps }
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let weight = cast(&self.weight, x);
-        match self.kind {
-            NormKind::LayerNorm => {
-                let bias = self.bias.as_ref().map(|b| cast(b, x));
-                x.layer_norm([weight.size()[0]], Some(&weight), bias.as_ref(), self.eps, true)
-            }
-            // As transformers does it: normalise in fp32, cast back, then scale.
-            NormKind::RmsNorm => {
-                let xf = x.to_kind(Kind::Float);
-                let inv_rms = (xf.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
-                (xf * inv_rms).to_kind(x.kind()) * weight
-            }
-        }
-    }
-
-    fn slot(&mut self, param: Param) -> &mut Tensor {
-        match param {
-            Param::Weight => &mut self.weight,
-            Param::Bias => self.bias.get_or_insert_with(Tensor::new),
-            _ => unreachable!("a norm has no {param:?}"),
-        }
-    }
-}
-
-/// The feed-forward layers of a block: `down(act(up(x)))`, or `down(silu(gate(x)) · up(x))` for SwiGLU.
-#[derive(Debug)]
-pub struct Mlp {
-    pub gate: Option<Linear>,
-    pub up: Linear,
-    pub down: Linear,
-}
-
-#[derive(Debug)]
-pub struct Block {
-    pub norm1: Norm,
-    /// The MLP's own norm; `None` when attention and MLP share `norm1` (Falcon 7B).
-    pub norm2: Option<Norm>,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
-    pub mlp: Mlp,
-    pub adapter: Option<Adapter>,
-}
-
-impl Block {
-    fn empty(spec: &ModelSpec) -> Block {
-        Block {
-            norm1: Norm::empty(spec),
-            norm2: None,
-            q: Linear::empty(),
-            k: Linear::empty(),
-            v: Linear::empty(),
-            o: Linear::empty(),
-            mlp: Mlp { gate: None, up: Linear::empty(), down: Linear::empty() },
-            adapter: None,
-        }
-    }
-
-    fn linear(&mut self, proj: Proj) -> &mut Linear {
-        match proj {
-            Proj::Q => &mut self.q,
-            Proj::K => &mut self.k,
-            Proj::V => &mut self.v,
-            Proj::O => &mut self.o,
-            Proj::Gate => self.mlp.gate.get_or_insert_with(Linear::empty),
-            Proj::Up => &mut self.mlp.up,
-            Proj::Down => &mut self.mlp.down,
-        }
-    }
-}
-
-/// Keys and values of past positions, preallocated for `capacity` positions.
-pub struct KvCache {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
-    pub len: i64,
-    pub capacity: i64,
-}
-
-impl KvCache {
-    pub fn new(spec: &ModelSpec, batch: i64, capacity: i64, kind: Kind, device: tch::Device) -> KvCache {
-        let shape = [batch, spec.n_query_groups, capacity, spec.head_size];
-        let make = || (0..spec.n_layer).map(|_| Tensor::zeros(shape, (kind, device))).collect();
-        KvCache { keys: make(), values: make(), len: 0, capacity }
-    }
-}
-
-/// Rotary embedding angles for a run of positions, shared by every layer of one forward pass.
-pub struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-}
+use super::linear::{Ctx, Linear};
+use super::lora::LoraScaling;
+use super::norm::Norm;
+use super::spec::ModelSpec;
 
 pub struct Gpt {
     pub spec: ModelSpec,
@@ -205,7 +36,7 @@ impl Gpt {
         let layout = layout::tensors(&spec, None);
         let mut model = Gpt {
             embed: Tensor::new(),
-            blocks: (0..spec.n_layer).map(|_| Block::empty(&spec)).collect(),
+            blocks: (0..spec.n_layer as usize).map(|i| Block::empty(&spec, i)).collect(),
             final_norm: Norm::empty(&spec),
             head: Linear::empty(),
             layout: Vec::new(),
@@ -299,7 +130,7 @@ impl Gpt {
     /// Points a tied head at the (possibly replaced) embedding again.
     pub fn retie(&mut self) {
         if self.spec.tie_embeddings {
-            self.head.weight = self.embed.shallow_clone();
+            self.head.weight = self.embed.shallow_clone().into();
         }
     }
 
@@ -324,19 +155,18 @@ impl Gpt {
     }
 
     /// Final-norm hidden states `(batch, time, hidden)` for `ids` `(batch, time)`, continuing `cache`.
-    pub fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Tensor {
+    pub fn hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
         let start = cache.as_ref().map_or(0, |c| c.len);
         let t = ids.size()[1];
         let rope = self.rope(start, t);
-        let mut x = Tensor::embedding(&self.embed, ids, -1, false, false).to_kind(self.compute_kind);
-        for (i, block) in self.blocks.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = self.block_forward(block, &x, &rope, start, layer_cache, None);
-        }
+        let cache_ref = cache.as_deref();
+        let ctx =
+            BlockCtx { spec: &self.spec, rope: &rope, mask: Mask::Causal, cache: cache_ref, start, run: self.ctx() };
+        let x = self.blocks_forward(ids, &ctx);
         if let Some(c) = cache {
             c.len += t;
         }
-        self.final_norm.forward(&x)
+        x
     }
 
     /// Final-norm hidden states of packed rows: several samples per row, `positions` `(batch, time)`
@@ -350,9 +180,22 @@ impl Gpt {
         let same = segments.unsqueeze(2).eq_tensor(&segments.unsqueeze(1)); // (batch, time, time)
         let causal = Tensor::ones([t, t], (Kind::Bool, ids.device())).tril(0);
         let mask = same.logical_and(&causal).unsqueeze(1); // (batch, 1, time, time)
+        let ctx = BlockCtx {
+            spec: &self.spec,
+            rope: &rope,
+            mask: Mask::Packed(&mask),
+            cache: None,
+            start: 0,
+            run: self.ctx(),
+        };
+        self.blocks_forward(ids, &ctx)
+    }
+
+    /// The embedding of `ids`, every block, then the final norm.
+    fn blocks_forward(&self, ids: &Tensor, ctx: &BlockCtx) -> Tensor {
         let mut x = Tensor::embedding(&self.embed, ids, -1, false, false).to_kind(self.compute_kind);
         for block in &self.blocks {
-            x = self.block_forward(block, &x, &rope, 0, None, Some(&mask));
+            x = block.forward(&x, ctx);
         }
         self.final_norm.forward(&x)
     }
@@ -364,104 +207,6 @@ impl Gpt {
 
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
         self.logits(&self.hidden(ids, cache))
-    }
-
-    fn block_forward(
-        &self,
-        b: &Block,
-        x: &Tensor,
-        rope: &Rope,
-        start: i64,
-        cache: Option<(&mut KvCache, usize)>,
-        packed: Option<&Tensor>,
-    ) -> Tensor {
-        let h1 = b.norm1.forward(x);
-        let attn = self.attention(b, &h1, rope, start, cache, packed);
-        if self.spec.parallel_residual {
-            let mlp = match &b.norm2 {
-                Some(n) => self.mlp(b, &n.forward(x)),
-                None => self.mlp(b, &h1),
-            };
-            x + attn + mlp
-        } else {
-            let x = x + attn;
-            let h2 = b.norm2.as_ref().expect("sequential blocks have two norms").forward(&x);
-            &x + self.mlp(b, &h2)
-        }
-    }
-
-    fn attention(
-        &self,
-        b: &Block,
-        x: &Tensor,
-        rope: &Rope,
-        start: i64,
-        cache: Option<(&mut KvCache, usize)>,
-        packed: Option<&Tensor>,
-    ) -> Tensor {
-        let s = &self.spec;
-        let (batch, t) = (x.size()[0], x.size()[1]);
-        // (batch, time, n × head) → (batch, n, time, head)
-        let input = Input::new(x);
-        let heads = |lin: &Linear, n: i64| {
-            lin.forward_input(&input, self.ctx()).view([batch, t, n, s.head_size]).transpose(1, 2)
-        };
-        let q = apply_rope(&heads(&b.q, s.n_head), rope, s.rope_dims); // (batch, heads, time, head)
-        let k = apply_rope(&heads(&b.k, s.n_query_groups), rope, s.rope_dims); // (batch, groups, time, head)
-        let v = heads(&b.v, s.n_query_groups); // (batch, groups, time, head)
-        let (k, v) = match cache {
-            Some((c, layer)) => {
-                c.keys[layer].narrow(2, start, t).copy_(&k);
-                c.values[layer].narrow(2, start, t).copy_(&v);
-                (c.keys[layer].narrow(2, 0, start + t), c.values[layer].narrow(2, 0, start + t))
-            }
-            None => (k, v),
-        };
-        let kv_len = start + t;
-        // SDPA's is_causal aligns the mask top-left, which is only right when queries start at 0.
-        let mask = match packed {
-            Some(m) => Some(m.shallow_clone()),
-            None => (t > 1 && start > 0).then(|| {
-                let rows = Tensor::arange_start(start, kv_len, (Kind::Int64, x.device())).unsqueeze(1);
-                let cols = Tensor::arange(kv_len, (Kind::Int64, x.device())).unsqueeze(0);
-                cols.le_tensor(&rows)
-            }),
-        };
-        let causal = t > 1 && start == 0 && packed.is_none();
-        let gqa = s.n_query_groups != s.n_head;
-        // (batch, heads, time, head), each group's key and value shared by its query heads
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, gqa);
-        // Not in place: attention's backward needs its own output unchanged.
-        let y = match &b.adapter {
-            None => y,
-            Some(a) => y + a.attend(&q, &b.k, &b.v, s, self.ctx()),
-        };
-        // (batch, heads, time, head) → (batch, time, heads × head)
-        b.o.forward(&y.transpose(1, 2).reshape([batch, t, s.n_head * s.head_size]), self.ctx())
-    }
-
-    fn mlp(&self, b: &Block, x: &Tensor) -> Tensor {
-        let (m, ctx, input) = (&b.mlp, self.ctx(), Input::new(x));
-        let hidden = match (self.spec.mlp, &m.gate) {
-            (MlpKind::SwiGlu, Some(gate)) => gate.forward_input(&input, ctx).silu() * m.up.forward_input(&input, ctx),
-            (MlpKind::GeluTanh, _) => m.up.forward(x, ctx).gelu("tanh"),
-            _ => m.up.forward(x, ctx).gelu("none"),
-        };
-        m.down.forward(&hidden, ctx)
-    }
-}
-
-/// HF rotary ("rotate half") on the first `dims` dimensions of each head of `x` `(batch, heads, time, head)`.
-fn apply_rope(x: &Tensor, rope: &Rope, dims: i64) -> Tensor {
-    let head = x.size()[3];
-    let (rot, pass) = (x.narrow(3, 0, dims), x.narrow(3, dims, head - dims));
-    let half = dims / 2;
-    let rotated = Tensor::cat(&[-rot.narrow(3, half, half), rot.narrow(3, 0, half)], -1);
-    let out = &rot * &rope.cos + rotated * &rope.sin;
-    if dims == head {
-        out
-    } else {
-        Tensor::cat(&[out, pass], -1)
     }
 }
 
@@ -518,4 +263,49 @@ fn inverse_frequencies(spec: &ModelSpec) -> Tensor {
         })
         .collect();
     Tensor::from_slice(&scaled)
+}
+
+impl Walk<'_> {
+    /// [`Gpt::hidden`] and the loss, for the micro-batch of the walk: what each layer keeps, and the LM
+    /// head's peak.
+    pub fn forward_backward(&mut self) -> (Vec<u64>, u64) {
+        let rows = self.batch * self.time;
+        let embed_trains = self.tensors.trains(Module::Embed, Param::Weight);
+        if embed_trains {
+            self.outside_layers += rows as u64 * 8; // the token ids, for the embedding's gradient
+        }
+        let mut x = self.val(rows, self.spec.hidden_size, self.compute, embed_trains);
+        let mut per_layer = Vec::new();
+        for i in 0..self.spec.n_layer as usize {
+            let before = self.saved_bytes();
+            x = self.block(i, x);
+            per_layer.push(self.saved_bytes() - before);
+        }
+        let before = self.saved_bytes();
+        let h = self.norm(x, Module::FinalNorm);
+        let lm_head = self.head(h);
+        self.outside_layers += self.saved_bytes() - before;
+        (per_layer, lm_head)
+    }
+
+    /// The head on the supervised positions and the loss; returns the bytes its scores and their
+    /// gradients hold at the start of the backward pass.
+    fn head(&mut self, h: Val) -> u64 {
+        let picked = self.val(self.supervised, h.width, h.elem_bytes, h.grad); // index_select keeps only the index
+        let logits = self.linear(picked, Module::Head);
+        if logits.grad {
+            self.outside_layers += picked.rows as u64 * 8;
+        }
+        // log-softmax keeps its fp32 output; its gradient and its input's are fp32 of the same size,
+        // and a 16-bit model adds the scores' gradient in their own dtype.
+        let scores = (logits.rows * logits.width) as u64;
+        let cast = if self.compute == 4 { 0 } else { scores * self.compute };
+        // From the second step on, a trained head's new weight gradient is computed beside the one kept
+        // (before it is added in) while the scores' gradient is still alive.
+        let new_gradient = match self.tensors.get(Module::Head, Param::Weight) {
+            Some(w) if w.trainable => w.elems * w.elem_bytes + 4 * scores,
+            _ => 0,
+        };
+        (3 * 4 * scores).max(new_gradient) + cast
+    }
 }

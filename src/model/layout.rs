@@ -328,3 +328,10 @@ pub fn hub_tensors(spec: &ModelSpec) -> Vec<(String, Vec<i64>)> {
     }
     out
 }
+
+impl ModelSpec {
+    /// The checkpoint's parameter count (from the layout, which knows every tensor's shape).
+    pub fn num_params(&self) -> i64 {
+        tensors(self, None).iter().map(|t| t.numel()).sum()
+    }
+}

@@ -4,8 +4,9 @@ use std::cell::OnceCell;
 
 use tch::{Device, Kind, Tensor};
 
-use super::gpt::cast;
+use super::footprint::{Val, Walk};
 use super::layout::Param;
+use super::weight::cast;
 
 #[derive(Debug)]
 pub struct Lora {
@@ -74,5 +75,27 @@ pub fn init(param: Param, shape: &[i64], device: Device) -> Tensor {
             Tensor::rand(shape, (Kind::Float, device)) * (2.0 * bound) - bound
         }
         _ => Tensor::zeros(shape, (Kind::Float, device)),
+    }
+}
+
+impl Walk<'_> {
+    /// A LoRA branch of rank `r` beside a linear layer of input `x` and output `y`: the dropped input
+    /// (its mask once per input, shared by the branches that read it, as [`Input`] does) and `x·Aᵀ`.
+    pub(super) fn lora(&mut self, x: Val, y: Val, r: i64) -> Val {
+        let dropped = match (self.method.lora_dropout > 0.0, self.dropped.get(&x.id)) {
+            (true, Some(&d)) => d,
+            (true, None) => {
+                let mask = self.val(x.rows, x.width, 1, false);
+                self.save(mask);
+                let d = self.val(x.rows, x.width, x.elem_bytes, x.grad);
+                self.dropped.insert(x.id, d);
+                d
+            }
+            (false, _) => x,
+        };
+        self.save(dropped);
+        let mid = self.val(x.rows, r, self.compute, true);
+        self.save(mid);
+        self.val(y.rows, y.width, y.elem_bytes, true)
     }
 }

@@ -2,18 +2,27 @@
 //! (`config.json` and safetensors). It only ever takes a directory: finding or downloading one is
 //! [`source`](crate::source)'s job.
 pub mod adapter;
+mod attention;
+pub mod block;
+pub mod footprint;
 pub mod gpt;
 pub mod layout;
+pub mod linear;
 pub mod lora;
+pub mod mlp;
+pub mod norm;
 pub mod spec;
+pub mod weight;
 pub mod weights;
 
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-pub use gpt::{Gpt, KvCache};
+pub use block::{Block, BlockCtx, KvCache};
+pub use gpt::Gpt;
 pub use layout::{Role, TensorSpec};
+pub use weight::Weight;
 
 use crate::error::Problems;
 use layout::Param;

@@ -222,12 +222,6 @@ impl ModelSpec {
         }
         Ok(())
     }
-
-    /// The checkpoint's parameter count.
-    pub fn num_params(&self) -> i64 {
-        super::layout::tensors(self, None).iter().map(|t| t.numel()).sum()
-    }
-
     /// The hub's names for this family's weights.
     pub fn names(&self) -> WeightNames {
         match self.family {

@@ -1,0 +1,173 @@
+//! What autograd keeps of one training step, counted without running it: the model's forward pass
+//! walked symbolically, each module's rule written beside its own forward (`Norm::footprint` in
+//! norm.rs, `Block::footprint` in block.rs, …) with libtorch's rules for what an op saves: a linear
+//! layer keeps its input only when its weight trains; an elementwise product keeps each factor only
+//! when the other needs a gradient; nothing is recorded for an op none of whose inputs needs one.
+//! This file holds the walk's bookkeeping; `methods::memory` turns its counts into a memory plan.
+use std::collections::HashMap;
+
+use tch::Kind;
+
+use super::layout::{self, At, Module, Param, Role};
+use super::spec::ModelSpec;
+use crate::config::MethodConfig;
+
+/// Bytes per element of the kinds a model holds: fp32, or a 16-bit float.
+pub fn kind_bytes(kind: Kind) -> u64 {
+    if kind == Kind::Float {
+        4
+    } else {
+        2
+    }
+}
+
+pub struct TensorInfo {
+    pub elems: u64,
+    pub elem_bytes: u64,
+    pub trainable: bool,
+}
+
+/// The model's tensors (method included) by address, with their dtype's size and whether they train.
+pub struct Tensors(HashMap<At, TensorInfo>);
+
+impl Tensors {
+    /// The tensors of `spec` with method `m`: those whose role `trains` in `trainable_kind`, the others
+    /// in `weight_kind`.
+    pub fn of(
+        spec: &ModelSpec,
+        m: &MethodConfig,
+        trains: impl Fn(Role) -> bool,
+        (weight_kind, trainable_kind): (Kind, Kind),
+    ) -> Tensors {
+        let map = layout::tensors(spec, Some(m))
+            .into_iter()
+            .map(|t| {
+                let trainable = trains(t.role());
+                let kind = if trainable { trainable_kind } else { weight_kind };
+                (t.at, TensorInfo { elems: t.numel() as u64, elem_bytes: kind_bytes(kind), trainable })
+            })
+            .collect();
+        Tensors(map)
+    }
+
+    pub fn bytes(&self, which: impl Fn(&TensorInfo) -> bool) -> u64 {
+        self.0.values().filter(|t| which(t)).map(|t| t.elems * t.elem_bytes).sum()
+    }
+
+    pub fn trainable_elems(&self) -> u64 {
+        self.0.values().filter(|t| t.trainable).map(|t| t.elems).sum()
+    }
+
+    pub fn largest_16_bit_trainable(&self) -> u64 {
+        self.0.values().filter(|t| t.trainable && t.elem_bytes == 2).map(|t| t.elems).max().unwrap_or(0)
+    }
+
+    pub(super) fn get(&self, module: Module, param: Param) -> Option<&TensorInfo> {
+        self.0.get(&At { module, param })
+    }
+
+    pub(super) fn trains(&self, module: Module, param: Param) -> bool {
+        self.get(module, param).is_some_and(|t| t.trainable)
+    }
+}
+
+/// A tensor of the symbolic forward pass: `rows × width` elements of `elem_bytes` each.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Val {
+    pub id: usize,
+    pub rows: i64,
+    pub width: i64,
+    pub elem_bytes: u64,
+    /// Whether autograd tracks it (it depends on something that trains).
+    pub grad: bool,
+}
+
+impl Val {
+    pub fn bytes(&self) -> u64 {
+        (self.rows * self.width) as u64 * self.elem_bytes
+    }
+}
+
+/// The symbolic forward pass of one micro-batch of `batch` rows of `time` positions.
+pub struct Walk<'a> {
+    pub(super) spec: &'a ModelSpec,
+    pub(super) tensors: &'a Tensors,
+    pub(super) method: &'a MethodConfig,
+    /// Bytes of the compute dtype and of the trainable tensors' dtype.
+    pub(super) compute: u64,
+    pub(super) trainable_bytes: u64,
+    pub(super) batch: i64,
+    pub(super) time: i64,
+    next: usize,
+    saved: HashMap<usize, u64>,
+    /// Saved outside the blocks (the embedding's indices, the final norm, the head's inputs).
+    pub outside_layers: u64,
+    /// The LoRA dropout of each input, by its id.
+    pub(super) dropped: HashMap<usize, Val>,
+    /// The largest activation a layer's backward pass holds gradients of at once.
+    pub(super) widest: u64,
+    /// Positions the LM head scores.
+    pub supervised: i64,
+    /// Packed rows: every attention keeps its own copy of the (time × time) mask in the compute dtype.
+    pub packed: bool,
+}
+
+impl<'a> Walk<'a> {
+    pub fn new(
+        spec: &'a ModelSpec,
+        tensors: &'a Tensors,
+        method: &'a MethodConfig,
+        (weight_kind, trainable_kind): (Kind, Kind),
+        (batch, time): (i64, i64),
+    ) -> Walk<'a> {
+        Walk {
+            spec,
+            tensors,
+            method,
+            compute: kind_bytes(weight_kind),
+            trainable_bytes: kind_bytes(trainable_kind),
+            batch,
+            time,
+            next: 0,
+            saved: HashMap::new(),
+            outside_layers: 0,
+            dropped: HashMap::new(),
+            widest: 0,
+            supervised: batch * time,
+            packed: false,
+        }
+    }
+
+    pub(super) fn val(&mut self, rows: i64, width: i64, elem_bytes: u64, grad: bool) -> Val {
+        self.next += 1;
+        Val { id: self.next, rows, width, elem_bytes, grad }
+    }
+
+    pub(super) fn save(&mut self, v: Val) {
+        self.saved.insert(v.id, v.bytes());
+    }
+
+    pub(super) fn saved_bytes(&self) -> u64 {
+        self.saved.values().sum()
+    }
+
+    pub(super) fn sum(&mut self, a: Val, b: Val) -> Val {
+        self.val(a.rows, a.width, a.elem_bytes, a.grad || b.grad)
+    }
+
+    /// An elementwise product: each factor is kept when the other needs a gradient.
+    pub(super) fn product(&mut self, a: Val, b: Val) -> Val {
+        if a.grad {
+            self.save(b);
+        }
+        if b.grad {
+            self.save(a);
+        }
+        self.val(a.rows, a.width, a.elem_bytes, a.grad || b.grad)
+    }
+
+    /// The gradients of activations a layer's backward pass holds at once: about three of its widest.
+    pub fn working(&self) -> u64 {
+        3 * self.widest
+    }
+}
