@@ -48,7 +48,7 @@ pub fn build_on(c: &Config, base: Option<&Path>) -> Result<Built, Problems> {
         Problems::one(format!("model.device = \"{}\" but {why}; use --set model.device=cpu", c.model.device))
     })?;
     if let (tch::Device::Cpu, Some(limit)) = (placement.device, c.model.device_memory_bytes()) {
-        crate::device::count_cpu_memory(Some(limit));
+        crate::native::allocator::count_cpu_memory(Some(limit));
     }
     let kind = placement.weight_kind();
     let (mut model, base_dir, config_json, tokenizer_dir) = if c.model.init == Init::Random {

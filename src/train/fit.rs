@@ -6,7 +6,7 @@ use super::trainer::Trainer;
 use crate::config::Config;
 use crate::data::batches;
 use crate::data::Sample;
-use crate::error::{guard, Problems};
+use crate::error::{guard, ErrorKind, Problems};
 use crate::eval::supervised_loss;
 use crate::experiment::MicroBatchRecord;
 use crate::methods::memory;
@@ -32,7 +32,7 @@ pub fn resolve_micro_batch(
     let (mut micro, mut out_of_memory) = (choice.chosen, Vec::new());
     let seq_len = c.data.max_seq_length as usize;
     while let Err(e) = guard("trial step", || trial_step(trainer, micro, seq_len)) {
-        if !e.to_string().contains("out of memory") || micro == 1 {
+        if e.kind() != ErrorKind::OutOfMemory || micro == 1 {
             return Err(e.prefixed("train.micro_batch_size = \"auto\""));
         }
         out_of_memory.push(micro);
@@ -66,7 +66,7 @@ fn note(out_of_memory: &[u64]) -> String {
 /// An out-of-memory error of a training step with the memory plan's figure for the run, what the
 /// device has, and the checkpoint that is kept; other errors unchanged.
 pub fn memory_hint(e: Problems, c: &Config, trainer: &Trainer, kept: Option<&std::path::Path>) -> Problems {
-    if !e.to_string().contains("out of memory") {
+    if e.kind() != ErrorKind::OutOfMemory {
         return e;
     }
     let placement = &trainer.built.placement;
@@ -78,16 +78,12 @@ pub fn memory_hint(e: Problems, c: &Config, trainer: &Trainer, kept: Option<&std
     let kept = kept.map_or("no checkpoint was saved yet".to_string(), |p| {
         format!("the last checkpoint, {}, is kept", p.display())
     });
-    Problems(
-        e.0.into_iter()
-            .map(|m| {
-                format!(
-                    "{m}; the memory plan expects a peak of {} for micro-batches of {micro} × {seq} (see `ftexp plan`){available}; {kept}",
-                    memory::mib_text(plan.total)
-                )
-            })
-            .collect(),
-    )
+    e.map(|m| {
+        format!(
+            "{m}; the memory plan expects a peak of {} for micro-batches of {micro} × {seq} (see `ftexp plan`){available}; {kept}",
+            memory::mib_text(plan.total)
+        )
+    })
 }
 
 /// The largest divisor of `n` that is at most `limit` (at least 1).

@@ -92,7 +92,7 @@ fn check_rules(c: &Config) -> Result<(), Problems> {
     let rules = crate::config::run_rules(c);
     match rules.is_empty() {
         true => Ok(()),
-        false => Err(Problems(rules.into_iter().map(|(key, msg)| format!("`{key}` {msg}")).collect())),
+        false => Err(Problems::many(rules.into_iter().map(|(key, msg)| format!("`{key}` {msg}")).collect())),
     }
 }
 
@@ -122,6 +122,14 @@ pub fn rerun(run_dir: &Path, seed: Option<u64>, allow_changed_base: bool) -> any
     run(&config, Start::Rerun { experiments_root: root, of: run_dir.to_path_buf() }, allow_changed_base)
 }
 
+/// A build without libtorch's fused AdamW trains with the separate operations (slower, more memory):
+/// said once at the start of each run, never dropped silently.
+fn note_missing_fused_adamw() {
+    if let Some(why) = crate::native::Part::FusedAdamW.missing() {
+        println!("note: this ftexp was built without libtorch's fused AdamW, so AdamW runs as separate operations (slower, more memory); to build it in: {why}");
+    }
+}
+
 /// Runs the experiment; returns its directory. Errors leave the run marked `failed`.
 ///
 /// In a run on several devices every process calls this (see [`launch`]): each trains a replica on its
@@ -130,6 +138,9 @@ pub fn run(c: &Config, start: Start, allow_changed_base: bool) -> anyhow::Result
     check_rules(c)?;
     let replicas = launch::join(c)?;
     let first = replicas.as_ref().is_none_or(Replicas::is_first);
+    if first {
+        note_missing_fused_adamw();
+    }
     // The first process of each machine prepares the data and finds the base; the others then read the caches.
     let first_here = replicas.as_ref().is_none_or(|r| r.rank.local_rank == 0);
     if let (false, Some(r)) = (first_here, &replicas) {
