@@ -1,13 +1,78 @@
-//! Errors a user can fix: each is one line that names the file, key or row and says what to change.
+//! ftexp's errors: each is one line that names the file, key or row and says what to change, with a
+//! kind that says who can fix it.
 use std::fmt;
 
-/// One or more problems, reported together (exit code 2).
+/// Who can fix an error, and the exit code `ftexp` ends with for it.
+///
+/// | kind | exit | meaning |
+/// |---|---|---|
+/// | [`User`](ErrorKind::User) | 2 | a config, file or flag to change (the message says what) |
+/// | [`OutOfMemory`](ErrorKind::OutOfMemory) | 3 | the device ran out of memory (smaller micro-batches, shorter rows, 16-bit) |
+/// | [`PeerLost`](ErrorKind::PeerLost) | 4 | another process of a run on several stopped or did not answer in time |
+/// | [`Io`](ErrorKind::Io) | 5 | reading or writing a file failed (disk full, permissions) |
+/// | [`Libtorch`](ErrorKind::Libtorch) | 1 | libtorch failed otherwise: an internal error |
+///
+/// 0 is success; any other error (a bug) also ends with 1.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    #[default]
+    User,
+    OutOfMemory,
+    Libtorch,
+    Io,
+    PeerLost,
+}
+
+impl ErrorKind {
+    /// The process's exit code for an error of this kind (see the table above).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::User => 2,
+            ErrorKind::OutOfMemory => 3,
+            ErrorKind::PeerLost => 4,
+            ErrorKind::Io => 5,
+            ErrorKind::Libtorch => 1,
+        }
+    }
+}
+
+/// One or more problems of one [`ErrorKind`], reported together, one line each.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Problems(pub Vec<String>);
+pub struct Problems(pub Vec<String>, ErrorKind);
 
 impl Problems {
+    /// A problem the user can fix.
     pub fn one(msg: impl Into<String>) -> Self {
-        Problems(vec![msg.into()])
+        Problems::of(ErrorKind::User, msg)
+    }
+
+    /// Several problems the user can fix.
+    pub fn many(msgs: Vec<String>) -> Self {
+        Problems(msgs, ErrorKind::User)
+    }
+
+    pub fn of(kind: ErrorKind, msg: impl Into<String>) -> Self {
+        Problems(vec![msg.into()], kind)
+    }
+
+    pub fn out_of_memory(msg: impl Into<String>) -> Self {
+        Problems::of(ErrorKind::OutOfMemory, msg)
+    }
+
+    pub fn libtorch(msg: impl Into<String>) -> Self {
+        Problems::of(ErrorKind::Libtorch, msg)
+    }
+
+    pub fn io(msg: impl Into<String>) -> Self {
+        Problems::of(ErrorKind::Io, msg)
+    }
+
+    pub fn peer_lost(msg: impl Into<String>) -> Self {
+        Problems::of(ErrorKind::PeerLost, msg)
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.1
     }
 
     pub fn push(&mut self, msg: impl Into<String>) {
@@ -20,7 +85,12 @@ impl Problems {
 
     /// Each problem with `prefix: ` in front, e.g. the flag that led to it.
     pub fn prefixed(self, prefix: &str) -> Problems {
-        Problems(self.0.into_iter().map(|m| format!("{prefix}: {m}")).collect())
+        self.map(|m| format!("{prefix}: {m}"))
+    }
+
+    /// Each line rewritten by `f`, of the same kind.
+    pub fn map(self, f: impl FnMut(String) -> String) -> Problems {
+        Problems(self.0.into_iter().map(f).collect(), self.1)
     }
 
     /// `Err(self)` when any problem was found.
@@ -102,7 +172,8 @@ pub fn guard<T>(context: &str, f: impl FnOnce() -> T) -> Result<T, Problems> {
     GUARDED.set(outer);
     result.map_err(|payload| {
         let text = CAUGHT.take().unwrap_or_else(|| panic_text(payload.as_ref()));
-        Problems::one(format!("{context}: {}", explain(&text)))
+        let (kind, said) = explain(&text);
+        Problems::of(kind, format!("{context}: {said}"))
     })
 }
 
@@ -115,16 +186,20 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The first line of libtorch's message (tch wraps it as `…Torch("<message>\nException raised from …")`),
-/// with what to change when memory ran out.
-fn explain(text: &str) -> String {
+/// with what to change when memory ran out, and its kind: libtorch's message is the only place that
+/// tells an out-of-memory error from the others, so this is the one place that reads it.
+fn explain(text: &str) -> (ErrorKind, String) {
     let inner = text.split_once("Torch(\"").map_or(text, |(_, rest)| rest);
     let first = inner.split("\\n").next().unwrap_or(inner).lines().next().unwrap_or(inner);
     let first = first.trim_end_matches("\")").trim();
     let lower = first.to_lowercase();
     if lower.contains("out of memory") || lower.contains("can't allocate") || lower.contains("cannot allocate") {
-        return format!(
-            "out of memory ({first}); lower train.micro_batch_size or data.max_seq_length, or use a 16-bit model.precision"
+        return (
+            ErrorKind::OutOfMemory,
+            format!(
+                "out of memory ({first}); lower train.micro_batch_size or data.max_seq_length, or use a 16-bit model.precision"
+            ),
         );
     }
-    format!("libtorch: {first}")
+    (ErrorKind::Libtorch, format!("libtorch: {first}"))
 }

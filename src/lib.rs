@@ -2,7 +2,7 @@
 //!
 //! One module per pipeline stage, each importing only the stages listed before it (`tests/layers.rs`
 //! checks this):
-//! `error` → `config` → `device` → `dist` → `experiment` → `hub` → `source` → `tokenizer` → `data` → `model` →
+//! `error` → `config` → `native` → `device` → `dist` → `experiment` → `hub` → `source` → `tokenizer` → `data` → `model` →
 //! `methods` → `plan` → `generate` → `eval` → `train` → `report`, `sweep`, `export`.
 //! The command line (`src/main.rs`, `src/cli/`) is the binary's, not the library's.
 pub mod config;
@@ -17,6 +17,7 @@ pub mod generate;
 pub mod hub;
 pub mod methods;
 pub mod model;
+pub mod native;
 pub mod plan;
 pub mod report;
 pub mod source;

@@ -181,6 +181,9 @@ fn early_stopping_without_a_val_split_is_refused() {
 
 #[test]
 fn two_processes_stop_early_together_and_resume_with_the_patience_count() {
+    if !crate::common::needs(crate::common::Need::Gloo) {
+        return;
+    }
     let p = project("early_stopping = 2\ndevices = 2\n");
     let out = ftexp(p.path(), &["run", "exp.toml"], &[("OMP_NUM_THREADS", "1")]);
     assert!(out.status.success(), "{}", stderr(&out));

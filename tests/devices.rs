@@ -2,11 +2,10 @@
 //! launcher that sets torchrun's variables, against the same run in one process.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{doubling_project, fixtures, ftexp, stderr, BIN};
+use crate::common::{doubling_project, fixtures, ftexp, needs, stderr, wait_until, Need, BIN};
 
 /// A project training the llama fixture with `kind`, 4 samples per step in micro-batches of 1, so two
 /// processes accumulate two micro-batches each. No dropout: its masks depend on which process draws them.
@@ -89,6 +88,9 @@ fn free_port() -> u16 {
 
 #[test]
 fn two_processes_compute_what_one_does_for_full_and_lora() {
+    if !needs(Need::Gloo) {
+        return;
+    }
     for kind in ["full", "lora"] {
         let p = project(kind, 12);
         let one = ftexp(p.path(), &["run", "exp.toml"], &ONE_THREAD);
@@ -112,6 +114,9 @@ fn two_processes_compute_what_one_does_for_full_and_lora() {
 
 #[test]
 fn an_external_launcher_gives_the_same_run_as_devices_2() {
+    if !needs(Need::Gloo) {
+        return;
+    }
     let p = project("full", 8);
     let two = ftexp(p.path(), &["run", "exp.toml", "--set", "train.devices=2"], &ONE_THREAD);
     assert!(two.status.success(), "{}", stderr(&two));
@@ -166,7 +171,7 @@ fn child_with_rank(parent: u32, rank: usize) -> Option<i32> {
 /// Starts `ftexp run` of the project in `dir` on 2 processes and returns once the run's checkpoint of
 /// step `step` is written.
 fn launch_until_checkpoint(dir: &Path, step: u64) -> std::process::Child {
-    let launcher = Command::new(BIN)
+    let mut launcher = Command::new(BIN)
         .current_dir(dir)
         .args(["run", "exp.toml", "--set", "train.devices=2"])
         .envs(ONE_THREAD)
@@ -175,16 +180,16 @@ fn launch_until_checkpoint(dir: &Path, step: u64) -> std::process::Child {
         .spawn()
         .unwrap();
     let ckpt = run_dir(dir, 1).join(format!("checkpoints/step-{step:06}/state.json"));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ckpt.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(&format!("the step-{step} checkpoint"), || ckpt.exists() || launcher.try_wait().unwrap().is_some());
     assert!(ckpt.exists(), "the step-{step} checkpoint was written");
     launcher
 }
 
 #[test]
 fn a_killed_rank_stops_the_run_and_one_process_resumes_it() {
+    if !needs(Need::Gloo) {
+        return;
+    }
     // A gentle learning rate: over 300 steps a high one turns rounding differences into other losses.
     let p = project_lr("lora", 300, 0.002);
     let mut launcher = launch_until_checkpoint(p.path(), 10);
@@ -192,14 +197,8 @@ fn a_killed_rank_stops_the_run_and_one_process_resumes_it() {
     let rank0 = child_with_rank(launcher.id(), 0).expect("rank 0 runs");
     // SAFETY: a signal to a process of this test's launcher.
     unsafe { libc::kill(rank1, libc::SIGKILL) };
-    let killed_at = Instant::now();
-    let status = loop {
-        if let Some(status) = launcher.try_wait().unwrap() {
-            break status;
-        }
-        assert!(killed_at.elapsed() < Duration::from_secs(30), "the launcher stopped within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    wait_until("the launcher to stop after rank 1 was killed", || launcher.try_wait().unwrap().is_some());
+    let status = launcher.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(!status.success());
@@ -240,6 +239,9 @@ fn a_resumed_run_refuses_other_changes_and_a_lone_process_is_told_how_to_start()
 
 #[test]
 fn a_busy_port_and_a_process_that_never_joins_are_named() {
+    if !needs(Need::Gloo) {
+        return;
+    }
     let p = project("lora", 4);
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
@@ -260,13 +262,17 @@ fn a_busy_port_and_a_process_that_never_joins_are_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("the port is in use; set MASTER_PORT to a free port"), "{}", stderr(&out));
     drop(busy);
+    // a process that never joined is a lost peer (exit 4), not the user's config
     let out = rank0(free_port());
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(4));
     assert!(stderr(&out).contains("not every process joined") && stderr(&out).contains("1/2"), "{}", stderr(&out));
 }
 
 #[test]
 fn sigterm_on_the_launcher_saves_a_checkpoint_and_stops_every_process() {
+    if !needs(Need::Gloo) {
+        return;
+    }
     let p = project("lora", 300);
     let launcher = launch_until_checkpoint(p.path(), 5);
     let dir = run_dir(p.path(), 1);

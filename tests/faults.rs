@@ -215,14 +215,7 @@ fn report_draws_tampered_losses_without_hanging() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("ftexp report did not finish within a minute");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    crate::common::wait_until("ftexp report", || child.try_wait().unwrap().is_some());
     assert!(child.wait().unwrap().success());
     assert!(p.path().join("r.png").is_file());
 }

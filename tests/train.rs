@@ -140,10 +140,7 @@ fn resume_after_sigkill_gives_the_same_metrics() {
         .spawn()
         .unwrap();
     let ckpt = run_dir(p.path(), 2).join("checkpoints/step-000005/state.json");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ckpt.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    crate::common::wait_until("the step-5 checkpoint", || ckpt.exists() || child.try_wait().unwrap().is_some());
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(ckpt.exists(), "the step-5 checkpoint was written");

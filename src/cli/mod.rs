@@ -1,5 +1,6 @@
 //! The commands, one file each: a `clap::Args` struct and an `exec` that calls the library and prints.
-//! Exit codes: 0 done, 2 a problem the user can fix (each printed as one `error:` line), 1 anything else.
+//! Exit codes: 0 done; otherwise the [`ErrorKind`]'s (2 a problem the user can fix, each printed as one
+//! `error:` line; 3 out of memory; 4 a peer process lost; 5 file I/O; 1 libtorch's and anything else).
 mod args;
 mod bench;
 mod download;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use ftexp::error::Problems;
+use ftexp::error::{ErrorKind, Problems};
 
 #[derive(Parser)]
 #[command(name = "ftexp", about = "Fine-tune large language models from declarative TOML experiment files")]
@@ -82,17 +83,22 @@ pub fn main() -> ExitCode {
     let result = ftexp::error::guard("ftexp", || exec(cli.command)).map_err(anyhow::Error::from).and_then(|r| r);
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => match e.downcast_ref::<Problems>() {
-            Some(problems) => {
-                for line in &problems.0 {
-                    eprintln!("error: {line}");
-                }
-                ExitCode::from(2)
-            }
-            None => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        },
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints `e` and gives the exit code of its kind: a [`Problems`] anywhere in the chain says its own, an
+/// I/O error that reached here unclassified is [`ErrorKind::Io`], anything else is internal (1).
+fn report(e: &anyhow::Error) -> ExitCode {
+    if let Some(problems) = e.chain().find_map(|c| c.downcast_ref::<Problems>()) {
+        for line in &problems.0 {
+            eprintln!("error: {line}");
+        }
+        return ExitCode::from(problems.kind().exit_code());
+    }
+    eprintln!("error: {e:#}");
+    match e.chain().any(|c| c.is::<std::io::Error>()) {
+        true => ExitCode::from(ErrorKind::Io.exit_code()),
+        false => ExitCode::from(ErrorKind::Libtorch.exit_code()),
     }
 }

@@ -41,7 +41,7 @@ pub fn build_located(c: &Config, located: &Located, placement: Placement) -> Res
         Problems::one(format!("model.device = \"{}\" but {why}; use --set model.device=cpu", c.model.device))
     })?;
     if let (tch::Device::Cpu, Some(limit)) = (placement.device, c.model.device_memory_bytes()) {
-        crate::device::count_cpu_memory(Some(limit));
+        crate::native::allocator::count_cpu_memory(Some(limit));
     }
     let (kind, spec, base_dir) = (placement.weight_kind(), located.spec.clone(), &located.base_dir);
     let random = c.model.init == Init::Random;

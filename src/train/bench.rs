@@ -18,6 +18,7 @@ use crate::experiment::ParamCount;
 use crate::methods;
 use crate::methods::memory::{MemoryPlan, Shape};
 use crate::model::spec::{Mlp, ModelSpec};
+use crate::native::collectives::cuda_memory;
 use crate::plan::steps::Schedule;
 use crate::plan::RunPlan;
 
@@ -168,7 +169,7 @@ fn gpu_peak(device: tch::Device, watch: Option<GpuMemoryWatch>) -> (Option<f64>,
     match (device, watch) {
         (_, Some(watch)) => (watch.finish(), Some("nvidia-smi")),
         (tch::Device::Cuda(index), None) => {
-            (crate::dist::cuda_memory(index).map(|(_, peak)| peak as f64 / 1048576.0), Some("allocator"))
+            (cuda_memory(index).map(|(_, peak)| peak as f64 / 1048576.0), Some("allocator"))
         }
         _ => (None, None),
     }
@@ -196,7 +197,7 @@ pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<R
     let mut n = Counts::default();
     let mut losses = Vec::new();
     let watch = match device {
-        tch::Device::Cuda(index) if crate::dist::cuda_memory(index).is_none() => Some(GpuMemoryWatch::start(index)),
+        tch::Device::Cuda(index) if cuda_memory(index).is_none() => Some(GpuMemoryWatch::start(index)),
         _ => None,
     };
     let clock = Instant::now();
@@ -283,7 +284,7 @@ impl Counts {
 /// Counts CPU tensors from here on; `model.device_memory` limits them only when the run is on the CPU.
 fn count_cpu_tensors(c: &Config) {
     let on_cpu = crate::device::Placement::resolve(c.model.device, c.model.precision).device == tch::Device::Cpu;
-    crate::device::count_cpu_memory(c.model.device_memory_bytes().filter(|_| on_cpu));
+    crate::native::allocator::count_cpu_memory(c.model.device_memory_bytes().filter(|_| on_cpu));
 }
 
 /// Memory in use once the model is built, with the peaks reset, to measure what training adds.
@@ -295,13 +296,13 @@ struct MemoryMark {
 impl MemoryMark {
     fn now() -> MemoryMark {
         super::reset_peak_rss();
-        crate::device::reset_cpu_peak();
-        MemoryMark { rss: rss_mib(), tensors: crate::device::cpu_memory().map(|(current, _)| current) }
+        crate::native::allocator::reset_cpu_peak();
+        MemoryMark { rss: rss_mib(), tensors: crate::native::allocator::cpu_memory().map(|(current, _)| current) }
     }
 
     /// The peak bytes of CPU tensors above the mark, in MiB.
     fn tensor_peak_mib(&self, device: tch::Device) -> Option<f64> {
-        match (device, crate::device::cpu_memory(), self.tensors) {
+        match (device, crate::native::allocator::cpu_memory(), self.tensors) {
             (tch::Device::Cpu, Some((_, peak)), Some(model)) => Some((peak - model) as f64 / 1048576.0),
             _ => None,
         }

@@ -5,7 +5,7 @@ use super::replicas::Replicas;
 use super::trainer::Trainer;
 use crate::data::batches;
 use crate::data::Sample;
-use crate::error::{guard, Problems};
+use crate::error::{guard, ErrorKind, Problems};
 use crate::experiment::MicroBatchRecord;
 use crate::methods::memory;
 use crate::plan::RunPlan;
@@ -29,7 +29,7 @@ pub fn resolve_micro_batch(
     let (mut micro, mut out_of_memory) = (choice.chosen, Vec::new());
     let seq_len = c.data.max_seq_length as usize;
     while let Err(e) = guard("trial step", || trial_step(trainer, micro, seq_len)) {
-        if !e.to_string().contains("out of memory") || micro == 1 {
+        if e.kind() != ErrorKind::OutOfMemory || micro == 1 {
             return Err(e.prefixed("train.micro_batch_size = \"auto\""));
         }
         out_of_memory.push(micro);
@@ -63,7 +63,7 @@ fn note(out_of_memory: &[u64]) -> String {
 /// An out-of-memory error of a training step with the memory plan's figure for the run, what the
 /// device has, and the checkpoint that is kept; other errors unchanged.
 pub fn memory_hint(e: Problems, plan: &RunPlan, trainer: &Trainer, kept: Option<&std::path::Path>) -> Problems {
-    if !e.to_string().contains("out of memory") {
+    if e.kind() != ErrorKind::OutOfMemory {
         return e;
     }
     let (c, placement) = (&plan.config, &trainer.built.placement);
@@ -74,16 +74,12 @@ pub fn memory_hint(e: Problems, plan: &RunPlan, trainer: &Trainer, kept: Option<
     let kept = kept.map_or("no checkpoint was saved yet".to_string(), |p| {
         format!("the last checkpoint, {}, is kept", p.display())
     });
-    Problems(
-        e.0.into_iter()
-            .map(|m| {
-                format!(
-                    "{m}; the memory plan expects a peak of {} for micro-batches of {micro} × {seq} (see `ftexp plan`){available}; {kept}",
-                    memory::mib_text(peak)
-                )
-            })
-            .collect(),
-    )
+    e.map(|m| {
+        format!(
+            "{m}; the memory plan expects a peak of {} for micro-batches of {micro} × {seq} (see `ftexp plan`){available}; {kept}",
+            memory::mib_text(peak)
+        )
+    })
 }
 
 /// The largest divisor of `n` that is at most `limit` (at least 1).

@@ -127,6 +127,14 @@ fn find_base(plan: &RunPlan) -> Result<methods::Located, Problems> {
     }
 }
 
+/// A build without libtorch's fused AdamW trains with the separate operations (slower, more memory):
+/// said once at the start of each run, never dropped silently.
+fn note_missing_fused_adamw() {
+    if let Some(why) = crate::native::Part::FusedAdamW.missing() {
+        println!("note: this ftexp was built without libtorch's fused AdamW, so AdamW runs as separate operations (slower, more memory); to build it in: {why}");
+    }
+}
+
 /// Runs the plan; returns its run directory. Errors leave the run marked `failed`.
 ///
 /// In a run on several devices every process calls this (see [`launch`]): each trains a replica on its
@@ -135,6 +143,9 @@ pub fn run(plan: &RunPlan, start: Start) -> anyhow::Result<PathBuf> {
     let c = &plan.config;
     let replicas = launch::join(plan)?;
     let first = replicas.as_ref().is_none_or(Replicas::is_first);
+    if first {
+        note_missing_fused_adamw();
+    }
     // The first process of each machine prepares the data and finds the base; the others then read the caches.
     let first_here = replicas.as_ref().is_none_or(|r| r.rank.local_rank == 0);
     if let (false, Some(r)) = (first_here, &replicas) {

@@ -4,6 +4,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::TrainConfig;
 use crate::methods::Trainable;
+use crate::native::adamw;
 
 pub const BETA1: f64 = 0.9;
 pub const BETA2: f64 = 0.95;
@@ -65,7 +66,7 @@ impl AdamW {
 
     /// One update with learning rate `lr`, then zeroes the gradients. fp32 tensors go through libtorch's
     /// fused AdamW (one pass each, decaying and not decaying in two calls); others, and every tensor on a
-    /// build without the native bridge, through the same formula in separate operations.
+    /// build without the fused AdamW (`ftexp env` says so), through the same formula in separate operations.
     pub fn step(&mut self, lr: f64, weight_decay: f64) {
         self.step += 1;
         let step = self.step;
@@ -77,7 +78,7 @@ impl AdamW {
                     continue;
                 }
                 let decays = self.decay[i] && weight_decay > 0.0;
-                if cfg!(ftexp_dist) && p.kind() == Kind::Float && g.kind() == Kind::Float {
+                if adamw::AVAILABLE && p.kind() == Kind::Float && g.kind() == Kind::Float {
                     fused[decays as usize].push(i);
                 } else {
                     self.step_one(i, step, lr, if decays { weight_decay } else { 0.0 });
@@ -103,29 +104,13 @@ impl AdamW {
     /// libtorch's fused AdamW over the tensors `members`.
     fn fused_step(&self, members: &[usize], step: u64, lr: f64, weight_decay: f64) -> Result<(), String> {
         let grads: Vec<Tensor> = members.iter().map(|&i| self.params[i].1.grad()).collect();
-        let ptrs = |ts: Vec<&Tensor>| ts.into_iter().map(|t| t.as_ptr() as *mut std::ffi::c_void).collect::<Vec<_>>();
-        let params = ptrs(members.iter().map(|&i| &self.params[i].1).collect());
-        let (m, v) =
-            (ptrs(members.iter().map(|&i| &self.m[i]).collect()), ptrs(members.iter().map(|&i| &self.v[i]).collect()));
-        let grads = ptrs(grads.iter().collect());
-        // SAFETY: arrays of live tensors, `members.len()` long; `err` is a buffer of `len` bytes.
-        crate::dist::bridge_call(|err, len| unsafe {
-            ffi::ftexp_fused_adamw(
-                params.as_ptr(),
-                grads.as_ptr(),
-                m.as_ptr(),
-                v.as_ptr(),
-                members.len(),
-                step as f64,
-                lr,
-                BETA1,
-                BETA2,
-                weight_decay,
-                EPS,
-                err,
-                len,
-            )
-        })
+        let params: Vec<&Tensor> = members.iter().map(|&i| &self.params[i].1).collect();
+        let m: Vec<&Tensor> = members.iter().map(|&i| &self.m[i]).collect();
+        let v: Vec<&Tensor> = members.iter().map(|&i| &self.v[i]).collect();
+        let tensors =
+            adamw::Tensors { params: &params, grads: &grads.iter().collect::<Vec<_>>(), exp_avgs: &m, exp_avg_sqs: &v };
+        let hyper = adamw::Hyper { step: step as f64, lr, beta1: BETA1, beta2: BETA2, weight_decay, eps: EPS };
+        adamw::fused_adamw(&tensors, &hyper)
     }
 
     /// The update of tensor `i` in separate operations.
@@ -187,52 +172,5 @@ impl AdamW {
             self.v[i] = take("v")?;
         }
         Ok(())
-    }
-}
-
-#[cfg(ftexp_dist)]
-mod ffi {
-    use std::ffi::{c_char, c_void};
-    extern "C" {
-        #[allow(clippy::too_many_arguments)]
-        pub fn ftexp_fused_adamw(
-            params: *const *mut c_void,
-            grads: *const *mut c_void,
-            exp_avgs: *const *mut c_void,
-            exp_avg_sqs: *const *mut c_void,
-            n: usize,
-            step: f64,
-            lr: f64,
-            beta1: f64,
-            beta2: f64,
-            weight_decay: f64,
-            eps: f64,
-            err: *mut c_char,
-            err_len: usize,
-        ) -> i32;
-    }
-}
-
-/// Without the native bridge every tensor takes the separate operations.
-#[cfg(not(ftexp_dist))]
-#[allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
-mod ffi {
-    use std::ffi::{c_char, c_void};
-    pub unsafe fn ftexp_fused_adamw(
-        _: *const *mut c_void,
-        _: *const *mut c_void,
-        _: *const *mut c_void,
-        _: *const *mut c_void,
-        _: usize,
-        _: f64,
-        _: f64,
-        _: f64,
-        _: f64,
-        _: f64,
-        _: f64,
-        _: *mut c_char,
-        _: usize,
-    ) -> i32 {
-        -1
     }
 }

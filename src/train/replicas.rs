@@ -4,7 +4,6 @@
 //! makes the same update a single process would. An fp32 gradient is a view into its bucket (as
 //! PyTorch DDP's `gradient_as_bucket_view`): backward passes add into the bucket and c10d sums it in
 //! place, with no copy either way.
-use std::ffi::c_void;
 use std::time::{Duration, Instant};
 
 use tch::{Kind, Tensor};
@@ -14,6 +13,7 @@ use crate::dist::{Backend, Group, Rank};
 use crate::error::Problems;
 use crate::experiment::checkpoint::TrainerState;
 use crate::methods::Trainable;
+use crate::native::grad;
 
 /// Elements per gradient bucket (32 MiB of fp32): big enough to amortise each collective's latency,
 /// small enough not to double a large model's gradient memory.
@@ -80,13 +80,13 @@ impl Replicas {
             let (mut copied, mut offset) = (Vec::new(), 0);
             for i in members {
                 let (t, n) = (&trainable[i], trainable[i].tensor.numel() as i64);
-                if t.tensor.kind() == Kind::Float && cfg!(ftexp_dist) {
+                if t.tensor.kind() == Kind::Float && grad::AVAILABLE {
                     let view = flat.narrow(0, offset, n).view(t.tensor.size().as_slice());
                     let had = t.tensor.grad();
                     if had.defined() {
                         tch::no_grad(|| view.shallow_clone().copy_(&had));
                     }
-                    set_grad(&t.tensor, &view)
+                    grad::set_grad(&t.tensor, &view)
                         .map_err(|e| Problems::one(format!("preparing the gradient of {}: {e}", t.name)))?;
                 } else {
                     copied.push((i, offset));
@@ -212,31 +212,5 @@ impl Replicas {
                 String::from_utf8_lossy(&bytes).into_owned()
             })
             .collect())
-    }
-}
-
-/// Makes `grad` the `.grad` of `tensor`.
-fn set_grad(tensor: &Tensor, grad: &Tensor) -> Result<(), String> {
-    // SAFETY: two live tensors; `err` is a buffer of `len` bytes.
-    crate::dist::bridge_call(|err, len| unsafe {
-        ffi::ftexp_set_grad(tensor.as_ptr() as *mut c_void, grad.as_ptr() as *mut c_void, err, len)
-    })
-}
-
-#[cfg(ftexp_dist)]
-mod ffi {
-    use std::ffi::{c_char, c_void};
-    extern "C" {
-        pub fn ftexp_set_grad(tensor: *mut c_void, grad: *mut c_void, err: *mut c_char, err_len: usize) -> i32;
-    }
-}
-
-/// Without the native bridge no gradient is aliased (and no group can be joined).
-#[cfg(not(ftexp_dist))]
-#[allow(clippy::missing_safety_doc)]
-mod ffi {
-    use std::ffi::{c_char, c_void};
-    pub unsafe fn ftexp_set_grad(_: *mut c_void, _: *mut c_void, _: *mut c_char, _: usize) -> i32 {
-        -1
     }
 }

@@ -68,3 +68,71 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// What a test needs beyond this crate's own build.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Need {
+    /// The c10d bridge with Gloo (training on several CPU processes): what `ftexp env --json` says.
+    Gloo,
+    /// The project's Python venv (`.venv`, `make setup`) with torch, transformers and peft, for
+    /// `scripts/check_export.py`.
+    Python,
+}
+
+/// Whether this machine has `need`. When it does not, prints `skipped: <test>: <why>` (so a skip is
+/// never silent) and the test returns: `if !needs(Need::Gloo) { return; }`.
+pub fn needs(need: Need) -> bool {
+    static GLOO: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    static PYTHON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let lacking = match need {
+        Need::Gloo => GLOO.get_or_init(gloo_missing),
+        Need::Python => PYTHON.get_or_init(python_missing),
+    };
+    let Some(why) = lacking else { return true };
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    eprintln!("skipped: {test}: {why}");
+    false
+}
+
+/// Why this build has no Gloo, from `ftexp env --json`.
+fn gloo_missing() -> Option<String> {
+    let out = Command::new(BIN).args(["env", "--json"]).output().expect("ftexp env --json runs");
+    assert!(out.status.success(), "ftexp env --json: {}", stderr(&out));
+    let env: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ftexp env --json prints JSON");
+    let gloo = &env["native"]["Gloo"];
+    match gloo["present"].as_bool() {
+        Some(true) => None,
+        _ => Some(format!("this ftexp was built without Gloo ({})", gloo["missing"].as_str().unwrap_or("?"))),
+    }
+}
+
+/// The venv's python, and why it cannot run `scripts/check_export.py` when it cannot.
+pub fn python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+}
+
+fn python_missing() -> Option<String> {
+    let python = python();
+    if !python.exists() {
+        return Some(format!("{} does not exist (`make setup` makes the venv)", python.display()));
+    }
+    let out = Command::new(&python).args(["-c", "import torch, transformers, peft"]).output();
+    match out {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => {
+            Some(format!("{} cannot import torch, transformers and peft: {}", python.display(), stderr(&o).trim()))
+        }
+        Err(e) => Some(format!("{} does not run: {e}", python.display())),
+    }
+}
+
+/// Waits until `done()` holds, checking every few milliseconds. The bound only keeps a broken run from
+/// hanging the tests: no result depends on how long the wait took.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    const HANG: std::time::Duration = std::time::Duration::from_secs(600);
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < HANG, "hung: still waiting for {what} after {} s", HANG.as_secs());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
