@@ -330,3 +330,15 @@ fn damaged_weights_and_models_too_large_are_named() {
     let bench: Vec<&str> = ["bench", "exp.toml", "--synthetic", "--steps", "1"].into_iter().chain(sets).collect();
     one_line_error(&ftexp(p.path(), &bench, &[]), &["parameters need", "GiB", "more than the"]);
 }
+
+#[test]
+fn a_run_directory_that_cannot_be_written_exits_with_the_io_code() {
+    let p = project("");
+    // A file where the experiments directory should be: nothing can be created under it.
+    std::fs::write(p.path().join("experiments"), "not a directory").unwrap();
+    let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: ") && err.contains("experiments") && err.contains("cannot create"), "{err}");
+}

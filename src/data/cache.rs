@@ -20,7 +20,7 @@ pub struct Entry<'a> {
 /// Writes the entry into a private temporary directory, then renames it into place: readers see a
 /// complete entry or none, and of two processes preparing the same key one rename wins.
 pub fn store(root: &Path, key: &str, entry: &Entry) -> Result<(), Problems> {
-    let io = |e: std::io::Error| Problems::one(format!("{}: cannot write the data cache: {e}", root.display()));
+    let io = |e: std::io::Error| Problems::io(format!("{}: cannot write the data cache: {e}", root.display()));
     std::fs::create_dir_all(root).map_err(io)?;
     crate::experiment::clean_stale(root);
     let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
@@ -184,7 +184,7 @@ fn write_jsonl(path: &Path, samples: &[Sample], chats: &[Conversation]) -> std::
 /// Writes `train.jsonl`, `val.jsonl` and `test.jsonl` with the seed's fields into `out` (and, for
 /// chat data, each sample's `messages`).
 pub fn export(prepared: &Prepared, out: &Path) -> Result<(), Problems> {
-    let io = |e: std::io::Error| Problems::one(format!("{}: cannot write: {e}", out.display()));
+    let io = |e: std::io::Error| Problems::io(format!("{}: cannot write: {e}", out.display()));
     std::fs::create_dir_all(out).map_err(io)?;
     for split in Split::ALL {
         let chats = prepared.chats.get(split.name()).map(Vec::as_slice).unwrap_or(&[]);

@@ -73,7 +73,7 @@ impl std::str::FromStr for Pick {
 }
 
 fn io(path: &Path) -> impl Fn(tch::TchError) -> Problems + '_ {
-    move |e| Problems::one(format!("{}: cannot write the checkpoint: {e}", path.display()))
+    move |e| Problems::io(format!("{}: cannot write the checkpoint: {e}", path.display()))
 }
 
 /// Writes a checkpoint named `name` under `run_dir/checkpoints/`; without `optimizer` moments (`best`,
@@ -86,7 +86,7 @@ pub fn save(
     state: &TrainerState,
 ) -> Result<PathBuf, Problems> {
     let root = run_dir.join("checkpoints");
-    let fail = |e: std::io::Error| Problems::one(format!("{}: cannot write the checkpoint: {e}", root.display()));
+    let fail = |e: std::io::Error| Problems::io(format!("{}: cannot write the checkpoint: {e}", root.display()));
     std::fs::create_dir_all(&root).map_err(fail)?;
     super::clean_stale(&root);
     let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));

@@ -36,14 +36,14 @@ pub fn allocate(root: &Path, name: &str) -> Result<Experiment, Problems> {
         )));
     }
     let parent = root.join(name);
-    std::fs::create_dir_all(&parent).map_err(|e| Problems::one(format!("{}: cannot create: {e}", parent.display())))?;
+    std::fs::create_dir_all(&parent).map_err(|e| Problems::io(format!("{}: cannot create: {e}", parent.display())))?;
     let mut version = versions(&parent).last().copied().unwrap_or(0) + 1;
     loop {
         let dir = parent.join(format!("v{version}"));
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(Experiment { name: name.to_string(), version, dir }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => version += 1,
-            Err(e) => return Err(Problems::one(format!("{}: cannot create: {e}", dir.display()))),
+            Err(e) => return Err(Problems::io(format!("{}: cannot create: {e}", dir.display()))),
         }
     }
 }
@@ -398,7 +398,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Problems> {
     ));
     std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        Problems::one(format!("{}: cannot write: {e}", path.display()))
+        Problems::io(format!("{}: cannot write: {e}", path.display()))
     })
 }
 

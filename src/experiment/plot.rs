@@ -26,7 +26,7 @@ pub fn write_png(path: &Path, draw: impl FnOnce(&Path) -> DrawResult) -> Result<
         let _ = std::fs::remove_file(&tmp);
         return Err(Problems::one(format!("{}: cannot draw: {e}", path.display())));
     }
-    std::fs::rename(&tmp, path).map_err(|e| Problems::one(format!("{}: cannot write: {e}", path.display())))
+    std::fs::rename(&tmp, path).map_err(|e| Problems::io(format!("{}: cannot write: {e}", path.display())))
 }
 
 /// Whether a loss can be drawn: finite and within ±1e6 (a cross entropy never gets near; a tampered or
