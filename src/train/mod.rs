@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use observe::RunObserver;
 
 use crate::config::Resolved;
-use crate::data::{Prepared, Split, SplitSizes};
+use crate::data::{Prepared, Split};
 use crate::error::{guard, Problems};
 use crate::experiment::checkpoint::TrainerState;
 use crate::experiment::{self, Experiment, RunStatus};
@@ -151,7 +151,8 @@ pub fn run(plan: &RunPlan, start: Start) -> anyhow::Result<PathBuf> {
     if let (false, Some(r)) = (first_here, &replicas) {
         r.barrier()?;
     }
-    let (data, built, plan) = inputs(plan, &start, replicas.as_ref().map(|r| &r.rank))?;
+    let recorded = start.recorded()?;
+    let (data, built, plan) = inputs(plan, &start, recorded.as_ref(), replicas.as_ref().map(|r| &r.rank))?;
     best::check_val(c, data.split(Split::Val).len())?;
     if let (true, Some(r)) = (first_here, &replicas) {
         r.barrier()?;
@@ -161,7 +162,7 @@ pub fn run(plan: &RunPlan, start: Start) -> anyhow::Result<PathBuf> {
     let mut trainer = Trainer::new(built, c, data.split(Split::Train), schedule, state);
     trainer.replicas = replicas;
     let recorded_micro = match &start {
-        Start::Resume { .. } => start.recorded()?.and_then(|i| i.micro_batch),
+        Start::Resume { .. } => recorded.and_then(|i| i.micro_batch),
         _ => None,
     };
     let opened = if first { Some(run_dir::open(c, start, &mut trainer)?) } else { None };
@@ -211,17 +212,18 @@ fn finish(exp: &Experiment, outcome: anyhow::Result<RunStatus>) -> anyhow::Resul
 
 /// The prepared data and the built model of a run, and its plan completed with the samples as
 /// prepared (and the base, when the plan found it not downloaded yet): for a resumed run its own
-/// prepared splits; on `rank`'s device in a run on several.
+/// prepared splits (`recorded` is the run.json of the run it continues or reproduces); on `rank`'s
+/// device in a run on several.
 fn inputs(
     plan: &RunPlan,
     start: &Start,
+    recorded: Option<&experiment::RunInfo>,
     rank: Option<&crate::dist::Rank>,
 ) -> Result<(Prepared, methods::Built, RunPlan), Problems> {
     let c = &plan.config;
     // The base's tokenizer prepares the data: find the base (downloading or exporting it) first.
     let located = find_base(plan)?;
-    let recorded = start.recorded()?;
-    let recorded_key = recorded.as_ref().and_then(|i| i.data.as_ref()).map(|d| d.cache_key.clone());
+    let recorded_key = recorded.and_then(|i| i.data.as_ref()).map(|d| d.cache_key.clone());
     let data = match start {
         Start::Resume { .. } => crate::data::prepare_for_run(c, recorded_key.as_deref())?,
         _ => crate::data::prepare_for(c)?,
@@ -244,13 +246,8 @@ fn inputs(
     let placement = launch::on_rank(plan.placement, rank);
     let built = methods::build_located(c, &located, placement)?;
     data.check_ids(built.model.spec.vocab_size)?;
-    let plan = plan.clone().with_base(located).with_prepared(prepared_sizes(&data));
+    let plan = plan.clone().with_base(located).with_prepared(plan::prepared_sizes(&data.stats));
     Ok((data, built, plan))
-}
-
-/// The split sizes of prepared data: its records, and the samples of each split.
-fn prepared_sizes(data: &Prepared) -> SplitSizes {
-    plan::prepared_sizes(&data.stats)
 }
 
 /// Peak resident memory of this process in MiB (Linux).
