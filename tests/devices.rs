@@ -7,9 +7,9 @@ use serde_json::Value;
 
 use crate::common::{doubling_project, fixtures, ftexp, needs, stderr, wait_until, Need, BIN};
 
-/// A project training the llama fixture with `kind`, 4 samples per step in micro-batches of 1, so two
-/// processes accumulate two micro-batches each. No dropout: its masks depend on which process draws them.
-/// The learning rate (1e-3, the loss still falls from 13.3 to 2.6 in 12 full steps) keeps training out
+/// A project training the llama fixture with `kind`, 6 samples per step in micro-batches of 1, so two
+/// processes accumulate three micro-batches each and three processes two, with LoRA dropout 0.1 (its
+/// masks are drawn per sample, so every process count draws the same ones). The learning rate (1e-3, the loss still falls from 13.3 to 2.6 in 12 full steps) keeps training out
 /// of the chaotic regime where rounding differences grow: two processes add a step's gradients in
 /// another order than one, and at 1e-2 that difference of 1e-7 grew past 1e-5 within 8 steps.
 fn project(kind: &str, steps: u64) -> tempfile::TempDir {
@@ -19,7 +19,7 @@ fn project(kind: &str, steps: u64) -> tempfile::TempDir {
 /// [`project`] with another learning rate.
 fn project_lr(kind: &str, steps: u64, lr: f64) -> tempfile::TempDir {
     let config = format!(
-        "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\nsplit = {{ train = 0.8, val = 0.1, test = 0.1 }}\n[method]\nkind = \"{kind}\"\nlora_dropout = 0.0\n[train]\nlearning_rate = {lr}\nmax_steps = {steps}\nbatch_size = 4\nmicro_batch_size = 1\nwarmup_iters = 2\neval_interval = 4\neval_iters = 3\nsave_interval = 5\nlog_interval = 1\nweight_decay = 0.01\n",
+        "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\nsplit = {{ train = 0.8, val = 0.1, test = 0.1 }}\n[method]\nkind = \"{kind}\"\nlora_dropout = 0.1\n[train]\nlearning_rate = {lr}\nmax_steps = {steps}\nbatch_size = 6\nmicro_batch_size = 1\nwarmup_iters = 2\neval_interval = 4\neval_iters = 3\nsave_interval = 5\nlog_interval = 1\nweight_decay = 0.01\n",
         fixtures().join("models/llama").display(),
     );
     doubling_project(&config)
@@ -87,28 +87,35 @@ fn free_port() -> u16 {
 }
 
 #[test]
-fn two_processes_compute_what_one_does_for_full_and_lora() {
+fn one_two_and_three_processes_compute_the_same_run_for_every_method() {
     if !needs(Need::Gloo) {
         return;
     }
-    for kind in ["full", "lora"] {
+    for kind in ["full", "lora", "adapter", "adapter_v2"] {
         let p = project(kind, 12);
-        let one = ftexp(p.path(), &["run", "exp.toml"], &ONE_THREAD);
-        assert!(one.status.success(), "{}", stderr(&one));
-        let two = ftexp(p.path(), &["run", "exp.toml", "--set", "train.devices=2"], &ONE_THREAD);
-        assert!(two.status.success(), "{}", stderr(&two));
-        let (v1, v2) = (run_dir(p.path(), 1), run_dir(p.path(), 2));
-        assert_same_metrics(&v1, &v2, 1e-5);
-        let (r1, r2) = (run_json(&v1), run_json(&v2));
-        let (l1, l2) = (r1["results"]["test_loss"].as_f64().unwrap(), r2["results"]["test_loss"].as_f64().unwrap());
-        assert!((l1 - l2).abs() <= 1e-5 * l1.abs().max(1.0), "test loss {l1} vs {l2}");
-        assert_eq!(r2["world"]["size"], 2);
-        let ranks: Vec<&str> = r2["world"]["ranks"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-        assert!(ranks.len() == 2 && ranks.iter().all(|r| r.ends_with("/cpu")), "{ranks:?}");
-        // Rank 1 writes nothing: the directory holds what a one-process run writes, and no other run.
-        assert_eq!(files(&v1), files(&v2));
+        for devices in [1, 2, 3] {
+            let set = format!("train.devices={devices}");
+            let out = ftexp(p.path(), &["run", "exp.toml", "--set", &set], &ONE_THREAD);
+            assert!(out.status.success(), "{kind} on {devices}: {}", stderr(&out));
+        }
+        let one = run_dir(p.path(), 1);
+        let r1 = run_json(&one);
+        let l1 = r1["results"]["test_loss"].as_f64().unwrap();
+        for (v, devices) in [(2, 2), (3, 3)] {
+            let dir = run_dir(p.path(), v);
+            assert_same_metrics(&one, &dir, 1e-5);
+            let r = run_json(&dir);
+            let l = r["results"]["test_loss"].as_f64().unwrap();
+            assert!((l1 - l).abs() <= 1e-5 * l1.abs().max(1.0), "{kind} on {devices}: test loss {l1} vs {l}");
+            assert_eq!(r["world"]["size"], devices);
+            let ranks: Vec<&str> =
+                r["world"]["ranks"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+            assert!(ranks.len() == devices && ranks.iter().all(|r| r.ends_with("/cpu")), "{ranks:?}");
+            // Other ranks write nothing: the directory holds what a one-process run writes.
+            assert_eq!(files(&one), files(&dir));
+        }
         let versions = std::fs::read_dir(p.path().join("experiments/t")).unwrap().count();
-        assert_eq!(versions, 2, "{:?}", files(&p.path().join("experiments")));
+        assert_eq!(versions, 3, "{:?}", files(&p.path().join("experiments")));
     }
 }
 
@@ -225,7 +232,7 @@ fn a_resumed_run_refuses_other_changes_and_a_lone_process_is_told_how_to_start()
     let out = ftexp(p.path(), &["resume", "experiments/t", "--set", "train.learning_rate=1"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("only train.devices and train.sync_timeout_s can change"), "{}", stderr(&out));
-    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "train.devices=3"], &[]);
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", "train.devices=4"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("multiple of micro_batch_size × devices"), "{}", stderr(&out));
     let out = ftexp(

@@ -18,6 +18,9 @@ pub struct Batch {
     pub real_tokens: i64,
     /// A packed micro-batch's layout; `None`: one sample per row.
     pub packed: Option<Packed>,
+    /// In training, the run-wide number of each row's sample (a packed row's first): what its dropout
+    /// masks are drawn from. Empty elsewhere.
+    pub numbers: Vec<u64>,
 }
 
 /// Where the samples of a packed micro-batch lie: per position `(batch, time)`, its index within its
@@ -55,6 +58,7 @@ pub fn make(samples: &[&Sample], device: Device) -> Batch {
         supervised,
         real_tokens,
         packed: None,
+        numbers: Vec::new(),
     }
 }
 
@@ -62,11 +66,16 @@ pub fn make(samples: &[&Sample], device: Device) -> Batch {
 /// put into the first row with room for it (first fit). The same samples in the same order always
 /// give the same rows.
 pub fn pack<'a>(samples: &[&'a Sample], row: usize) -> Vec<Vec<&'a Sample>> {
-    let mut longest_first = samples.to_vec();
-    longest_first.sort_by_key(|s| std::cmp::Reverse(s.input_ids.len()));
-    let mut rows: Vec<(usize, Vec<&Sample>)> = Vec::new();
+    pack_by(samples, |s| s.input_ids.len(), row)
+}
+
+/// [`pack`] of any items of length `len`.
+fn pack_by<T: Copy>(items: &[T], len: impl Fn(&T) -> usize, row: usize) -> Vec<Vec<T>> {
+    let mut longest_first = items.to_vec();
+    longest_first.sort_by_key(|s| std::cmp::Reverse(len(s)));
+    let mut rows: Vec<(usize, Vec<T>)> = Vec::new();
     for s in longest_first {
-        let len = s.input_ids.len();
+        let len = len(&s);
         match rows.iter_mut().find(|(used, _)| used + len <= row) {
             Some((used, r)) => {
                 *used += len;
@@ -126,6 +135,7 @@ pub fn make_packed(rows: &[Vec<&Sample>], device: Device) -> Batch {
         targets: Tensor::from_slice(&targets).to_kind(Kind::Int64).to_device(device),
         real_tokens,
         packed: Some(Packed { positions: tensor(&offsets), segments: tensor(&segments) }),
+        numbers: Vec::new(),
     }
 }
 
@@ -186,8 +196,8 @@ impl StepBatches {
 /// possible; or, with `packing` (the row length), packed into rows ([`pack`]), `micro_batch_size`
 /// rows per micro-batch. Grouping does not change the step: every supervised token of it weighs the
 /// same in the loss and the gradient. Of `world` ranks, rank `rank` makes its share ([`dealt`]).
-pub fn for_step(
-    train: &[Sample],
+pub fn for_step<'a>(
+    train: &'a [Sample],
     order: &mut Order,
     seen: &mut u64,
     t: &TrainConfig,
@@ -195,27 +205,39 @@ pub fn for_step(
     device: Device,
     (rank, world): (usize, usize),
 ) -> StepBatches {
-    let mut picked: Vec<&Sample> = (0..t.batch_size)
+    let mut picked: Vec<(u64, &Sample)> = (0..t.batch_size)
         .map(|_| {
-            let s = &train[order.get(*seen)];
+            let s = (*seen, &train[order.get(*seen)]);
             *seen += 1;
             s
         })
         .collect();
     let micro = t.micro_batch_size.max(1) as usize;
+    let numbered = |mut b: Batch, numbers: Vec<u64>| {
+        b.numbers = numbers;
+        b
+    };
     if let Some(row) = packing {
-        let rows = pack(&picked, row);
-        let chunks: Vec<&[Vec<&Sample>]> = rows.chunks(micro).collect();
+        let rows = pack_by(&picked, |(_, s)| s.input_ids.len(), row);
+        let chunks: Vec<&[Vec<(u64, &Sample)>]> = rows.chunks(micro).collect();
+        let samples = |c: &[Vec<(u64, &'a Sample)>]| -> Vec<Vec<&'a Sample>> {
+            c.iter().map(|r| r.iter().map(|(_, s)| *s).collect()).collect()
+        };
         return StepBatches {
-            all: chunks.iter().map(|c| MicroBatch::of_rows(c)).collect(),
-            mine: dealt(&chunks, rank, world).map(|c| make_packed(c, device)).collect(),
+            all: chunks.iter().map(|c| MicroBatch::of_rows(&samples(c))).collect(),
+            mine: dealt(&chunks, rank, world)
+                .map(|c| numbered(make_packed(&samples(c), device), c.iter().map(|r| r[0].0).collect()))
+                .collect(),
         };
     }
-    picked.sort_by_key(|s| s.input_ids.len());
-    let chunks: Vec<&[&Sample]> = picked.chunks(micro).collect();
+    picked.sort_by_key(|(_, s)| s.input_ids.len());
+    let chunks: Vec<&[(u64, &Sample)]> = picked.chunks(micro).collect();
+    let samples = |c: &[(u64, &'a Sample)]| -> Vec<&'a Sample> { c.iter().map(|(_, s)| *s).collect() };
     StepBatches {
-        all: chunks.iter().map(|c| MicroBatch::of(c)).collect(),
-        mine: dealt(&chunks, rank, world).map(|c| make(c, device)).collect(),
+        all: chunks.iter().map(|c| MicroBatch::of(&samples(c))).collect(),
+        mine: dealt(&chunks, rank, world)
+            .map(|c| numbered(make(&samples(c), device), c.iter().map(|(n, _)| *n).collect()))
+            .collect(),
     }
 }
 

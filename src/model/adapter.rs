@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 use super::footprint::{Val, Walk};
 use super::layout::{Module, Param, Proj};
 use super::linear::{Ctx, Linear};
+use super::lora::{Input, Site};
 use super::spec::ModelSpec;
 use super::weight::cast;
 
@@ -27,13 +28,21 @@ impl Adapter {
 impl Adapter {
     /// The prompt's attention for queries `q` `(batch, heads, time, head)`, gated per head: the prompt's
     /// keys and values come from the block's own k and v projections, without rotary, and every query
-    /// sees the whole prompt.
-    pub fn attend(&self, q: &Tensor, k_proj: &Linear, v_proj: &Linear, spec: &ModelSpec, ctx: Ctx) -> Tensor {
+    /// sees the whole prompt; of block `block`.
+    pub fn attend(
+        &self,
+        q: &Tensor,
+        (k_proj, v_proj): (&Linear, &Linear),
+        spec: &ModelSpec,
+        block: usize,
+        ctx: Ctx,
+    ) -> Tensor {
         let batch = q.size()[0];
         let prefix = cast(&self.prefix, q).unsqueeze(0); // (1, p, hidden)
         let p = prefix.size()[1];
+        let input = Input::new(&prefix, Site::Prompt, block);
         let project = |lin: &Linear| {
-            lin.forward(&prefix, ctx)
+            lin.forward(&input, ctx)
                 .view([1, p, spec.n_query_groups, spec.head_size])
                 .transpose(1, 2) // (1, groups, p, head)
                 .expand([batch, spec.n_query_groups, p, spec.head_size], false)

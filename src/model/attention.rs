@@ -7,7 +7,7 @@ use super::block::{Block, BlockCtx, Mask, Rope};
 use super::footprint::{Val, Walk};
 use super::layout::{Module, Proj};
 use super::linear::Linear;
-use super::lora::Input;
+use super::lora::{Input, Site};
 
 impl Block {
     /// `(batch, time, hidden)` (normed) → `(batch, time, hidden)`.
@@ -15,9 +15,8 @@ impl Block {
         let (s, run) = (ctx.spec, ctx.run);
         let (batch, t) = (x.size()[0], x.size()[1]);
         // (batch, time, n × head) → (batch, n, time, head)
-        let input = Input::new(x);
-        let heads =
-            |lin: &Linear, n: i64| lin.forward_input(&input, run).view([batch, t, n, s.head_size]).transpose(1, 2);
+        let input = Input::new(x, Site::Attention, self.index);
+        let heads = |lin: &Linear, n: i64| lin.forward(&input, run).view([batch, t, n, s.head_size]).transpose(1, 2);
         let q = apply_rope(&heads(&self.q, s.n_head), ctx.rope, s.rope_dims); // (batch, heads, time, head)
         let k = apply_rope(&heads(&self.k, s.n_query_groups), ctx.rope, s.rope_dims); // (batch, groups, time, head)
         let v = heads(&self.v, s.n_query_groups); // (batch, groups, time, head)
@@ -48,10 +47,11 @@ impl Block {
         // Not in place: attention's backward needs its own output unchanged.
         let y = match &self.adapter {
             None => y,
-            Some(a) => y + a.attend(&q, &self.k, &self.v, s, run),
+            Some(a) => y + a.attend(&q, (&self.k, &self.v), s, self.index, run),
         };
         // (batch, heads, time, head) → (batch, time, heads × head)
-        self.o.forward(&y.transpose(1, 2).reshape([batch, t, s.n_head * s.head_size]), run)
+        let y = y.transpose(1, 2).reshape([batch, t, s.n_head * s.head_size]);
+        self.o.forward(&Input::new(&y, Site::AttentionOut, self.index), run)
     }
 }
 

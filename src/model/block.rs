@@ -75,7 +75,7 @@ pub struct BlockCtx<'a> {
     pub cache: Option<&'a KvCache>,
     pub start: i64,
     /// Training or not, and the LoRA scaling.
-    pub run: Ctx,
+    pub run: Ctx<'a>,
 }
 
 impl Block {
@@ -99,14 +99,14 @@ impl Block {
         let attn = self.attention(&h1, ctx);
         if ctx.spec.parallel_residual {
             let mlp = match &self.norm2 {
-                Some(n) => self.mlp.forward(&n.forward(x), ctx.spec.mlp, ctx.run),
-                None => self.mlp.forward(&h1, ctx.spec.mlp, ctx.run),
+                Some(n) => self.mlp.forward(&n.forward(x), ctx.spec.mlp, self.index, ctx.run),
+                None => self.mlp.forward(&h1, ctx.spec.mlp, self.index, ctx.run),
             };
             x + attn + mlp
         } else {
             let x = x + attn;
             let h2 = self.norm2.as_ref().expect("sequential blocks have two norms").forward(&x);
-            &x + self.mlp.forward(&h2, ctx.spec.mlp, ctx.run)
+            &x + self.mlp.forward(&h2, ctx.spec.mlp, self.index, ctx.run)
         }
     }
 

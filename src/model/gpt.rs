@@ -9,7 +9,7 @@ use super::block::{Block, BlockCtx, KvCache, Mask, Rope};
 use super::footprint::{Val, Walk};
 use super::layout::{self, At, Module, Param, Proj, TensorSpec};
 use super::linear::{Ctx, Linear};
-use super::lora::LoraScaling;
+use super::lora::{Input, LoraScaling, RowSeeds, Site};
 use super::norm::Norm;
 use super::spec::ModelSpec;
 
@@ -28,6 +28,8 @@ pub struct Gpt {
     /// Dropout is active only while training.
     pub training: bool,
     pub lora: LoraScaling,
+    /// The training micro-batch's per-row dropout seeds ([`RowSeeds`]); empty: the global generator.
+    pub dropout_seeds: Vec<i64>,
 }
 
 impl Gpt {
@@ -44,6 +46,7 @@ impl Gpt {
             compute_kind: Kind::Float,
             training: false,
             lora: LoraScaling::default(),
+            dropout_seeds: Vec::new(),
             spec,
         };
         for t in &layout {
@@ -134,8 +137,9 @@ impl Gpt {
         }
     }
 
-    pub fn ctx(&self) -> Ctx {
-        Ctx { training: self.training, lora: self.lora }
+    pub fn ctx(&self) -> Ctx<'_> {
+        let rows = (!self.dropout_seeds.is_empty()).then_some(RowSeeds(&self.dropout_seeds));
+        Ctx { training: self.training, lora: self.lora, rows }
     }
 
     pub fn device(&self) -> tch::Device {
@@ -202,7 +206,7 @@ impl Gpt {
 
     /// Token scores for hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        self.head.forward(hidden, self.ctx())
+        self.head.forward(&Input::new(hidden, Site::Head, 0), self.ctx())
     }
 
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {

@@ -4,14 +4,16 @@ use tch::Tensor;
 
 use super::footprint::{Val, Walk};
 use super::layout::{Module, Param};
-use super::lora::{self, Input, Lora, LoraScaling};
+use super::lora::{self, Input, Lora, LoraScaling, RowSeeds};
 use super::weight::{cast, Weight};
 
-/// How a forward pass runs: training (dropout on) or not, and the model's LoRA scaling.
+/// How a forward pass runs: training (dropout on) or not, the model's LoRA scaling, and the
+/// micro-batch's per-row dropout seeds (`None`: masks from the global generator).
 #[derive(Debug, Clone, Copy)]
-pub struct Ctx {
+pub struct Ctx<'a> {
     pub training: bool,
     pub lora: LoraScaling,
+    pub rows: Option<RowSeeds<'a>>,
 }
 
 /// Adapter v2's per-channel scale and bias on a linear layer's output: `scale ⊙ (Wx + b + bias)`,
@@ -52,15 +54,11 @@ impl Linear {
         Linear::new(Tensor::new(), None)
     }
 
-    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        self.forward_input(&Input::new(x), ctx)
-    }
-
-    /// [`Linear::forward`] of an input other layers read too (sharing its LoRA dropout).
-    pub fn forward_input(&self, input: &Input, ctx: Ctx) -> Tensor {
+    /// The layer of `input` (which other layers may read too, sharing its LoRA dropout).
+    pub fn forward(&self, input: &Input, ctx: Ctx) -> Tensor {
         let y = self.weight.linear(input.x, self.bias.as_ref());
         let y = match &self.lora {
-            Some(l) => y + lora::delta(l, input, ctx.lora, ctx.training),
+            Some(l) => y + lora::delta(l, input, ctx.lora, ctx.training, ctx.rows),
             None => y,
         };
         match &self.adapter_v2 {

@@ -4,7 +4,7 @@ use tch::Tensor;
 use super::footprint::{Val, Walk};
 use super::layout::{Module, Proj};
 use super::linear::{Ctx, Linear};
-use super::lora::Input;
+use super::lora::{Input, Site};
 use super::spec::Mlp as MlpKind;
 
 /// `down(act(up(x)))`, or `down(silu(gate(x)) · up(x))` for SwiGLU.
@@ -17,16 +17,15 @@ pub struct Mlp {
 
 impl Mlp {
     /// `(batch, time, hidden)` → `(batch, time, intermediate)` → `(batch, time, hidden)`.
-    pub fn forward(&self, x: &Tensor, kind: MlpKind, run: Ctx) -> Tensor {
-        let input = Input::new(x);
+    /// Of block `block`.
+    pub fn forward(&self, x: &Tensor, kind: MlpKind, block: usize, run: Ctx) -> Tensor {
+        let input = Input::new(x, Site::Mlp, block);
         let hidden = match (kind, &self.gate) {
-            (MlpKind::SwiGlu, Some(gate)) => {
-                gate.forward_input(&input, run).silu() * self.up.forward_input(&input, run)
-            }
-            (MlpKind::GeluTanh, _) => self.up.forward(x, run).gelu("tanh"),
-            _ => self.up.forward(x, run).gelu("none"),
+            (MlpKind::SwiGlu, Some(gate)) => gate.forward(&input, run).silu() * self.up.forward(&input, run),
+            (MlpKind::GeluTanh, _) => self.up.forward(&input, run).gelu("tanh"),
+            _ => self.up.forward(&input, run).gelu("none"),
         };
-        self.down.forward(&hidden, run)
+        self.down.forward(&Input::new(&hidden, Site::MlpOut, block), run)
     }
 }
 

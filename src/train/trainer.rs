@@ -13,6 +13,7 @@ use crate::error::Problems;
 use crate::eval::Objective;
 use crate::experiment::checkpoint::{self, TrainerState};
 use crate::methods::Built;
+use crate::model::lora::row_seed;
 use crate::model::Gpt;
 use crate::plan::steps::Schedule;
 
@@ -97,7 +98,8 @@ impl<'a> Trainer<'a> {
         let (train, order, seen) = (self.train, &mut self.order, &mut self.state.samples_seen);
         let batches = batches::for_step(train, order, seen, &self.t, self.packing, device, share);
         let supervised = batches.supervised();
-        let mut loss = accumulate_gradients(&mut self.built.model, self.objective, &batches.mine, supervised);
+        let model = &mut self.built.model;
+        let mut loss = accumulate_gradients(model, self.objective, &batches.mine, supervised, self.seed);
         let mut stop = stop;
         if let Some(replicas) = self.replicas.as_mut() {
             let exchanged = replicas.exchange(&self.built.trainable, &loss, stop)?;
@@ -152,21 +154,31 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Dropout masks depend on the run's seed and the step alone, so a resumed run (and `ftexp bench`)
-/// draws the same ones.
+/// Anything random in a step that is not a training micro-batch's dropout (drawn per sample, see
+/// [`RowSeeds`](crate::model::lora::RowSeeds)) depends on the run's seed and the step alone, so a
+/// resumed run (and `ftexp bench`) draws the same.
 fn seed_step(seed: u64, step: u64) {
     tch::manual_seed((seed as i64).wrapping_mul(1_000_003).wrapping_add(step as i64));
 }
 
 /// Forward and backward passes over the micro-batches of one optimizer step, their gradients added up;
 /// returns their share of the step's mean loss per supervised token (`supervised` over all ranks).
-fn accumulate_gradients(model: &mut Gpt, objective: Objective, step_batches: &[Batch], supervised: i64) -> Tensor {
+/// Each row's dropout masks come from the run's `seed` and the row's sample number.
+fn accumulate_gradients(
+    model: &mut Gpt,
+    objective: Objective,
+    batches: &[Batch],
+    supervised: i64,
+    seed: u64,
+) -> Tensor {
     model.training = true;
     let mut step_loss = Tensor::zeros([], (Kind::Float, model.device()));
-    for batch in step_batches {
+    for batch in batches {
+        model.dropout_seeds = batch.numbers.iter().map(|&n| row_seed(seed, n)).collect();
         let loss = objective.loss(model, batch) / supervised.max(1) as f64;
         loss.backward();
         step_loss += loss.detach();
     }
+    model.dropout_seeds.clear();
     step_loss
 }
