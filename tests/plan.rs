@@ -127,3 +127,74 @@ fn a_run_records_the_plan_ftexp_plan_prints() {
     assert_eq!(plan["schedule"]["total"], plan["total_steps"]);
     assert_eq!(plan["strategies"]["sharding"], "none");
 }
+
+/// A Llama-2-7B config (config.json only) trained in fp32 on the CPU, with `data` as its data set.
+fn llama7b_fp32_project() -> tempfile::TempDir {
+    let config_json = std::fs::read_to_string(fixtures().join("hub-configs/llama-2-7b-hf.json")).unwrap();
+    let config = "name = \"big\"\n[model]\ncheckpoint = \"base\"\ndevice = \"cpu\"\nprecision = \"32-true\"\n[data]\npath = \"rows.json\"\n[method]\nkind = \"lora\"\n";
+    tree(&[("exp.toml", config), ("base/config.json", &config_json), ("rows.json", &alpaca_rows(40))])
+}
+
+#[test]
+fn the_plan_renders_whatever_the_memory_and_check_turns_the_verdict_into_an_exit_code() {
+    let p = llama7b_fp32_project();
+    for (memory, verdict) in [("8GB", "fits: NO"), ("1000GB", "fits: yes")] {
+        let set = format!("model.device_memory={memory}");
+        let out = ftexp(p.path(), &["plan", "exp.toml", "--set", &set], &[]);
+        assert!(out.status.success(), "{memory}: {}", crate::common::stderr(&out));
+        let text = stdout(&out);
+        assert!(text.lines().any(|l| l.starts_with(verdict)), "{memory}: {text}");
+        assert!(text.lines().any(|l| l.starts_with("total:")), "{text}");
+        assert!(text.contains("parameters:                 6,738,415,616"), "{text}");
+        let out = ftexp(p.path(), &["plan", "exp.toml", "--json", "--set", &set], &[]);
+        assert!(out.status.success(), "{}", crate::common::stderr(&out));
+        let json: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(json["plan"]["fits"], memory == "1000GB", "{memory}");
+        assert!(json["plan"]["memory"]["total"].as_u64().unwrap() > 25 << 30, "fp32 weights alone are 25 GiB");
+    }
+    let out = ftexp(p.path(), &["plan", "exp.toml", "--check", "--set", "model.device_memory=8GB"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).contains("fits: NO"), "the plan is printed first");
+    assert!(crate::common::stderr(&out).contains("does not fit"), "{}", crate::common::stderr(&out));
+    // A tiny model that fits passes the check.
+    let config = format!(
+        "name = \"t\"\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\ndevice_memory = \"1000GB\"\n[data]\npath = \"rows.json\"\n[method]\nkind = \"lora\"\n",
+        fixtures().join("models/llama").display()
+    );
+    let small = tree(&[("exp.toml", &config), ("rows.json", &alpaca_rows(40))]);
+    let out = ftexp(small.path(), &["plan", "exp.toml", "--check"], &[]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+}
+
+#[test]
+fn cpu_processes_are_planned_together_and_refused_above_the_cores() {
+    let config = format!(
+        "name = \"t\"\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nmax_seq_length = 64\n[method]\nkind = \"lora\"\n[train]\nbatch_size = 65536\n",
+        fixtures().join("models/llama").display()
+    );
+    let p = tree(&[("exp.toml", &config), ("rows.json", &alpaca_rows(40))]);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let many = "train.devices=65536";
+    let out = ftexp(p.path(), &["plan", "exp.toml", "--json", "--set", many, "--set", "model.device_memory=64GB"], &[]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    let plan = &serde_json::from_str::<Value>(&stdout(&out)).unwrap()["plan"];
+    let each = plan["memory"]["total"].as_u64().unwrap();
+    assert_eq!(plan["processes_memory"].as_u64().unwrap(), each * 65536, "the processes share the machine");
+    assert_eq!(plan["fits"], false, "65,536 copies do not fit 64 GB");
+    let refusal = plan["refusals"][0].as_str().unwrap();
+    assert!(refusal.contains(&format!("this machine has {cores} core")), "{refusal}");
+    assert!(refusal.contains("train.allow_oversubscribe = true"), "{refusal}");
+    // A run refuses before it starts any process or writes anything.
+    let over = format!("train.devices={}", cores + 1);
+    let batch = format!("train.batch_size={}", cores + 1);
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", &over, "--set", &batch], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(crate::common::stderr(&out).contains("lower train.devices to at most"), "{}", crate::common::stderr(&out));
+    assert!(!p.path().join("experiments").exists());
+    // Allowed, the plan has nothing to refuse.
+    let allow = "train.allow_oversubscribe=true";
+    let out = ftexp(p.path(), &["plan", "exp.toml", "--json", "--set", &over, "--set", &batch, "--set", allow], &[]);
+    let plan = &serde_json::from_str::<Value>(&stdout(&out)).unwrap()["plan"];
+    assert_eq!(plan["refusals"], serde_json::json!([]));
+    assert_eq!(plan["local_processes"], cores as u64 + 1);
+}

@@ -1,8 +1,10 @@
 //! `ftexp resume`.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use ftexp::device::Placement;
 use ftexp::error::Problems;
 use ftexp::experiment;
+use ftexp::plan;
 use ftexp::train::{self, launch};
 
 use super::args::BaseArg;
@@ -14,7 +16,8 @@ pub struct Args {
     /// The run directory, experiments/<name>/v<N>, or experiments/<name> for its newest version.
     run_dir: PathBuf,
     /// Continue on another number of devices (`--set train.devices=N`) or wait longer for them
-    /// (`--set train.sync_timeout_s=S`); nothing else of a run can change.
+    /// (`--set train.sync_timeout_s=S`, `train.allow_oversubscribe`); nothing else of a run can change
+    /// (a `--set` of the value the run already has is accepted).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
     #[command(flatten)]
@@ -22,9 +25,13 @@ pub struct Args {
 }
 
 pub fn exec(a: Args) -> anyhow::Result<()> {
-    let overrides = resume_overrides(&a.sets)?;
     let run_dir = run_dir(a.run_dir)?;
-    let devices = train::saved_config(&run_dir, &overrides)?.config.train.devices;
+    let overrides = resume_overrides(&run_dir, &a.sets)?;
+    let c = train::saved_config(&run_dir, &overrides)?.config;
+    let devices = c.train.devices;
+    if let Some(why) = plan::oversubscribed(&c, &Placement::resolve(c.model.device, c.model.precision), devices) {
+        return Err(Problems::one(why).into());
+    }
     if launch::starts_processes(devices)? {
         return Ok(launch::start_processes(devices)?);
     }
@@ -45,18 +52,23 @@ fn run_dir(dir: PathBuf) -> Result<PathBuf, Problems> {
     })
 }
 
-/// The `--set`s a resumed run accepts: how many devices continue it, and how long they wait for each
-/// other; everything else stays as the run was started.
-fn resume_overrides(sets: &[String]) -> Result<Vec<String>, Problems> {
-    const ALLOWED: [&str; 2] = ["train.devices", "train.sync_timeout_s"];
+/// The `--set`s a resumed run accepts: how many devices continue it, how long they wait for each
+/// other, and whether CPU processes may outnumber the cores; everything else stays as the run was
+/// started (a `--set` that repeats the run's own value changes nothing, so it is accepted and dropped).
+fn resume_overrides(run_dir: &Path, sets: &[String]) -> Result<Vec<String>, Problems> {
+    const ALLOWED: [&str; 3] = ["train.devices", "train.sync_timeout_s", "train.allow_oversubscribe"];
+    let saved = train::saved_config(run_dir, &[])?.config;
+    let mut kept = Vec::new();
     for set in sets {
         let key = set.split('=').next().unwrap_or_default().trim();
-        if !ALLOWED.contains(&key) {
+        if ALLOWED.contains(&key) {
+            kept.push(set.clone());
+        } else if train::saved_config(run_dir, std::slice::from_ref(set))?.config != saved {
             return Err(Problems::one(format!(
                 "--set {set}: a resumed run keeps the config it started with; only {} can change (start a new run to change {key})",
-                ALLOWED.join(" and ")
+                ALLOWED.join(", ")
             )));
         }
     }
-    Ok(sets.to_vec())
+    Ok(kept)
 }

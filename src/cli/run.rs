@@ -26,6 +26,7 @@ pub fn exec(mut a: Args) -> anyhow::Result<()> {
     let resolved = a.config.resolve()?;
     let start = Start::New { experiments_root: PathBuf::from(EXPERIMENTS_DIR), tag: a.tag };
     let plan = train::plan_for(&resolved, &start, false)?;
+    plan.refuse()?;
     // A process of a group a launcher (this command, torchrun, …) started trains; otherwise a run on
     // several devices starts one process per device.
     if launch::starts_processes(plan.world_size)? {

@@ -166,6 +166,8 @@ pub const KEYS: &[KeyDoc] = &[
         "Samples processed at once. Gradients of `batch_size / (micro_batch_size × devices)` micro-batches are added up before each optimizer step (gradient accumulation), so this only trades memory for speed, not results. Lower it if you run out of memory. `\"auto\"`: the largest that divides `batch_size / devices` and that the memory plan fits in 90% of the device's memory (`model.device_memory`), confirmed by one trial step and halved if that runs out of memory; the choice is shown by `ftexp plan` and recorded in run.json."),
     key!("train.devices", Int, Some("1"),
         "How many GPUs (or, with `model.device = \"cpu\"`, CPU processes) to train on, on this machine. Each holds a copy of the model and works through its share of every batch; their gradients are added up before each optimizer step, so the result is the same as on one device with the same `batch_size`, only faster. Under torchrun (several machines) it is the processes per machine."),
+    key!("train.allow_oversubscribe", Bool, Some("false"),
+        "With `model.device = \"cpu\"`: allow more training processes (`devices`) than this machine has CPU cores. Off, such a run is refused, since the processes would only slow each other down (and each holds a copy of the model); the plan adds up their memory against the machine's either way."),
     key!("train.sync_timeout_s", Int, Some("120"),
         "With several devices: how many seconds a process waits for the others (to start, or to exchange gradients) before the run stops with an error. Raise it when saving a checkpoint of a large model takes longer."),
     key!("train.weight_decay", Float, Some("0.0"),
@@ -347,6 +349,8 @@ pub struct TrainConfig {
     #[serde(with = "auto_or_count")]
     pub micro_batch_size: u64,
     pub devices: u64,
+    #[serde(default)]
+    pub allow_oversubscribe: bool,
     pub sync_timeout_s: u64,
     pub weight_decay: f64,
     pub warmup_iters: u64,

@@ -71,6 +71,9 @@ pub struct RunPlan {
     pub world_size: u64,
     /// Each process's device.
     pub rank_devices: Vec<String>,
+    /// Processes on this machine (`train.devices`, or the launcher's LOCAL_WORLD_SIZE): on the CPU
+    /// they share its memory and cores.
+    pub local_processes: u64,
     /// Samples (or packed rows) per micro-batch: `train.micro_batch_size`, or what `"auto"` chose.
     pub micro_batch_size: u64,
     /// Micro-batches each process runs per optimizer step, with no communication in between.
@@ -90,8 +93,15 @@ pub struct RunPlan {
     /// The memory of the device the run is planned for: `model.device_memory`, else the GPU's or the
     /// machine's own.
     pub device_memory: Option<u64>,
-    /// Whether `memory.total` fits in `device_memory`.
+    /// On the CPU with several processes: all of theirs together (`memory.total` each), which is what
+    /// must fit the machine's memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes_memory: Option<u64>,
+    /// Whether `memory.total` (or `processes_memory`) fits in `device_memory`.
     pub fits: Option<bool>,
+    /// Why a run of this plan on this machine is refused, each with what to change (the plan still
+    /// shows everything else).
+    pub refusals: Vec<String>,
     /// How `train.micro_batch_size = "auto"` resolves here, with the micro-batches it tried.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_micro_batch: Option<AutoChoice>,
@@ -122,7 +132,8 @@ fn every(interval: u64, total: Option<u64>) -> Vec<u64> {
 
 /// The plan of `r`, the base only looked for. Errors are the config's run rules
 /// (`config::check_run`) and a method that does not fit the model; a model or data set that is not on
-/// disk yet is only noted in the plan.
+/// disk yet is only noted in the plan, and so is anything that stops a run here (`refusals`) or does
+/// not fit (`fits`): the plan always renders.
 pub fn make(r: &Resolved) -> Result<RunPlan, Problems> {
     make_with(r, &Find::default())
 }
@@ -139,14 +150,18 @@ pub fn make_with(r: &Resolved, find: &Find) -> Result<RunPlan, Problems> {
         _ => BaseModel::parse(&c.model).expected_dir(),
     };
     let base = methods::locate(&c.model, find.download, find.recorded_base.as_deref());
+    let mut refusals = Vec::new();
     if let Ok(located) = &base {
         methods::check_fits(&located.spec, &c.method).map_err(Problems::one)?;
-        methods::check_memory(&located.spec, &c.method, &placement).map_err(Problems::one)?;
+        if let Err(why) = methods::check_memory(&located.spec, &c.method, &placement) {
+            refusals.push(format!("on this machine: {why}"));
+        }
     }
-    let world = match crate::dist::Rank::from_env()? {
-        Some(rank) => rank.world as u64,
-        None => c.train.devices,
+    let (world, local) = match crate::dist::Rank::from_env()? {
+        Some(rank) => (rank.world as u64, rank.local_world as u64),
+        None => (c.train.devices, c.train.devices),
     };
+    refusals.extend(oversubscribed(c, &placement, local));
     let (data, data_prepared, data_missing) = match count_samples(r) {
         Ok((sizes, prepared)) => (Some(sizes), prepared, None),
         Err(e) => (None, false, Some(e.to_string())),
@@ -162,7 +177,8 @@ pub fn make_with(r: &Resolved, find: &Find) -> Result<RunPlan, Problems> {
         data_prepared,
         data_missing,
         world_size: world,
-        rank_devices: (0..world as usize).map(|rank| rank_device(&placement, rank, world)).collect(),
+        rank_devices: (0..world as usize).map(|rank| rank_device(&placement, rank, local)).collect(),
+        local_processes: local,
         micro_batch_size: c.train.micro_batch_size,
         gradient_accumulation_iters: 0,
         epoch_size: None,
@@ -175,7 +191,9 @@ pub fn make_with(r: &Resolved, find: &Find) -> Result<RunPlan, Problems> {
         max_tokens_per_step: c.train.batch_size * c.data.max_seq_length,
         memory: None,
         device_memory: memory::device_memory(&c.model, &placement),
+        processes_memory: None,
         fits: None,
+        refusals,
         auto_micro_batch: None,
         strategies: Strategies { activation_checkpointing: false, quantization: "none", sharding: "none" },
         config: c.clone(),
@@ -232,18 +250,39 @@ impl RunPlan {
         self
     }
 
+    /// `Err` with the plan's refusals, for a run (or `ftexp plan --check`) to stop on.
+    pub fn refuse(&self) -> Result<(), Problems> {
+        match self.refusals.is_empty() {
+            true => Ok(()),
+            false => Err(Problems::many(self.refusals.clone())),
+        }
+    }
+
+    /// Processes sharing the planned device's memory: on the CPU, all of this machine's; on a GPU, one.
+    fn sharing(&self) -> u64 {
+        if self.placement.device.is_cuda() {
+            1
+        } else {
+            self.local_processes.max(1)
+        }
+    }
+
     fn plan_memory(&mut self) {
         let c = &self.config;
         let auto = c.train.auto_micro_batch();
+        let sharing = self.sharing();
+        let each = self.device_memory.map(|m| m / sharing);
         if let (Some(spec), true, None) = (self.spec(), auto, &self.auto_micro_batch) {
-            let choice = memory::choose_micro_batch(spec, c, &self.placement, self.world_size, self.device_memory);
+            let choice = memory::choose_micro_batch(spec, c, &self.placement, self.world_size, each);
             self.micro_batch_size = choice.chosen;
             self.auto_micro_batch = Some(choice);
         }
         let micro = self.micro_batch_size;
         let shape = memory::Shape::worst(c, micro);
         self.memory = self.spec().map(|spec| memory::estimate(spec, &c.method, &self.placement, shape));
-        self.fits = self.memory.as_ref().zip(self.device_memory).map(|(m, available)| m.total <= available);
+        self.processes_memory = self.memory.as_ref().filter(|_| sharing > 1).map(|m| m.total.saturating_mul(sharing));
+        let needed = self.processes_memory.or(self.memory.as_ref().map(|m| m.total));
+        self.fits = needed.zip(self.device_memory).map(|(needed, available)| needed <= available);
         self.gradient_accumulation_iters = c.train.batch_size / (micro * self.world_size).max(1);
     }
 
@@ -260,13 +299,30 @@ impl RunPlan {
     }
 }
 
-/// Rank `rank`'s device: GPU `rank` of this machine on CUDA, else the CPU (`threads` of its cores).
-fn rank_device(placement: &Placement, rank: usize, world: u64) -> String {
+/// This machine's CPU cores.
+fn cores() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
+/// Why `local` CPU processes may not train on this machine: more than its cores, unless
+/// `train.allow_oversubscribe` says so.
+pub fn oversubscribed(c: &Config, placement: &Placement, local: u64) -> Option<String> {
+    let cores = cores();
+    (!placement.device.is_cuda() && local > cores && !c.train.allow_oversubscribe).then(|| {
+        format!(
+            "train.devices = {local} starts {local} training processes on the CPU, but this machine has {cores} core{}: they would only slow each other down, each with a copy of the model; lower train.devices to at most {cores}, or set train.allow_oversubscribe = true",
+            if cores == 1 { "" } else { "s" }
+        )
+    })
+}
+
+/// Rank `rank`'s device: GPU `rank` of this machine on CUDA, else the CPU (its cores shared by the
+/// machine's `local` processes).
+fn rank_device(placement: &Placement, rank: usize, local: u64) -> String {
     if placement.device.is_cuda() {
         return format!("cuda:{rank}");
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / world.max(1) as usize).max(1);
+    let threads = (cores() / local.max(1)).max(1);
     format!("cpu ({threads} thread{})", if threads == 1 { "" } else { "s" })
 }
 

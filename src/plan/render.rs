@@ -105,6 +105,9 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
     if let Some(memory) = &plan.memory {
         write_memory(&mut out, plan, memory, r);
     }
+    for why in &plan.refusals {
+        let _ = writeln!(out, "refused: a run of this plan stops before training: {why}");
+    }
     out
 }
 
@@ -162,6 +165,11 @@ fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
         let _ = writeln!(out, "{:<52}{:>12}", format!("{what}:"), bytes(n));
     }
     let _ = writeln!(out, "{:<52}{:>12}", "total:", bytes(m.total));
+    if let Some(all) = plan.processes_memory {
+        let what = format!("all {} processes on this machine:", plan.local_processes);
+        let _ = writeln!(out, "{what:<52}{:>12}", bytes(all));
+    }
+    let needed = plan.processes_memory.unwrap_or(m.total);
     if let Some(a) = &plan.auto_micro_batch {
         let tried: Vec<String> =
             a.weighed.iter().map(|(micro, total)| format!("{micro} → {}", bytes(*total))).collect();
@@ -178,15 +186,15 @@ fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
     let line = match (plan.fits, plan.device_memory) {
         (Some(true), Some(available)) => format!(
             "fits: yes, {:.0}% of {} ({source})",
-            100.0 * m.total as f64 / available as f64,
+            100.0 * needed as f64 / available as f64,
             bytes(available)
         ),
         (Some(false), Some(available)) => format!(
             "fits: NO, {} more than the {} of {} ({source}); lower train.micro_batch_size (or set it to \"auto\") or data.max_seq_length, use a 16-bit model.precision, or use lora instead of full",
-            bytes(m.total - available),
+            bytes(needed - available),
             bytes(available),
             plan.device
-        ),
+        ) + if plan.processes_memory.is_some() { "; or train on fewer CPU processes (train.devices), each holds its own copy" } else { "" },
         _ => "fits: unknown (the device's memory is unknown; set model.device_memory)".to_string(),
     };
     let _ = writeln!(out, "{line}");
@@ -209,7 +217,7 @@ fn write_processes(out: &mut String, plan: &Plan, t: &crate::config::TrainConfig
             out,
             "processes:                  {} ({}), gradients added up once per optimizer step",
             plan.world_size,
-            plan.rank_devices.join(", ")
+            grouped(&plan.rank_devices)
         );
     }
     let _ = writeln!(
@@ -222,4 +230,17 @@ fn write_processes(out: &mut String, plan: &Plan, t: &crate::config::TrainConfig
         plan.micro_batch_size,
         plan.world_size
     );
+}
+
+/// `a, a, a, b` → `3 × a, b`: the devices of many processes in one short line.
+fn grouped(devices: &[String]) -> String {
+    let mut groups: Vec<(usize, &str)> = Vec::new();
+    for d in devices {
+        match groups.last_mut() {
+            Some((n, last)) if *last == d.as_str() => *n += 1,
+            _ => groups.push((1, d)),
+        }
+    }
+    let text = |(n, d): &(usize, &str)| if *n == 1 { d.to_string() } else { format!("{n} × {d}") };
+    groups.iter().map(text).collect::<Vec<_>>().join(", ")
 }

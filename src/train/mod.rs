@@ -141,6 +141,7 @@ fn note_missing_fused_adamw() {
 /// share of every batch, and only rank 0 writes the run directory (the others return an empty path).
 pub fn run(plan: &RunPlan, start: Start) -> anyhow::Result<PathBuf> {
     let c = &plan.config;
+    plan.refuse()?;
     let replicas = launch::join(plan)?;
     let first = replicas.as_ref().is_none_or(Replicas::is_first);
     if first {
