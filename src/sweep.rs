@@ -64,12 +64,33 @@ pub fn points(config: &Path, grid: &str, seeds: &str) -> Result<Vec<Point>, Prob
                 all.push(format!("seed={s}"));
             }
             config::resolve(config, &all)?;
-            let tag =
-                sets.iter().map(|s| s.rsplit_once('.').map_or(s.as_str(), |(_, l)| l)).collect::<Vec<_>>().join(",");
+            let tag = tag(&sets, &axes);
             out.push(Point { sets: sets.clone(), seed: *seed, tag });
         }
     }
     Ok(out)
+}
+
+/// `learning_rate=3e-4,lora_r=8`: each `key=value` of a point with its key shortened to its last part
+/// (the whole key where two axes share that last part), and every value whole, as written.
+fn tag(sets: &[String], axes: &[(String, Vec<String>)]) -> String {
+    let leaf = |key: &str| key.rsplit('.').next().unwrap_or(key).to_string();
+    let short = |key: &str| {
+        let shared = axes.iter().filter(|(k, _)| leaf(k) == leaf(key)).count() > 1;
+        if shared {
+            key.to_string()
+        } else {
+            leaf(key)
+        }
+    };
+    let parts: Vec<String> = sets
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((key, value)) => format!("{}={value}", short(key)),
+            None => s.clone(),
+        })
+        .collect();
+    parts.join(",")
 }
 
 fn quote(s: &str) -> String {

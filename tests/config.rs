@@ -222,3 +222,59 @@ fn docs_config_reference_is_the_schema() {
     let end = doc.find("<!-- keys:end -->").unwrap();
     assert_eq!(&doc[start..end], ftexp::config::keys_reference(true), "regenerate with `ftexp keys --markdown`");
 }
+
+/// `train.micro_batch_size = 0` is refused where it was set, naming the key and the two ways to write
+/// it (it used to mean "auto" silently); "auto" and a positive count are accepted.
+#[test]
+fn micro_batch_size_zero_is_refused_naming_the_key() {
+    let dir = tree(&[("exp.toml", &format!("{REQUIRED}[train]\nbatch_size = 8\nmicro_batch_size = 0\n"))]);
+    let file = dir.path().join("exp.toml").display().to_string();
+    let errs = errors(dir.path(), "exp.toml", &[], &[]);
+    assert_eq!(
+        errs,
+        [format!("{file}:7: `train.micro_batch_size` is 0; use a positive whole number, or \"auto\" to choose one")]
+    );
+    let errs = errors(dir.path(), "exp.toml", &["train.micro_batch_size=-2"], &[]);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!(
+        errs[1],
+        "--set train.micro_batch_size=-2: `train.micro_batch_size` is -2, but must be a positive whole number or \"auto\""
+    );
+    let env = [("FTEXP_TRAIN__MICRO_BATCH_SIZE", "0")];
+    let errs = errors(dir.path(), "exp.toml", &["train.micro_batch_size=auto"], &env);
+    assert!(errs.iter().any(|e| e.contains("`train.micro_batch_size` is 0; use a positive whole number")), "{errs:?}");
+    let fine = tree(&[("exp.toml", &format!("{REQUIRED}[train]\nbatch_size = 8\n"))]);
+    for (value, auto) in [("auto", true), ("4", false)] {
+        let set = format!("train.micro_batch_size={value}");
+        let r = resolve(fine.path(), "exp.toml", &[&set], &[]).unwrap();
+        assert_eq!(r.config.train.auto_micro_batch(), auto);
+    }
+    let out = ftexp(dir.path(), &["plan", "exp.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("`train.micro_batch_size` is 0;"), "{}", stderr(&out));
+}
+
+/// A sweep's tags keep every grid value whole, decimals and exponents included (a tag once lost what
+/// came before a value's last `.`); keys are shortened to their last part unless two axes share it.
+#[test]
+fn sweep_tags_keep_whole_decimal_values() {
+    let dir = tree(&[("exp.toml", REQUIRED)]);
+    let grid = "train.learning_rate=0.0003,3e-4,1.5e-3 train.weight_decay=0.05 method.lora_dropout=0.1";
+    let out = ftexp(dir.path(), &["sweep", "exp.toml", "--grid", grid, "--print-points"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tags: Vec<String> =
+        crate::common::stdout(&out).lines().map(|l| l.rsplit_once("--tag ").unwrap().1.to_string()).collect();
+    assert_eq!(
+        tags,
+        [
+            "'learning_rate=0.0003,weight_decay=0.05,lora_dropout=0.1'",
+            "'learning_rate=3e-4,weight_decay=0.05,lora_dropout=0.1'",
+            "'learning_rate=1.5e-3,weight_decay=0.05,lora_dropout=0.1'",
+        ]
+    );
+    let grid = "data.columns.input=x.y method.lora_r=8 data.format=alpaca export.format=hf";
+    let out = ftexp(dir.path(), &["sweep", "exp.toml", "--grid", grid, "--print-points"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = crate::common::stdout(&out).lines().next().unwrap().to_string();
+    assert!(first.ends_with("--tag 'input=x.y,lora_r=8,data.format=alpaca,export.format=hf'"), "{first}");
+}

@@ -37,7 +37,7 @@ impl Kind {
             Kind::StrList => "a list of strings".into(),
             Kind::Choice(options) => format!("one of {}", quoted_list(options)),
             Kind::Device => DeviceSetting::DESCRIBE.into(),
-            Kind::IntOrAuto => "a whole number or \"auto\"".into(),
+            Kind::IntOrAuto => "a positive whole number or \"auto\"".into(),
             Kind::Bytes => "an amount of memory such as \"24GB\" or \"80GiB\"".into(),
         }
     }

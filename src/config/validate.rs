@@ -34,6 +34,10 @@ fn check_leaf(layer: &Layer, key: &str, value: &toml::Value) -> Option<String> {
             format!("{at}: unknown key `{key}`; {}", suggestion(key))
         });
     };
+    if let (Kind::IntOrAuto, toml::Value::Integer(0)) = (doc.kind, value) {
+        // 0 once stood for "auto"; a count is at least 1, and "auto" is written as a word.
+        return Some(format!("{at}: `{key}` is 0; use a positive whole number, or \"auto\" to choose one"));
+    }
     if kind_matches(doc.kind, value) {
         return None;
     }
@@ -77,7 +81,7 @@ fn kind_matches(kind: Kind, value: &toml::Value) -> bool {
         (Kind::StrList, V::Array(items)) => items.iter().all(|v| v.is_str()),
         (Kind::Choice(options), V::String(s)) => options.contains(&s.as_str()),
         (Kind::Device, V::String(s)) => s.parse::<DeviceSetting>().is_ok(),
-        (Kind::IntOrAuto, V::Integer(i)) => *i >= 0,
+        (Kind::IntOrAuto, V::Integer(i)) => *i >= 1,
         (Kind::IntOrAuto, V::String(s)) => s == "auto",
         (Kind::Bytes, V::String(s)) => super::schema::parse_bytes(s).is_ok(),
         _ => false,
