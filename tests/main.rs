@@ -16,4 +16,5 @@ mod model;
 mod packing;
 mod plan;
 mod report;
+mod staged;
 mod train;

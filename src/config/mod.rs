@@ -18,7 +18,8 @@ use figment::Figment;
 pub use layers::{parse_literal, Layer, Origin};
 pub use resolved::Resolved;
 pub use schema::{
-    Architecture, Columns, Config, DataConfig, KeyDoc, MethodConfig, ModelConfig, SplitRatios, TrainConfig, KEYS,
+    Architecture, Columns, Config, DataConfig, KeyDoc, MethodConfig, ModelConfig, SplitRatios, Switch, TrainConfig,
+    KEYS,
 };
 pub use validate::{check_name, check_run, run_rules};
 

@@ -25,6 +25,8 @@ pub enum Kind {
     IntOrAuto,
     /// An amount of memory: `"24GB"`, `"80GiB"`, `"512MiB"`.
     Bytes,
+    /// `true`, `false`, or `"auto"`.
+    BoolOrAuto,
 }
 
 impl Kind {
@@ -39,6 +41,7 @@ impl Kind {
             Kind::Device => DeviceSetting::DESCRIBE.into(),
             Kind::IntOrAuto => "a positive whole number or \"auto\"".into(),
             Kind::Bytes => "an amount of memory such as \"24GB\" or \"80GiB\"".into(),
+            Kind::BoolOrAuto => "true, false or \"auto\"".into(),
         }
     }
 }
@@ -168,6 +171,8 @@ pub const KEYS: &[KeyDoc] = &[
         "How many GPUs (or, with `model.device = \"cpu\"`, CPU processes) to train on, on this machine. Each holds a copy of the model and works through its share of every batch; their gradients are added up before each optimizer step, so the result is the same as on one device with the same `batch_size`, only faster. Under torchrun (several machines) it is the processes per machine."),
     key!("train.allow_oversubscribe", Bool, Some("false"),
         "With `model.device = \"cpu\"`: allow more training processes (`devices`) than this machine has CPU cores. Off, such a run is refused, since the processes would only slow each other down (and each holds a copy of the model); the plan adds up their memory against the machine's either way."),
+    key!("train.activation_checkpointing", BoolOrAuto, Some("false"),
+        "Keep only each layer's input during the forward pass and compute the layer again when the backward pass reaches it: the activations then take about one layer's worth instead of all of them, for about a third more compute per step. Losses and gradients are the same as without it. `\"auto\"`: on only when the plan does not fit 90% of the device's memory without it (the plan says which it chose and why)."),
     key!("train.sync_timeout_s", Int, Some("120"),
         "With several devices: how many seconds a process waits for the others (to start, or to exchange gradients) before the run stops with an error. Raise it when saving a checkpoint of a large model takes longer."),
     key!("train.weight_decay", Float, Some("0.0"),
@@ -351,6 +356,8 @@ pub struct TrainConfig {
     pub devices: u64,
     #[serde(default)]
     pub allow_oversubscribe: bool,
+    #[serde(default)]
+    pub activation_checkpointing: Switch,
     pub sync_timeout_s: u64,
     pub weight_decay: f64,
     pub warmup_iters: u64,
@@ -383,6 +390,41 @@ impl TrainConfig {
     /// `micro_batch_size = "auto"`, still to be resolved.
     pub fn auto_micro_batch(&self) -> bool {
         self.micro_batch_size == 0
+    }
+}
+
+/// A setting that is on, off, or left to the plan (`true`, `false`, `"auto"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Switch {
+    #[default]
+    Off,
+    On,
+    Auto,
+}
+
+impl Serialize for Switch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Switch::Off => s.serialize_bool(false),
+            Switch::On => s.serialize_bool(true),
+            Switch::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Switch, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(on) => Ok(if on { Switch::On } else { Switch::Off }),
+            Raw::Word(w) if w == "auto" => Ok(Switch::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!("`{w}` is neither true, false nor \"auto\""))),
+        }
     }
 }
 

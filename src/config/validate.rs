@@ -84,6 +84,8 @@ fn kind_matches(kind: Kind, value: &toml::Value) -> bool {
         (Kind::IntOrAuto, V::Integer(i)) => *i >= 1,
         (Kind::IntOrAuto, V::String(s)) => s == "auto",
         (Kind::Bytes, V::String(s)) => super::schema::parse_bytes(s).is_ok(),
+        (Kind::BoolOrAuto, V::Boolean(_)) => true,
+        (Kind::BoolOrAuto, V::String(s)) => s == "auto",
         _ => false,
     }
 }

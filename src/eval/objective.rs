@@ -3,6 +3,7 @@
 use tch::{Kind, Tensor};
 
 use crate::data::batches::Batch;
+use crate::model::staged::{self, Rows, Staging};
 use crate::model::Gpt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -18,6 +19,38 @@ impl Objective {
         match self {
             Objective::Sft => supervised_loss(model, batch, tch::Reduction::Sum),
         }
+    }
+}
+
+impl Objective {
+    /// The batch's loss (summed, detached) with its gradients, scaled by `scale`, added to the trainable
+    /// tensors'. `checkpoint`: activation checkpointing; the LM head scores its positions in chunks
+    /// ([`staged::head_chunk`]) whenever they would take more memory than one.
+    pub fn backward(self, model: &Gpt, batch: &Batch, checkpoint: bool, scale: f64) -> Tensor {
+        let compute = if model.compute_kind == Kind::Float { 4 } else { 2 };
+        let chunk = staged::head_chunk(model.spec.vocab_size, compute);
+        if !checkpoint && batch.supervised <= chunk {
+            let loss = self.loss(model, batch);
+            (&loss * scale).backward();
+            return loss.detach();
+        }
+        self.staged_backward(model, batch, Staging { checkpoint, head_chunk: Some(chunk) }, scale)
+    }
+
+    /// [`Objective::backward`] in the stages `staging` names.
+    pub fn staged_backward(self, model: &Gpt, batch: &Batch, staging: Staging, scale: f64) -> Tensor {
+        let packed = batch.packed.as_ref().map(|p| (&p.positions, &p.segments));
+        let rows = Rows { ids: &batch.inputs, packed, positions: &batch.positions };
+        let loss = |logits: &Tensor, start: i64, len: i64| match self {
+            Objective::Sft => logits.cross_entropy_loss::<Tensor>(
+                &batch.targets.narrow(0, start, len),
+                None,
+                tch::Reduction::Sum,
+                -100,
+                0.0,
+            ),
+        };
+        model.forward_backward(&rows, staging, scale, &loss)
     }
 }
 

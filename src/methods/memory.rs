@@ -65,12 +65,15 @@ pub struct Shape {
     pub scored: Option<u64>,
     /// Packed rows (`data.packing`): attention is masked per sample.
     pub packed: bool,
+    /// Activation checkpointing: each layer keeps only its input, and one layer's activations are
+    /// recomputed at a time.
+    pub checkpointed: bool,
 }
 
 impl Shape {
     /// The largest micro-batch of `rows` a run of `c` can meet: full-length rows, every position scored.
     pub fn worst(c: &crate::config::Config, rows: u64) -> Shape {
-        Shape { rows, len: c.data.max_seq_length, scored: None, packed: c.data.packing }
+        Shape { rows, len: c.data.max_seq_length, scored: None, packed: c.data.packing, checkpointed: false }
     }
 }
 
@@ -81,8 +84,9 @@ pub fn estimate(spec: &ModelSpec, m: &MethodConfig, placement: &Placement, shape
     let mut walk = Walk::new(spec, &tensors, m, kinds, (shape.rows as i64, shape.len as i64));
     walk.supervised = shape.scored.map_or(shape.rows as i64 * shape.len as i64, |s| s as i64);
     walk.packed = shape.packed;
+    walk.checkpointed = shape.checkpointed;
     let (activations_per_layer, lm_head) = walk.forward_backward();
-    let activations = activations_per_layer.iter().sum::<u64>() + walk.outside_layers;
+    let activations = walk.kept(&activations_per_layer);
     let weights = tensors.bytes(|_| true);
     let gradients = tensors.bytes(|t| t.trainable);
     let optimizer = 2 * 4 * tensors.trainable_elems();
@@ -138,12 +142,14 @@ pub fn choose_micro_batch(
     placement: &Placement,
     world: u64,
     device_memory: Option<u64>,
+    checkpointed: bool,
 ) -> AutoChoice {
     let per_device = (c.train.batch_size / world.max(1)).max(1);
     let budget = device_memory.map(|b| (b as f64 * AUTO_SHARE) as u64);
     let mut weighed = Vec::new();
     for micro in (1..=per_device).rev().filter(|m| per_device.is_multiple_of(*m)) {
-        let total = estimate(spec, &c.method, placement, Shape::worst(c, micro)).total;
+        let shape = Shape { checkpointed, ..Shape::worst(c, micro) };
+        let total = estimate(spec, &c.method, placement, shape).total;
         weighed.push((micro, total));
         if budget.is_none_or(|b| total <= b) {
             return AutoChoice { chosen: micro, budget, weighed, over_budget: false };

@@ -21,6 +21,18 @@ pub fn kind_bytes(kind: Kind) -> u64 {
     }
 }
 
+/// Memory the LM head's scores may take per chunk: about 256 MiB with their fp32 log-softmax and
+/// gradients.
+pub const HEAD_CHUNK_BYTES: i64 = 256 << 20;
+
+/// Positions per LM head chunk at vocabulary `vocab` in a compute dtype of `compute_bytes`: the scores
+/// (plus their fp32 copy under a 16-bit dtype), their log-softmax and the two gradients stay within
+/// [`HEAD_CHUNK_BYTES`].
+pub fn head_chunk(vocab: i64, compute_bytes: i64) -> i64 {
+    let per_position = vocab * (3 * 4 + if compute_bytes == 4 { 0 } else { compute_bytes });
+    (HEAD_CHUNK_BYTES / per_position.max(1)).max(1)
+}
+
 pub struct TensorInfo {
     pub elems: u64,
     pub elem_bytes: u64,
@@ -110,6 +122,8 @@ pub struct Walk<'a> {
     pub supervised: i64,
     /// Packed rows: every attention keeps its own copy of the (time × time) mask in the compute dtype.
     pub packed: bool,
+    /// Activation checkpointing ([`crate::model::staged`]): the layers keep only their inputs.
+    pub checkpointed: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -135,7 +149,20 @@ impl<'a> Walk<'a> {
             widest: 0,
             supervised: batch * time,
             packed: false,
+            checkpointed: false,
         }
+    }
+
+    /// What the backward pass holds of the layers' activations (`per_layer`, as the walk counted them)
+    /// and outside them at its start: all of them; or, checkpointed, every layer's input plus the one
+    /// layer recomputed at a time (and its output's gradient beside the input's).
+    pub fn kept(&self, per_layer: &[u64]) -> u64 {
+        if !self.checkpointed {
+            return per_layer.iter().sum::<u64>() + self.outside_layers;
+        }
+        let input = (self.batch * self.time * self.spec.hidden_size) as u64 * self.compute;
+        let layers = per_layer.len() as u64;
+        layers * input + per_layer.iter().max().copied().unwrap_or(0) + 2 * input + self.outside_layers
     }
 
     pub(super) fn val(&mut self, rows: i64, width: i64, elem_bytes: u64, grad: bool) -> Val {

@@ -177,31 +177,56 @@ impl Gpt {
     /// restarting at 0 with each sample, and attention confined to the positions of the same
     /// `segments` value (causal within each sample), so each sample is computed as if alone.
     pub fn hidden_packed(&self, ids: &Tensor, positions: &Tensor, segments: &Tensor) -> Tensor {
+        let (rope, mask) = self.packed_rope_mask(ids, positions, segments);
+        let ctx = self.training_ctx(&rope, Some(&mask));
+        self.blocks_forward(ids, &ctx)
+    }
+
+    /// The rotary angles and attention mask of packed rows ([`Gpt::hidden_packed`]).
+    pub(super) fn packed_rope_mask(&self, ids: &Tensor, positions: &Tensor, segments: &Tensor) -> (Rope, Tensor) {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq; // (batch, time, dims / 2)
         let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // (batch, 1, time, dims)
         let rope = Rope { cos: angles.cos().to_kind(self.compute_kind), sin: angles.sin().to_kind(self.compute_kind) };
         let t = ids.size()[1];
         let same = segments.unsqueeze(2).eq_tensor(&segments.unsqueeze(1)); // (batch, time, time)
         let causal = Tensor::ones([t, t], (Kind::Bool, ids.device())).tril(0);
-        let mask = same.logical_and(&causal).unsqueeze(1); // (batch, 1, time, time)
-        let ctx = BlockCtx {
-            spec: &self.spec,
-            rope: &rope,
-            mask: Mask::Packed(&mask),
-            cache: None,
-            start: 0,
-            run: self.ctx(),
-        };
-        self.blocks_forward(ids, &ctx)
+        (rope, same.logical_and(&causal).unsqueeze(1)) // (batch, 1, time, time)
+    }
+
+    /// A training forward's context from position 0: causal, or the packed rows' `mask`.
+    pub(super) fn training_ctx<'a>(&'a self, rope: &'a Rope, mask: Option<&'a Tensor>) -> BlockCtx<'a> {
+        let mask = mask.map_or(Mask::Causal, Mask::Packed);
+        BlockCtx { spec: &self.spec, rope, mask, cache: None, start: 0, run: self.ctx() }
+    }
+
+    /// The embedding of `ids` in the compute dtype.
+    pub(super) fn embed_ids(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed, ids, -1, false, false).to_kind(self.compute_kind)
     }
 
     /// The embedding of `ids`, every block, then the final norm.
     fn blocks_forward(&self, ids: &Tensor, ctx: &BlockCtx) -> Tensor {
-        let mut x = Tensor::embedding(&self.embed, ids, -1, false, false).to_kind(self.compute_kind);
+        let mut x = self.embed_ids(ids);
         for block in &self.blocks {
             x = block.forward(&x, ctx);
         }
         self.final_norm.forward(&x)
+    }
+
+    /// [`Gpt::logits`] of a slice of the LM head's positions, with its slice of the whole's dropout
+    /// mask ([`Gpt::head_mask`]).
+    pub(super) fn logits_masked(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        match mask {
+            Some(m) => self.head.forward(&Input::masked(hidden, m), self.ctx()),
+            None => self.logits(hidden),
+        }
+    }
+
+    /// The LoRA dropout mask of the LM head's input `hidden`, when its LoRA branch draws one.
+    pub(super) fn head_mask(&self, hidden: &Tensor) -> Option<Tensor> {
+        let ctx = self.ctx();
+        self.head.lora.as_ref()?;
+        Input::new(hidden, Site::Head, 0).mask_of(ctx.lora, ctx.training, ctx.rows)
     }
 
     /// Token scores for hidden states.
@@ -301,8 +326,10 @@ impl Walk<'_> {
             self.outside_layers += picked.rows as u64 * 8;
         }
         // log-softmax keeps its fp32 output; its gradient and its input's are fp32 of the same size,
-        // and a 16-bit model adds the scores' gradient in their own dtype.
-        let scores = (logits.rows * logits.width) as u64;
+        // and a 16-bit model adds the scores' gradient in their own dtype. A run scores at most one
+        // chunk of positions at a time (`footprint::head_chunk`).
+        let chunk = super::footprint::head_chunk(logits.width, self.compute as i64);
+        let scores = (logits.rows.min(chunk) * logits.width) as u64;
         let cast = if self.compute == 4 { 0 } else { scores * self.compute };
         // From the second step on, a trained head's new weight gradient is computed beside the one kept
         // (before it is added in) while the scores' gradient is still alive.

@@ -101,6 +101,18 @@ impl<'a> Input<'a> {
         Input { x, site, block, dropped: OnceCell::new() }
     }
 
+    /// An input whose dropout `mask` ([`Input::mask_of`]) was drawn beforehand: a chunk of the LM
+    /// head's positions, masked as the whole would be.
+    pub fn masked(x: &'a Tensor, mask: &Tensor) -> Input<'a> {
+        Input { x, site: Site::Head, block: 0, dropped: OnceCell::from(x * mask) }
+    }
+
+    /// The dropout mask this input's LoRA branches would draw, when they draw one.
+    pub fn mask_of(&self, s: LoraScaling, training: bool, rows: Option<RowSeeds>) -> Option<Tensor> {
+        let seeds = rows.filter(|_| training && s.dropout > 0.0)?;
+        Some(tch::no_grad(|| self.mask(s.dropout, seeds)))
+    }
+
     fn dropped(&self, s: LoraScaling, training: bool, rows: Option<RowSeeds>) -> &Tensor {
         self.dropped.get_or_init(|| match (training && s.dropout > 0.0, rows) {
             (false, _) => self.x.shallow_clone(),

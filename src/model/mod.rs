@@ -12,6 +12,7 @@ pub mod lora;
 pub mod mlp;
 pub mod norm;
 pub mod spec;
+pub mod staged;
 pub mod weight;
 pub mod weights;
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::config::{Config, DataFormat, Init, MethodConfig, Resolved};
+use crate::config::{Config, DataFormat, Init, MethodConfig, Resolved, Switch};
 use crate::data::prepare::SplitStats;
 use crate::data::SplitSizes;
 use crate::device::Placement;
@@ -40,12 +40,15 @@ pub struct Architecture {
     pub trainable_parameters: i64,
 }
 
-/// How the run keeps its memory down. Each slot names the strategy the run uses; ftexp has none of
-/// these strategies yet, so each is its plain form.
+/// How the run keeps its memory down. Each slot names the strategy the run uses (quantization and
+/// sharding exist only in their plain form so far).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Strategies {
     /// Each block recomputes its forward in the backward pass instead of keeping its activations.
     pub activation_checkpointing: bool,
+    /// Why `train.activation_checkpointing = "auto"` chose what it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_checkpointing_auto: Option<String>,
     /// How the frozen base's weights are held: `none` (in the precision's dtype).
     pub quantization: &'static str,
     /// What each process holds of the trained state: `none` (a full replica each).
@@ -195,7 +198,12 @@ pub fn make_with(r: &Resolved, find: &Find) -> Result<RunPlan, Problems> {
         fits: None,
         refusals,
         auto_micro_batch: None,
-        strategies: Strategies { activation_checkpointing: false, quantization: "none", sharding: "none" },
+        strategies: Strategies {
+            activation_checkpointing: c.train.activation_checkpointing == Switch::On,
+            activation_checkpointing_auto: None,
+            quantization: "none",
+            sharding: "none",
+        },
         config: c.clone(),
         placement,
     };
@@ -258,6 +266,14 @@ impl RunPlan {
         }
     }
 
+    /// The worst micro-batch of `micro` rows this plan's run can meet, with its strategies.
+    pub fn shape(&self, micro: u64) -> memory::Shape {
+        memory::Shape {
+            checkpointed: self.strategies.activation_checkpointing,
+            ..memory::Shape::worst(&self.config, micro)
+        }
+    }
+
     /// Processes sharing the planned device's memory: on the CPU, all of this machine's; on a GPU, one.
     fn sharing(&self) -> u64 {
         if self.placement.device.is_cuda() {
@@ -268,22 +284,50 @@ impl RunPlan {
     }
 
     fn plan_memory(&mut self) {
+        if self.config.train.activation_checkpointing == Switch::Auto
+            && self.strategies.activation_checkpointing_auto.is_none()
+        {
+            self.choose_checkpointing();
+        }
         let c = &self.config;
-        let auto = c.train.auto_micro_batch();
+        let checkpointed = self.strategies.activation_checkpointing;
         let sharing = self.sharing();
         let each = self.device_memory.map(|m| m / sharing);
-        if let (Some(spec), true, None) = (self.spec(), auto, &self.auto_micro_batch) {
-            let choice = memory::choose_micro_batch(spec, c, &self.placement, self.world_size, each);
+        if let (Some(spec), true, None) = (self.spec(), c.train.auto_micro_batch(), &self.auto_micro_batch) {
+            let choice = memory::choose_micro_batch(spec, c, &self.placement, self.world_size, each, checkpointed);
             self.micro_batch_size = choice.chosen;
             self.auto_micro_batch = Some(choice);
         }
         let micro = self.micro_batch_size;
-        let shape = memory::Shape::worst(c, micro);
+        let shape = self.shape(micro);
+        let c = &self.config;
         self.memory = self.spec().map(|spec| memory::estimate(spec, &c.method, &self.placement, shape));
         self.processes_memory = self.memory.as_ref().filter(|_| sharing > 1).map(|m| m.total.saturating_mul(sharing));
         let needed = self.processes_memory.or(self.memory.as_ref().map(|m| m.total));
         self.fits = needed.zip(self.device_memory).map(|(needed, available)| needed <= available);
         self.gradient_accumulation_iters = c.train.batch_size / (micro * self.world_size).max(1);
+    }
+
+    /// `activation_checkpointing = "auto"`: off (faster) when the plan without it fits 90% of the
+    /// device's memory (with `"auto"` micro-batches, at the smallest), on otherwise.
+    fn choose_checkpointing(&mut self) {
+        let (c, sharing) = (&self.config, self.sharing());
+        let Some(spec) = self.spec() else { return };
+        let Some(budget) = self.device_memory.map(|m| (m / sharing) as f64 * memory::AUTO_SHARE) else {
+            self.strategies.activation_checkpointing_auto = Some("off: the device's memory is unknown".into());
+            return;
+        };
+        let micro = if c.train.auto_micro_batch() { 1 } else { self.micro_batch_size };
+        let without = memory::estimate(spec, &c.method, &self.placement, memory::Shape::worst(c, micro)).total;
+        let on = without as f64 > budget;
+        let verdict = if on { "more than" } else { "within" };
+        self.strategies.activation_checkpointing = on;
+        self.strategies.activation_checkpointing_auto = Some(format!(
+            "{}: without it the plan needs {} at micro-batch {micro}, {verdict} 90% of the memory ({})",
+            if on { "on" } else { "off" },
+            memory::mib_text(without),
+            memory::mib_text(budget as u64)
+        ));
     }
 
     fn plan_steps(&mut self) {

@@ -101,6 +101,9 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
         st.quantization,
         st.sharding
     );
+    if let Some(why) = &st.activation_checkpointing_auto {
+        let _ = writeln!(out, "activation_checkpointing = \"auto\": {why}");
+    }
     write_model(&mut out, plan, r);
     if let Some(memory) = &plan.memory {
         write_memory(&mut out, plan, memory, r);
@@ -156,7 +159,13 @@ fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
         (format!("weights ({})", plan.precision), m.weights),
         (format!("gradients ({trainable})"), m.gradients),
         ("optimizer moments (AdamW, 2 × fp32)".to_string(), m.optimizer),
-        (format!("activations ({layers} layers, up to {} each)", bytes(per_layer)), m.activations),
+        (
+            match plan.strategies.activation_checkpointing {
+                true => format!("activations (checkpointed: {layers} layer inputs, one layer of {})", bytes(per_layer)),
+                false => format!("activations ({layers} layers, up to {} each)", bytes(per_layer)),
+            },
+            m.activations,
+        ),
         (format!("LM head (scores over {} tokens)", thousands(c.data.max_seq_length * m.micro_batch_size)), m.lm_head),
         ("working memory (backward pass, optimizer update)".to_string(), m.working),
         ("runtime overhead".to_string(), m.overhead),

@@ -192,6 +192,7 @@ pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<R
     let schedule = Schedule::new(&c.train, steps);
     let mut trainer = Trainer::new(built, c, &train, schedule, TrainerState::default());
     trainer.replicas = replicas;
+    trainer.checkpointing = plan.strategies.activation_checkpointing;
     super::fit::resolve_micro_batch(plan, &mut trainer, None)?;
     super::launch::start_replicas(&mut trainer, None)?;
     let mut n = Counts::default();
@@ -251,6 +252,7 @@ pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<R
         cpu_tensor_peak_mib: mark.tensor_peak_mib(device),
         memory_plan: n.largest.map(|mut shape| {
             shape.packed = c.data.packing;
+            shape.checkpointed = plan.strategies.activation_checkpointing;
             methods::memory::estimate(&spec, &c.method, &placement, shape)
         }),
     })
@@ -272,8 +274,13 @@ impl Counts {
         self.real += b.real_tokens as u64;
         self.padded += (b.rows * (b.width + 1)) as u64;
         self.flops += flops;
-        let shape =
-            Shape { rows: b.rows as u64, len: b.width as u64, scored: Some(b.supervised as u64), packed: false };
+        let shape = Shape {
+            rows: b.rows as u64,
+            len: b.width as u64,
+            scored: Some(b.supervised as u64),
+            packed: false,
+            checkpointed: false,
+        };
         let size = |s: &Shape| (s.rows * s.len, s.scored);
         if self.largest.is_none_or(|l| size(&l) < size(&shape)) {
             self.largest = Some(shape);

@@ -41,7 +41,7 @@ pub fn resolve_micro_batch(
     }
     trainer.set_micro_batch_size(micro);
     println!("micro_batch_size = \"auto\": {micro}{}", note(&out_of_memory));
-    let planned = memory::estimate(&spec, &c.method, &placement, memory::Shape::worst(c, micro));
+    let planned = memory::estimate(&spec, &c.method, &placement, plan.shape(micro));
     Ok(Some(MicroBatchRecord {
         chosen: micro,
         planned_peak_bytes: planned.total,
@@ -68,7 +68,7 @@ pub fn memory_hint(e: Problems, plan: &RunPlan, trainer: &Trainer, kept: Option<
     }
     let (c, placement) = (&plan.config, &trainer.built.placement);
     let (micro, seq) = (trainer.micro_batch_size() as u64, c.data.max_seq_length);
-    let peak = memory::estimate(&trainer.built.model.spec, &c.method, placement, memory::Shape::worst(c, micro)).total;
+    let peak = memory::estimate(&trainer.built.model.spec, &c.method, placement, plan.shape(micro)).total;
     let available =
         plan.device_memory.map(|b| format!(" of the {} available", memory::mib_text(b))).unwrap_or_default();
     let kept = kept.map_or("no checkpoint was saved yet".to_string(), |p| {

@@ -162,6 +162,7 @@ pub fn run(plan: &RunPlan, start: Start) -> anyhow::Result<PathBuf> {
     let state = TrainerState { method: Some(c.method.kind), ..TrainerState::default() };
     let mut trainer = Trainer::new(built, c, data.split(Split::Train), schedule, state);
     trainer.replicas = replicas;
+    trainer.checkpointing = plan.strategies.activation_checkpointing;
     let recorded_micro = match &start {
         Start::Resume { .. } => recorded.and_then(|i| i.micro_batch),
         _ => None,

@@ -32,6 +32,8 @@ pub struct Trainer<'a> {
     packing: Option<usize>,
     /// What the steps minimise.
     pub objective: Objective,
+    /// Activation checkpointing (the plan's choice).
+    pub checkpointing: bool,
 }
 
 pub struct StepStats {
@@ -68,6 +70,7 @@ impl<'a> Trainer<'a> {
             replicas: None,
             packing: c.data.packing.then_some(c.data.max_seq_length as usize),
             objective: Objective::Sft,
+            checkpointing: false,
         }
     }
 
@@ -99,7 +102,8 @@ impl<'a> Trainer<'a> {
         let batches = batches::for_step(train, order, seen, &self.t, self.packing, device, share);
         let supervised = batches.supervised();
         let model = &mut self.built.model;
-        let mut loss = accumulate_gradients(model, self.objective, &batches.mine, supervised, self.seed);
+        let how = (self.objective, self.checkpointing);
+        let mut loss = accumulate_gradients(model, how, &batches.mine, supervised, self.seed);
         let mut stop = stop;
         if let Some(replicas) = self.replicas.as_mut() {
             let exchanged = replicas.exchange(&self.built.trainable, &loss, stop)?;
@@ -166,18 +170,17 @@ fn seed_step(seed: u64, step: u64) {
 /// Each row's dropout masks come from the run's `seed` and the row's sample number.
 fn accumulate_gradients(
     model: &mut Gpt,
-    objective: Objective,
+    (objective, checkpointing): (Objective, bool),
     batches: &[Batch],
     supervised: i64,
     seed: u64,
 ) -> Tensor {
     model.training = true;
     let mut step_loss = Tensor::zeros([], (Kind::Float, model.device()));
+    let scale = 1.0 / supervised.max(1) as f64;
     for batch in batches {
         model.dropout_seeds = batch.numbers.iter().map(|&n| row_seed(seed, n)).collect();
-        let loss = objective.loss(model, batch) / supervised.max(1) as f64;
-        loss.backward();
-        step_loss += loss.detach();
+        step_loss += objective.backward(model, batch, checkpointing, scale) * scale;
     }
     model.dropout_seeds.clear();
     step_loss
