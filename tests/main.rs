@@ -10,6 +10,7 @@ mod export;
 mod faults;
 mod hub;
 mod hub_data;
+mod hub_headers;
 mod layers;
 mod memory;
 mod model;
