@@ -7,6 +7,7 @@ mod data;
 mod devices;
 mod experiment;
 mod export;
+mod export_hostile;
 mod faults;
 mod hub;
 mod hub_data;
