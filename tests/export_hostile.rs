@@ -118,9 +118,19 @@ fn temporaries_of_killed_exports_are_removed_and_live_ones_kept() {
         std::fs::create_dir(p.path().join(name)).unwrap();
         std::fs::write(p.path().join(name).join("model.safetensors"), "half").unwrap();
     }
+    // a temporary whose pid now belongs to a process that started after it was written: pid reused
+    std::fs::create_dir(p.path().join("old")).unwrap();
+    std::fs::write(p.path().join("old/model.safetensors"), "half").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut newer = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let reused = format!(".hf.tmp-{}", newer.id());
+    std::fs::rename(p.path().join("old"), p.path().join(&reused)).unwrap();
     let done = export(p.path(), "hf", &[]);
+    let _ = newer.kill();
+    let _ = newer.wait();
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(!p.path().join(&dead).exists(), "a dead export's temporary stays");
+    assert!(!p.path().join(&reused).exists(), "a temporary of a reused pid stays");
     assert!(p.path().join(&live).join("model.safetensors").is_file(), "a live process's temporary was removed");
     assert!(p.path().join(&not_ours).exists(), "another name's temporary was removed");
     // the adapter's temporaries are named after its directory too

@@ -104,18 +104,40 @@ pub fn stage(out: &Path) -> Result<PathBuf, Problems> {
     Ok(tmp)
 }
 
-/// Removes `.<name>.tmp-<pid>` directories beside `out` (no links, nothing else) whose process is gone;
-/// a live process's temporary stays, whoever it is.
+/// Removes `.<name>.tmp-<pid>` directories beside `out` (no links, nothing else) whose process is gone,
+/// or whose pid now belongs to a process that started after the directory last changed (the pid was
+/// reused, so that process never wrote it); the temporary of the process writing it always stays.
 pub fn remove_stale(out: &Path) {
     let prefix = temp_name(out);
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<i32>().ok()) else { continue };
-        let is_dir = std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir());
-        if is_dir && pid > 0 && pid as u32 != std::process::id() && !crate::experiment::process_alive(pid) {
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+        let owner = || crate::experiment::process_alive(pid) && !started_after(pid, &meta);
+        if meta.is_dir() && pid > 0 && pid as u32 != std::process::id() && !owner() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+/// Whether process `pid` started more than two seconds after `dir` last changed (Linux's `/proc`; the
+/// boot time there has whole seconds). `false` when that cannot be told.
+fn started_after(pid: i32, dir: &std::fs::Metadata) -> bool {
+    let started = || -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name (which may hold spaces) start with the state, field 3.
+        let ticks: f64 = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        let btime: f64 = boot.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+        // SAFETY: sysconf only reads a system setting.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (hz > 0).then(|| btime + ticks / hz as f64)
+    };
+    let changed = dir.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    match (started(), changed) {
+        (Some(started), Some(changed)) => started > changed.as_secs_f64() + 2.0,
+        _ => false,
     }
 }
 
