@@ -29,7 +29,7 @@ impl Fetcher<'_> {
         if self.trust_existing && size.is_some() && file_len(&dest) == size {
             return Ok(dest);
         }
-        if let Some(cached) = self.cache_repo.get(name) {
+        if let Some(cached) = self.cache_repo.get(name).filter(|p| self.in_cache(p)) {
             if size.is_none() || file_len(&cached) == size {
                 return Ok(cached);
             }
@@ -49,7 +49,7 @@ impl Fetcher<'_> {
         };
         let path = result.map_err(|e| self.ctx.classify(e, Target::File(name)))?;
         // The names were checked above; a hub that answered hf-hub otherwise than that check is caught here.
-        if path.components().any(|c| c == std::path::Component::ParentDir) {
+        if !self.in_cache(&path) {
             return Err(fail(format!(
                 "the hub at {} answered {name} of {} with a commit or etag that leads out of the hub cache ({}); refusing it (check HF_ENDPOINT)",
                 self.ctx.endpoint,
@@ -105,6 +105,12 @@ impl Fetcher<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether hf-hub's `path` lies in the hub cache (no `..`, not elsewhere): its names came from headers.
+    fn in_cache(&self, path: &Path) -> bool {
+        let inside = path.strip_prefix(&self.settings.cache_dir).ok();
+        inside.is_some_and(|rest| rest.components().all(|c| matches!(c, std::path::Component::Normal(_))))
     }
 
     /// Refuses a response whose commit or etag header is not a plain name.
