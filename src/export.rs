@@ -8,6 +8,7 @@ use crate::config::{ExportDtype, ExportFormat};
 use crate::error::Problems;
 use crate::eval::{load_run, LoadOptions};
 use crate::methods::export::{export, Source};
+use crate::methods::staging;
 
 pub struct ExportRequest {
     pub format: ExportFormat,
@@ -27,7 +28,10 @@ pub struct Exported {
 }
 
 /// Exports the run in `dir` (its final checkpoint, or `req.step`) into the new directory `out`.
+/// `out` is checked before anything is loaded: it must be new, creatable through its links, and
+/// outside every run directory.
 pub fn export_run(dir: &Path, out: &Path, req: &ExportRequest) -> Result<Exported, Problems> {
+    check_out(out)?;
     let load = LoadOptions { step: req.step, allow_changed_base: req.allow_changed_base, ..LoadOptions::default() };
     let mut run = load_run(dir, load)?;
     let src = Source {
@@ -39,4 +43,18 @@ pub fn export_run(dir: &Path, out: &Path, req: &ExportRequest) -> Result<Exporte
     let kind = export(&mut run.model, &src, req.format, req.dtype, req.max_shard_bytes, out)
         .map_err(|e| e.prefixed(&dir.display().to_string()))?;
     Ok(Exported { out: out.to_path_buf(), format: req.format, dtype: format!("{kind:?}") })
+}
+
+/// Refuses an `out` that [`staging::check_out`] refuses, or one inside a run directory (any run's, not
+/// only this one's): ftexp reads, replaces and removes what is there as parts of the run.
+fn check_out(out: &Path) -> Result<(), Problems> {
+    staging::check_out(out).map_err(|e| e.prefixed("--out"))?;
+    if let Some(run) = crate::experiment::run_dir_around(out) {
+        return Err(Problems::one(format!(
+            "--out {}: in the place of a run directory ({}), whose files ftexp reads, replaces and removes as the run's own; export into a directory outside every run directory",
+            out.display(),
+            run.display()
+        )));
+    }
+    Ok(())
 }

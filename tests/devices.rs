@@ -314,3 +314,44 @@ fn sigterm_on_the_launcher_saves_a_checkpoint_and_stops_every_process() {
     let steps: Vec<u64> = rows(&dir).iter().skip(1).map(|r| r[0].parse().unwrap()).collect();
     assert_eq!(steps, (1..=300).collect::<Vec<u64>>(), "every step logged once");
 }
+
+#[test]
+fn a_port_that_accepts_but_never_answers_ends_the_wait_in_time() {
+    if !needs(Need::Gloo) {
+        return;
+    }
+    let p = project("lora", 4);
+    // accepts every connection and holds it open, answering nothing, for 60 s
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    silent.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let (start, mut held) = (std::time::Instant::now(), Vec::new());
+        while start.elapsed() < std::time::Duration::from_secs(60) {
+            if let Ok((conn, _)) = silent.accept() {
+                held.push(conn);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    let vars = [
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("LOCAL_RANK", "1"),
+        ("LOCAL_WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", port.as_str()),
+    ];
+    let args = ["run", "exp.toml", "--set", "train.devices=2", "--set", "train.sync_timeout_s=2"];
+    let started = std::time::Instant::now();
+    let out = ftexp(p.path(), &args, &vars);
+    let took = started.elapsed().as_secs_f64();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(took < 30.0, "the worker waited {took:.1} s: {err}");
+    let at = format!("127.0.0.1:{port}");
+    for says in ["rank 1 of 2", at.as_str(), "does not answer", "MASTER_ADDR and MASTER_PORT", "train.sync_timeout_s"] {
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

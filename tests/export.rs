@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::common::{fixtures, ftexp, needs, stderr, Need};
 
-fn project(family: &str, kind: &str) -> tempfile::TempDir {
+pub(crate) fn project(family: &str, kind: &str) -> tempfile::TempDir {
     let config = format!(
         "name = \"t\"\nseed = 5\n[model]\ncheckpoint = \"{}\"\ndevice = \"cpu\"\n[data]\npath = \"rows.json\"\nprompt_style = \"Q: {{instruction}}\\nA: \"\nmax_seq_length = 64\n[method]\nkind = \"{kind}\"\nlora_key = true\nlora_projection = true\nlora_mlp = true\nlora_head = true\nadapter_start_layer = 0\n[train]\nlearning_rate = 0.02\nmax_steps = 3\nbatch_size = 4\nmicro_batch_size = 2\nwarmup_iters = 1\n",
         fixtures().join("models").join(family).display(),
@@ -15,7 +15,7 @@ fn project(family: &str, kind: &str) -> tempfile::TempDir {
     crate::common::doubling_project(&config)
 }
 
-fn export(p: &Path, out: &str, extra: &[&str]) -> std::process::Output {
+pub(crate) fn export(p: &Path, out: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["export", "experiments/t/v1", "--out", out];
     args.extend_from_slice(extra);
     ftexp(p, &args, &[])

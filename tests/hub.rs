@@ -28,14 +28,17 @@ pub(crate) struct FakeRepo {
     /// When set, the repo is gated: everything but the storage route needs `Bearer <token>`.
     token: Option<String>,
     /// A hostile mirror's answer for files: this commit header and this etag instead of the true ones.
-    hostile: Option<(String, String)>,
+    pub(crate) hostile: Option<(String, String)>,
+    /// Only on `GET` requests, or only `redirect`ed: small files first answer a relative redirect with
+    /// the true headers, and the hostile ones after it.
+    pub(crate) hostile_when: Option<&'static str>,
 }
 
 impl FakeRepo {
     pub(crate) fn new(id: &str, files: &[(&str, Vec<u8>)]) -> Self {
         let sha = format!("{:016x}{:016x}{:08x}", fnv(id.as_bytes(), 1), fnv(id.as_bytes(), 2), files.len());
         let files = files.iter().map(|(n, b)| FakeFile { name: n.to_string(), bytes: b.clone() }).collect();
-        FakeRepo { id: id.to_string(), sha, files, token: None, hostile: None }
+        FakeRepo { id: id.to_string(), sha, files, token: None, hostile: None, hostile_when: None }
     }
 
     fn file(&self, name: &str) -> Option<&FakeFile> {
@@ -172,7 +175,7 @@ fn serve(stream: TcpStream, repos: &[FakeRepo], port: u16) -> Option<Seen> {
     let path = path.replace("%2F", "/");
     let range = headers.get("range").cloned();
     let auth = headers.get("authorization").cloned();
-    let reply = route(&path, query, range.as_deref(), auth.as_deref(), repos, port);
+    let reply = route(&format!("{method} {path}"), query, range.as_deref(), auth.as_deref(), repos, port);
 
     let mut out = stream;
     let mut head =
@@ -186,7 +189,8 @@ fn serve(stream: TcpStream, repos: &[FakeRepo], port: u16) -> Option<Seen> {
     Some(Seen { method, path, range, auth, status: reply.status, body_len: body.len() })
 }
 
-fn route(path: &str, query: &str, range: Option<&str>, auth: Option<&str>, repos: &[FakeRepo], port: u16) -> Reply {
+fn route(request: &str, query: &str, range: Option<&str>, auth: Option<&str>, repos: &[FakeRepo], port: u16) -> Reply {
+    let (method, path) = request.split_once(' ').unwrap();
     let find = |id: &str| repos.iter().find(|r| r.id == id);
     let authorized = |repo: &FakeRepo| repo.token.as_ref().is_none_or(|t| auth == Some(format!("Bearer {t}").as_str()));
     let revision_ok = |repo: &FakeRepo, rev: &str| rev == "main" || rev == repo.sha;
@@ -244,7 +248,18 @@ fn route(path: &str, query: &str, range: Option<&str>, auth: Option<&str>, repos
             return Reply::error(404, "RevisionNotFound", "Invalid rev id");
         }
         let Some(file) = repo.file(name) else { return Reply::error(404, "EntryNotFound", "Entry not found") };
-        let (sha, etag) = repo.hostile.clone().unwrap_or((repo.sha.clone(), format!("\"{}\"", etag_of(&file.bytes))));
+        let (true_sha, true_etag) = (repo.sha.clone(), format!("\"{}\"", etag_of(&file.bytes)));
+        let moved = query.contains("moved");
+        let hostile = repo.hostile_when.is_none_or(|w| (w == "GET" && method == "GET") || (w == "redirect" && moved));
+        let (sha, etag) = repo.hostile.clone().filter(|_| hostile).unwrap_or((true_sha, true_etag.clone()));
+        if repo.hostile_when == Some("redirect") && !moved && !is_large(name) {
+            let headers = vec![
+                ("X-Repo-Commit".into(), sha),
+                ("ETag".into(), etag),
+                ("Location".into(), format!("{path}?moved=1")),
+            ];
+            return Reply { status: 307, headers, body: vec![] };
+        }
         let commit = ("X-Repo-Commit".to_string(), sha);
         if is_large(name) {
             let headers = vec![
@@ -256,14 +271,16 @@ fn route(path: &str, query: &str, range: Option<&str>, auth: Option<&str>, repos
             ];
             return Reply { status: 302, headers, body: vec![] };
         }
-        return serve_bytes(&file.bytes, range, vec![commit]);
+        return serve_bytes(&file.bytes, range, vec![commit, ("ETag".into(), etag)]);
     }
     Reply::error(404, "", "no such route")
 }
 
 /// The bytes, or the part a `Range: bytes=a-[b]` header asks for (206 with `Content-Range`).
 fn serve_bytes(bytes: &[u8], range: Option<&str>, mut headers: Vec<(String, String)>) -> Reply {
-    headers.push(("ETag".into(), format!("\"{}\"", etag_of(bytes))));
+    if !headers.iter().any(|(k, _)| k == "ETag") {
+        headers.push(("ETag".into(), format!("\"{}\"", etag_of(bytes))));
+    }
     headers.push(("Accept-Ranges".into(), "bytes".into()));
     let len = bytes.len();
     let Some(spec) = range.and_then(|r| r.strip_prefix("bytes=")) else {
@@ -286,7 +303,7 @@ fn tiny_safetensors(seed: f32) -> Vec<u8> {
     safetensors::tensor::serialize([("model.embed.weight", view)], None).unwrap()
 }
 
-fn tiny_files() -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn tiny_files() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("config.json", br#"{"model_type":"llama","hidden_size":4,"vocab_size":3}"#.to_vec()),
         ("tokenizer.json", br#"{"version":"1.0","model":{"type":"BPE","vocab":{},"merges":[]}}"#.to_vec()),
@@ -301,13 +318,13 @@ fn tiny_files() -> Vec<(&'static str, Vec<u8>)> {
 
 const TINY_WANTED: [&str; 4] = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"];
 
-struct Dirs {
+pub(crate) struct Dirs {
     _tmp: tempfile::TempDir,
-    out: PathBuf,
-    cache: PathBuf,
+    pub(crate) out: PathBuf,
+    pub(crate) cache: PathBuf,
 }
 
-fn dirs() -> Dirs {
+pub(crate) fn dirs() -> Dirs {
     let tmp = tempfile::tempdir().unwrap();
     let (out, cache) = (tmp.path().join("checkpoints"), tmp.path().join("hf/hub"));
     Dirs { _tmp: tmp, out, cache }
@@ -334,7 +351,7 @@ fn visible_files(dir: &Path) -> Vec<String> {
 }
 
 /// Every regular file under `dir` (symlinks not followed).
-fn all_files(dir: &Path, found: &mut Vec<PathBuf>) {
+pub(crate) fn all_files(dir: &Path, found: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let kind = entry.file_type().unwrap();
@@ -346,7 +363,7 @@ fn all_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-fn one_line_error(result: Result<PathBuf, ftexp::error::Problems>) -> String {
+pub(crate) fn one_line_error(result: Result<PathBuf, ftexp::error::Problems>) -> String {
     let problems = result.expect_err("expected a download error");
     assert_eq!(problems.0.len(), 1, "{problems:?}");
     let msg = problems.0[0].clone();

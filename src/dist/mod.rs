@@ -6,7 +6,11 @@ use std::time::Duration;
 use tch::{Device, Tensor};
 
 use crate::error::Problems;
-use crate::native::{self, collectives::ProcessGroup, Part};
+use crate::native::{
+    self,
+    collectives::{Join, ProcessGroup},
+    Part,
+};
 
 /// This process's place in a run of several, as torchrun (or `ftexp run` itself, or any launcher that
 /// follows torchrun's conventions) describes it in the environment.
@@ -119,7 +123,7 @@ impl Group {
     pub fn join(r: &Rank, backend: Backend, timeout: Duration) -> Result<Group, Problems> {
         available(backend)?;
         let iface = std::env::var("GLOO_SOCKET_IFNAME").unwrap_or_default();
-        let join = native::collectives::Join {
+        let join = Join {
             backend: backend.name(),
             addr: &r.master_addr,
             port: r.master_port,
@@ -130,7 +134,7 @@ impl Group {
             // NCCL: one GPU per process, GPU LOCAL_RANK of this machine.
             gpu: if backend == Backend::Nccl { r.local_rank as i32 } else { -1 },
         };
-        let group = ProcessGroup::join(&join).map_err(|cause| join_error(r, &cause, timeout))?;
+        let group = bounded_join(join, r, timeout)?.map_err(|cause| join_error(r, &cause, timeout))?;
         Ok(Group { group, rank: r.rank, world: r.world })
     }
 
@@ -159,6 +163,35 @@ impl Group {
     pub fn barrier(&self) -> Result<(), Problems> {
         self.group.barrier().map_err(self.lost("barrier"))
     }
+}
+
+/// Runs c10d's join on a thread of its own and waits at most twice `timeout` (c10d's own limits cover
+/// connecting and each wait for the other processes, one after the other): c10d's store client waits
+/// for the handshake's answer with no limit, so a port where something listens but never answers would
+/// hold this process forever. The thread left waiting ends with the process.
+fn bounded_join(j: Join, r: &Rank, timeout: Duration) -> Result<Result<ProcessGroup, String>, Problems> {
+    let (backend, addr, iface) = (j.backend.to_string(), j.addr.to_string(), j.iface.to_string());
+    let (port, rank, world, timeout_ms, gpu) = (j.port, j.rank, j.world, j.timeout_ms, j.gpu);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("c10d-join".into()).spawn(move || {
+        let join = Join { backend: &backend, addr: &addr, port, rank, world, timeout_ms, iface: &iface, gpu };
+        // A group that arrives after the wait gave up is dropped here (freed).
+        let _ = tx.send(ProcessGroup::join(&join));
+    });
+    spawned
+        .map_err(|e| Problems::io(format!("rank {}: cannot start a thread to join the process group: {e}", r.rank)))?;
+    let limit = timeout.saturating_mul(2).max(Duration::from_secs(1));
+    rx.recv_timeout(limit).map_err(|_| {
+        Problems::peer_lost(format!(
+            "rank {} of {}: no answer from the process group's store at {}:{} within {} s (train.sync_timeout_s = {}): something accepts connections there but does not answer as rank 0's ftexp; check that MASTER_ADDR and MASTER_PORT name the machine and port of rank 0 and that nothing else listens there, or raise train.sync_timeout_s",
+            r.rank,
+            r.world,
+            r.master_addr,
+            r.master_port,
+            limit.as_secs(),
+            timeout.as_secs()
+        ))
+    })
 }
 
 /// c10d's message, said in terms of what to change: a busy port is the user's to fix, a process that

@@ -381,13 +381,47 @@ pub fn clean_stale(dir: &Path) {
             .filter(|n| n.starts_with("tmp-") || n.contains(".tmp-"))
             .and_then(|n| n.rsplit('-').next())
             .and_then(|pid| pid.parse::<i32>().ok());
-        // SAFETY: signal 0 only asks whether the process exists.
-        let alive = |pid: i32| unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM };
-        if pid.is_some_and(|pid| pid > 0 && !alive(pid)) {
+        if pid.is_some_and(|pid| pid > 0 && !process_alive(pid)) {
             let path = entry.path();
             let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         }
     }
+}
+
+/// Whether process `pid` still runs (or exists, as a zombie, or belongs to another user).
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only asks whether the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+/// Whether `dir` is a run directory: one with a `run.json`, or `v<N>` with a `config.toml`.
+pub fn is_run_dir(dir: &Path) -> bool {
+    dir.join("run.json").is_file() || Experiment::open(dir).is_ok()
+}
+
+/// The run directory `path` is, is inside, or would be taken for (a new `v<N>` beside run directories),
+/// links resolved; `path` itself need not exist.
+pub fn run_dir_around(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let existing = absolute.ancestors().find(|d| d.exists())?;
+    let mut resolved = std::fs::canonicalize(existing).ok()?;
+    for part in absolute.strip_prefix(existing).ok()?.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                resolved.pop();
+            }
+            std::path::Component::Normal(p) => resolved.push(p),
+            _ => {}
+        }
+    }
+    if let Some(run) = resolved.ancestors().find(|d| is_run_dir(d)) {
+        return Some(run.to_path_buf());
+    }
+    let name = resolved.file_name()?.to_str()?;
+    let parent = resolved.parent()?;
+    let versioned = name.strip_prefix('v').is_some_and(|v| v.parse::<u32>().is_ok());
+    let beside = versions(parent).into_iter().map(|v| parent.join(format!("v{v}"))).find(|d| is_run_dir(d));
+    beside.filter(|_| versioned)
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Problems> {

@@ -29,7 +29,7 @@ impl Fetcher<'_> {
         if self.trust_existing && size.is_some() && file_len(&dest) == size {
             return Ok(dest);
         }
-        if let Some(cached) = self.cache_repo.get(name) {
+        if let Some(cached) = self.cache_repo.get(name).filter(|p| self.in_cache(p)) {
             if size.is_none() || file_len(&cached) == size {
                 return Ok(cached);
             }
@@ -48,6 +48,15 @@ impl Fetcher<'_> {
             self.api_repo.download_with_progress(name, ())
         };
         let path = result.map_err(|e| self.ctx.classify(e, Target::File(name)))?;
+        // The names were checked above; a hub that answered hf-hub otherwise than that check is caught here.
+        if !self.in_cache(&path) {
+            return Err(fail(format!(
+                "the hub at {} answered {name} of {} with a commit or etag that leads out of the hub cache ({}); refusing it (check HF_ENDPOINT)",
+                self.ctx.endpoint,
+                self.ctx.repo_id,
+                path.display()
+            )));
+        }
         match (size, file_len(&path)) {
             (Some(want), Some(got)) if want != got => Err(fail(format!(
                 "{name} of hub repo {} arrived with {got} bytes but the hub lists {want}; run the download again",
@@ -64,23 +73,51 @@ impl Fetcher<'_> {
 
 impl Fetcher<'_> {
     /// hf-hub names the cache files of a download after the commit (`x-repo-commit`) and the blob
-    /// (`x-linked-etag`, else `etag`) the hub sends with the file: a hostile mirror could send `../` there
-    /// and have files written outside the cache. Asks for those headers first and refuses any that is
-    /// not a 40-character hex commit id or a plain token. A hub that cannot be asked is left to hf-hub's
-    /// own error.
+    /// (`x-linked-etag`, else `etag`, quotes removed) the hub sends with the file: a hostile mirror could
+    /// send `../` there and have files written outside the cache. Asks for those headers first, both
+    /// ways a hub is asked for them — a HEAD request, and the one-byte GET hf-hub itself sends, each
+    /// following relative redirects as hf-hub does — and refuses any value on any response that is not
+    /// a 40-character hex commit id or a plain token. A hub that cannot be asked is left to hf-hub's own
+    /// error.
     fn check_names(&self, name: &str) -> Result<(), Fail> {
         let agent = ureq::AgentBuilder::new().redirects(0).build();
-        let mut request = agent.head(&self.api_repo.url(name));
-        if let Some(token) = &self.settings.token {
-            request = request.set("Authorization", &format!("Bearer {token}"));
+        for method in ["HEAD", "GET"] {
+            let mut url = self.api_repo.url(name);
+            // hf-hub follows relative redirects (same host) for the headers; at most a few here.
+            for _ in 0..10 {
+                let mut request = agent.request(method, &url);
+                if method == "GET" {
+                    request = request.set("Range", "bytes=0-0");
+                }
+                if let Some(token) = &self.settings.token {
+                    request = request.set("Authorization", &format!("Bearer {token}"));
+                }
+                let response = match request.call() {
+                    Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                    Err(_) => break,
+                };
+                self.check_headers(name, method, &response)?;
+                let relative = response.header("location").filter(|l| !l.contains("://") && l.starts_with('/'));
+                match relative {
+                    Some(path) if (300..400).contains(&response.status()) => url = same_host(&url, path),
+                    _ => break,
+                }
+            }
         }
-        let response = match request.call() {
-            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-            Err(_) => return Ok(()),
-        };
+        Ok(())
+    }
+
+    /// Whether hf-hub's `path` lies in the hub cache (no `..`, not elsewhere): its names came from headers.
+    fn in_cache(&self, path: &Path) -> bool {
+        let inside = path.strip_prefix(&self.settings.cache_dir).ok();
+        inside.is_some_and(|rest| rest.components().all(|c| matches!(c, std::path::Component::Normal(_))))
+    }
+
+    /// Refuses a response whose commit or etag header is not a plain name.
+    fn check_headers(&self, name: &str, method: &str, response: &ureq::Response) -> Result<(), Fail> {
         let refuse = |what: &str, value: &str| {
             fail(format!(
-                "the hub at {} answered {name} of {} with the {what} `{value}`, which is not a plain name; refusing to write files named after it (check HF_ENDPOINT)",
+                "the hub at {} answered {method} {name} of {} with the {what} `{value}`, which is not a plain name; refusing to write files named after it (check HF_ENDPOINT)",
                 self.ctx.endpoint, self.ctx.repo_id
             ))
         };
@@ -90,13 +127,23 @@ impl Fetcher<'_> {
             }
         }
         if let Some(etag) = response.header("x-linked-etag").or_else(|| response.header("etag")) {
-            let plain = etag.trim_start_matches("W/").trim_matches('"');
+            // hf-hub removes the quotes and names the blob after the rest (a weak tag's `W/` is a folder
+            // inside the cache).
+            let unquoted = etag.replace('"', "");
+            let plain = unquoted.strip_prefix("W/").unwrap_or(&unquoted);
             if plain.is_empty() || !plain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return Err(refuse("etag", etag));
             }
         }
         Ok(())
     }
+}
+
+/// `url` with its path (and query) replaced by `path`, as hf-hub resolves a relative redirect.
+fn same_host(url: &str, path: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let host_end = url[after_scheme..].find('/').map_or(url.len(), |i| after_scheme + i);
+    format!("{}{path}", &url[..host_end])
 }
 
 /// Puts `src` at `dest` through a hidden temporary name and a rename. Weights are hard-linked to the

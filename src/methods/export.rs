@@ -17,6 +17,8 @@ use crate::model::weights::stored_kind;
 use crate::model::{Gpt, TensorSpec};
 use crate::source::BaseModel;
 
+use super::staging;
+
 /// How to write a hub checkpoint.
 pub struct HubExport<'a> {
     /// The base's `config.json`; written again with the dtype and tie flag of the export.
@@ -233,32 +235,21 @@ fn merge_lora(model: &mut Gpt) {
 }
 
 /// Writes `model`'s checkpoint tensors as a hub checkpoint into `out`, which must not exist yet; the
-/// directory appears complete or not at all.
+/// directory appears complete or not at all, and not at all when a tensor holds values it cannot write.
 pub fn write_hub(model: &mut Gpt, e: &HubExport, out: &Path) -> Result<(), Problems> {
-    if out.exists() {
-        return Err(Problems::one(format!("{}: already exists; export into a new directory", out.display())));
-    }
-    let fail = |e: String| Problems::one(format!("{}: cannot export the model: {e}", out.display()));
-    let tmp = out.with_file_name(format!(
-        ".{}.tmp-{}",
-        out.file_name().map_or("model".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| fail(e.to_string()))?;
-    let written = write_files(model, e, &tmp).and_then(|()| std::fs::rename(&tmp, out).map_err(|e| e.to_string()));
-    if let Err(msg) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(fail(msg));
-    }
-    Ok(())
+    staging::check_out(out)?;
+    let weights: Vec<(String, Tensor)> =
+        tch::no_grad(|| model.hub_weights().into_iter().map(|(n, t)| (n, t.detach())).collect());
+    staging::check_values(&weights, e.dtype)?;
+    let weights: Vec<(String, Tensor)> =
+        tch::no_grad(|| weights.into_iter().map(|(n, t)| (n, t.to_kind(e.dtype).contiguous())).collect());
+    let tmp = staging::stage(out)?;
+    let written = write_files(model, e, &weights, &tmp);
+    staging::finish(&tmp, out, written, "model")
 }
 
-fn write_files(model: &mut Gpt, e: &HubExport, dir: &Path) -> Result<(), String> {
-    let weights: Vec<(String, Tensor)> = tch::no_grad(|| {
-        model.hub_weights().into_iter().map(|(n, t)| (n, t.detach().to_kind(e.dtype).contiguous())).collect()
-    });
-    write_shards(&weights, e.max_shard_bytes, dir)?;
+fn write_files(model: &Gpt, e: &HubExport, weights: &[(String, Tensor)], dir: &Path) -> Result<(), String> {
+    write_shards(weights, e.max_shard_bytes, dir)?;
     let mut config = e.config_json.clone();
     if let Some(obj) = config.as_object_mut() {
         let dtype = match e.dtype {
@@ -316,9 +307,7 @@ fn write_shards(weights: &[(String, Tensor)], max_bytes: u64, dir: &Path) -> Res
 /// part's B in that part's rows (interleaved per key/value group) and columns, and `rank_pattern` and
 /// `alpha_pattern` keep the scale alpha / r.
 pub fn write_peft(model: &mut Gpt, m: &MethodConfig, base_name: &str, out: &Path) -> Result<(), Problems> {
-    if out.exists() {
-        return Err(Problems::one(format!("{}: already exists; export into a new directory", out.display())));
-    }
+    staging::check_out(out)?;
     let modules = tch::no_grad(|| peft_modules(model, m));
     let mut tensors = Vec::new();
     let (mut targets, mut rank_pattern, mut alpha_pattern) =
@@ -341,22 +330,15 @@ pub fn write_peft(model: &mut Gpt, m: &MethodConfig, base_name: &str, out: &Path
         "target_modules": targets, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
         "bias": "none", "fan_in_fan_out": false, "inference_mode": true, "modules_to_save": null,
     });
-    let fail = |e: String| Problems::one(format!("{}: cannot export the adapter: {e}", out.display()));
-    let tmp = out.with_file_name(format!(".peft.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| fail(e.to_string()))?;
+    staging::check_values(&tensors, Kind::Float)?;
+    let tmp = staging::stage(out)?;
     let written = Tensor::write_safetensors(&tensors, tmp.join("adapter_model.safetensors"))
         .map_err(|e| e.to_string())
         .and_then(|()| {
             let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
             std::fs::write(tmp.join("adapter_config.json"), text).map_err(|e| e.to_string())
-        })
-        .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| e.to_string()));
-    if let Err(msg) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(fail(msg));
-    }
-    Ok(())
+        });
+    staging::finish(&tmp, out, written, "adapter")
 }
 
 /// One PEFT LoRA module: its hub module path, A `(r × parts, in)`, B `(out, r × parts)`.

@@ -6,6 +6,7 @@ pub mod export;
 mod locate;
 mod located;
 pub mod memory;
+pub mod staging;
 
 use tch::{Kind, Tensor};
 

@@ -32,6 +32,10 @@ pub struct ProcessGroup {
     handle: *mut c_void,
 }
 
+// SAFETY: the handle is a heap-allocated c10d group with no thread affinity; it is used from one
+// thread at a time (moved, never shared), as c10d allows.
+unsafe impl Send for ProcessGroup {}
+
 impl ProcessGroup {
     /// Joins the group of `j.world` processes whose TCPStore rank 0 serves at `j.addr:j.port`.
     pub fn join(j: &Join) -> Result<ProcessGroup, String> {
