@@ -17,6 +17,7 @@ mod memory;
 mod model;
 mod packing;
 mod plan;
+mod quant;
 mod report;
 mod staged;
 mod train;

@@ -49,6 +49,16 @@ macro_rules! choices {
 }
 
 choices! {
+    /// How the frozen base's linear weights are held.
+    Quantize {
+        None = "none",
+        Nf4 = "nf4",
+        Nf4Dq = "nf4-dq",
+        Int8 = "int8",
+    }
+}
+
+choices! {
     /// How the model is fine-tuned.
     MethodKind {
         Full = "full",

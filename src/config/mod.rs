@@ -12,7 +12,7 @@ use std::path::Path;
 
 pub use choices::{
     DataFormat, DeviceSetting, ExportDtype, ExportFormat, Init, LongSamples, LrSchedule, MethodKind, ModelType,
-    Precision, TrainOn,
+    Precision, Quantize, TrainOn,
 };
 use figment::Figment;
 pub use layers::{parse_literal, Layer, Origin};

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::choices::{
     quoted_list, DataFormat, DeviceSetting, ExportDtype, ExportFormat, Init, LongSamples, LrSchedule, MethodKind,
-    ModelType, Precision, TrainOn,
+    ModelType, Precision, Quantize, TrainOn,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,6 +84,8 @@ pub const KEYS: &[KeyDoc] = &[
         "`pretrained`: start from the weights of `checkpoint`. `random`: start from random weights shaped by `[model.architecture]` (training from scratch, what litgpt calls pretraining; needs `method.kind = \"full\"` and `model.tokenizer`), or, with `[model.architecture]` unset, by the checkpoint's `config.json` alone (no weights needed: how `ftexp bench` measures a large model offline)."),
     key!("model.device_memory", Bytes, None,
         "The memory of the device to plan for, such as `\"24GB\"` or `\"80GiB\"`: `ftexp plan` says whether the run fits in it, `train.micro_batch_size = \"auto\"` picks the micro-batch that fits in 90% of it, and on the CPU tensors past it fail to allocate (a way to try a card's limit before renting it). Unset: the GPU's own memory, or the machine's on the CPU, and no limit is enforced."),
+    key!("model.quantize", Choice(Quantize::NAMES), Some("\"none\""),
+        "Hold the frozen base's layer weights in fewer bits (QLoRA), for `lora`, `adapter` and `adapter_v2`: `nf4` (4-bit NormalFloat in blocks of 64 with a scale per block, as bitsandbytes; about 4.5 bits per weight), `nf4-dq` (its scales quantized again to 8 bits; about 4.1 bits), `int8` (8 bits in blocks of 64). A 7B model's weights then take about 3.9 or 7 GB instead of 13.5 GB in bf16. Each weight is turned back into the compute dtype one layer at a time where it is used, so a quantized run also turns on `train.activation_checkpointing`. The embedding and the LM head stay as they are; `full` cannot train quantized weights."),
     key!("model.tokenizer", Str, None,
         "A directory holding the `tokenizer.json` to use. Unset: the checkpoint's own. Required with `init = \"random\"` and `[model.architecture]` (`ftexp tokenizer` trains one)."),
     key!("model.architecture.model_type", Choice(ModelType::NAMES), None,
@@ -255,6 +257,8 @@ pub struct ModelConfig {
     pub init: Init,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_memory: Option<String>,
+    #[serde(default = "no_quantize")]
+    pub quantize: Quantize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
     #[serde(default, skip_serializing_if = "Architecture::is_empty")]
@@ -391,6 +395,10 @@ impl TrainConfig {
     pub fn auto_micro_batch(&self) -> bool {
         self.micro_batch_size == 0
     }
+}
+
+fn no_quantize() -> Quantize {
+    Quantize::None
 }
 
 /// A setting that is on, off, or left to the plan (`true`, `false`, `"auto"`).

@@ -60,6 +60,9 @@ pub fn build_located(c: &Config, located: &Located, placement: Placement) -> Res
     }
     super::apply(&mut model, &c.method, c.seed, placement.trainable_kind());
     let trainable = super::trainable(&mut model, c.method.kind, placement.trainable_kind());
+    if let Some(scheme) = quant_scheme(c.model.quantize) {
+        model.quantize(scheme);
+    }
     Ok(Built {
         model,
         trainable,
@@ -68,6 +71,18 @@ pub fn build_located(c: &Config, located: &Located, placement: Placement) -> Res
         config_json: located.config_json.clone(),
         placement,
     })
+}
+
+/// The model's quantization scheme for `model.quantize`; `None`: dense.
+pub fn quant_scheme(q: crate::config::Quantize) -> Option<crate::model::quant::Scheme> {
+    use crate::config::Quantize;
+    use crate::model::quant::Scheme;
+    match q {
+        Quantize::None => None,
+        Quantize::Nf4 => Some(Scheme::Nf4),
+        Quantize::Nf4Dq => Some(Scheme::Nf4Dq),
+        Quantize::Int8 => Some(Scheme::Int8),
+    }
 }
 
 /// The name a tensor had in checkpoints written before MLP layers had named fields: their linears were

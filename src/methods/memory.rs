@@ -68,19 +68,28 @@ pub struct Shape {
     /// Activation checkpointing: each layer keeps only its input, and one layer's activations are
     /// recomputed at a time.
     pub checkpointed: bool,
+    /// The frozen base's quantization (`model.quantize`).
+    pub quantized: Option<crate::model::quant::Scheme>,
 }
 
 impl Shape {
     /// The largest micro-batch of `rows` a run of `c` can meet: full-length rows, every position scored.
     pub fn worst(c: &crate::config::Config, rows: u64) -> Shape {
-        Shape { rows, len: c.data.max_seq_length, scored: None, packed: c.data.packing, checkpointed: false }
+        Shape {
+            rows,
+            len: c.data.max_seq_length,
+            scored: None,
+            packed: c.data.packing,
+            checkpointed: false,
+            quantized: None,
+        }
     }
 }
 
 /// The expected peak memory of training `spec` with `m` on `placement` with micro-batches of `shape`.
 pub fn estimate(spec: &ModelSpec, m: &MethodConfig, placement: &Placement, shape: Shape) -> MemoryPlan {
     let kinds = (placement.weight_kind(), placement.trainable_kind());
-    let tensors = Tensors::of(spec, m, |role| is_trainable(m.kind, role), kinds);
+    let tensors = Tensors::of(spec, m, |role| is_trainable(m.kind, role), kinds, shape.quantized);
     let mut walk = Walk::new(spec, &tensors, m, kinds, (shape.rows as i64, shape.len as i64));
     walk.supervised = shape.scored.map_or(shape.rows as i64 * shape.len as i64, |s| s as i64);
     walk.packed = shape.packed;
@@ -134,7 +143,7 @@ pub fn device_memory(model: &crate::config::ModelConfig, placement: &Placement) 
     model.device_memory_bytes().or_else(|| placement.memory_bytes())
 }
 
-/// The largest micro-batch that divides `batch_size / world` and whose planned peak fits in
+/// The largest micro-batch (of shapes `like`) that divides `batch_size / world` and whose planned peak fits in
 /// [`AUTO_SHARE`] of `device_memory` (the largest of all when the memory is unknown; 1 when none fits).
 pub fn choose_micro_batch(
     spec: &ModelSpec,
@@ -142,13 +151,13 @@ pub fn choose_micro_batch(
     placement: &Placement,
     world: u64,
     device_memory: Option<u64>,
-    checkpointed: bool,
+    like: Shape,
 ) -> AutoChoice {
     let per_device = (c.train.batch_size / world.max(1)).max(1);
     let budget = device_memory.map(|b| (b as f64 * AUTO_SHARE) as u64);
     let mut weighed = Vec::new();
     for micro in (1..=per_device).rev().filter(|m| per_device.is_multiple_of(*m)) {
-        let shape = Shape { checkpointed, ..Shape::worst(c, micro) };
+        let shape = Shape { rows: micro, ..like };
         let total = estimate(spec, &c.method, placement, shape).total;
         weighed.push((micro, total));
         if budget.is_none_or(|b| total <= b) {

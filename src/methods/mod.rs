@@ -10,7 +10,7 @@ pub mod staging;
 
 use tch::{Kind, Tensor};
 
-pub use build::{build_located, check_vocab, is_swiglu, legacy_name, load_trained, recorded_base, Built};
+pub use build::{build_located, check_vocab, is_swiglu, legacy_name, load_trained, quant_scheme, recorded_base, Built};
 pub use locate::{build, build_on, locate, locate_base, random_architecture};
 pub use located::Located;
 

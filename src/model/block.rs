@@ -121,6 +121,27 @@ impl Block {
             Proj::Down => &mut self.mlp.down,
         }
     }
+
+    /// The block's layer `proj`, when it has one (GELU MLPs have no gate).
+    pub(super) fn linear_opt(&mut self, proj: Proj) -> Option<&mut Linear> {
+        match proj {
+            Proj::Gate => self.mlp.gate.as_mut(),
+            _ => Some(self.linear(proj)),
+        }
+    }
+
+    /// [`Block::linear_opt`] to read.
+    pub(super) fn linear_ref(&self, proj: Proj) -> Option<&Linear> {
+        match proj {
+            Proj::Q => Some(&self.q),
+            Proj::K => Some(&self.k),
+            Proj::V => Some(&self.v),
+            Proj::O => Some(&self.o),
+            Proj::Gate => self.mlp.gate.as_ref(),
+            Proj::Up => Some(&self.mlp.up),
+            Proj::Down => Some(&self.mlp.down),
+        }
+    }
 }
 
 impl Walk<'_> {

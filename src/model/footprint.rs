@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use tch::Kind;
 
 use super::layout::{self, At, Module, Param, Role};
+use super::quant::Scheme;
 use super::spec::ModelSpec;
 use crate::config::MethodConfig;
 
@@ -37,6 +38,10 @@ pub struct TensorInfo {
     pub elems: u64,
     pub elem_bytes: u64,
     pub trainable: bool,
+    /// Held quantized ([`super::quant`]): `stored` bytes, dequantized where used.
+    pub quantized: bool,
+    /// Bytes it holds.
+    pub stored: u64,
 }
 
 /// The model's tensors (method included) by address, with their dtype's size and whether they train.
@@ -44,26 +49,31 @@ pub struct Tensors(HashMap<At, TensorInfo>);
 
 impl Tensors {
     /// The tensors of `spec` with method `m`: those whose role `trains` in `trainable_kind`, the others
-    /// in `weight_kind`.
+    /// in `weight_kind`, the frozen weights of the blocks' linear layers quantized by `quantized`.
     pub fn of(
         spec: &ModelSpec,
         m: &MethodConfig,
         trains: impl Fn(Role) -> bool,
         (weight_kind, trainable_kind): (Kind, Kind),
+        quantized: Option<Scheme>,
     ) -> Tensors {
         let map = layout::tensors(spec, Some(m))
             .into_iter()
             .map(|t| {
                 let trainable = trains(t.role());
                 let kind = if trainable { trainable_kind } else { weight_kind };
-                (t.at, TensorInfo { elems: t.numel() as u64, elem_bytes: kind_bytes(kind), trainable })
+                let (elems, elem_bytes) = (t.numel() as u64, kind_bytes(kind));
+                let linear = matches!(t.at.module, Module::Linear(..)) && t.at.param == Param::Weight;
+                let scheme = quantized.filter(|_| linear && !trainable);
+                let stored = scheme.map_or(elems * elem_bytes, |s| s.bytes(elems));
+                (t.at, TensorInfo { elems, elem_bytes, trainable, quantized: scheme.is_some(), stored })
             })
             .collect();
         Tensors(map)
     }
 
     pub fn bytes(&self, which: impl Fn(&TensorInfo) -> bool) -> u64 {
-        self.0.values().filter(|t| which(t)).map(|t| t.elems * t.elem_bytes).sum()
+        self.0.values().filter(|t| which(t)).map(|t| t.stored).sum()
     }
 
     pub fn trainable_elems(&self) -> u64 {

@@ -12,6 +12,7 @@ use super::linear::{Ctx, Linear};
 use super::lora::{Input, LoraScaling, RowSeeds, Site};
 use super::norm::Norm;
 use super::spec::ModelSpec;
+use super::weight::Weight;
 
 pub struct Gpt {
     pub spec: ModelSpec,
@@ -87,9 +88,33 @@ impl Gpt {
     pub fn visit(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
         let layout = std::mem::take(&mut self.layout);
         for t in &layout {
-            f(&t.name(), self.slot(t.at));
+            if !self.is_quantized(t.at) {
+                f(&t.name(), self.slot(t.at));
+            }
         }
         self.layout = layout;
+    }
+
+    /// Whether the tensor at `at` is a quantized weight (which [`Gpt::visit`] leaves out: it has no
+    /// dense tensor to visit).
+    pub fn is_quantized(&self, at: At) -> bool {
+        let Module::Linear(i, proj) = at.module else { return false };
+        at.param == Param::Weight && self.blocks[i].linear_ref(proj).is_some_and(|l| l.weight.is_quantized())
+    }
+
+    /// Each block's linear layers' weights quantized with `scheme`, one layer at a time (the dense
+    /// weight freed as its quantized form replaces it); the embedding and the LM head stay dense.
+    pub fn quantize(&mut self, scheme: super::quant::Scheme) {
+        tch::no_grad(|| {
+            for block in &mut self.blocks {
+                for proj in Proj::ALL {
+                    let Some(lin) = block.linear_opt(proj) else { continue };
+                    if let Weight::Dense(w) = &lin.weight {
+                        lin.weight = Weight::Quantized(super::quant::Quantized::new(w, scheme));
+                    }
+                }
+            }
+        });
     }
 
     /// The checkpoint's tensors under their hub names (fused q/k/v rebuilt), for exporting a fully

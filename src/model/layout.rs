@@ -36,6 +36,10 @@ pub enum Proj {
 }
 
 impl Proj {
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+}
+
+impl Proj {
     fn name(self) -> &'static str {
         match self {
             Proj::Q => "q",

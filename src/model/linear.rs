@@ -91,6 +91,11 @@ impl Walk<'_> {
         let weight = weight.expect("every linear layer has a weight (a tied head uses the embedding)");
         let out_width = (weight.elems / x.width as u64) as i64;
         let weight_trains = weight.trainable;
+        if weight.quantized && x.grad {
+            // The weight dequantized for the product, kept for the input's gradient.
+            let dense = self.val(out_width, x.width, self.compute, false);
+            self.save(dense);
+        }
         if weight_trains {
             self.save(x);
             if x.grad && weight.elem_bytes != self.compute {

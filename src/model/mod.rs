@@ -11,6 +11,7 @@ pub mod linear;
 pub mod lora;
 pub mod mlp;
 pub mod norm;
+pub mod quant;
 pub mod spec;
 pub mod staged;
 pub mod weight;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::config::{Config, DataFormat, Init, MethodConfig, Resolved, Switch};
+use crate::config::{Config, DataFormat, Init, MethodConfig, Quantize, Resolved, Switch};
 use crate::data::prepare::SplitStats;
 use crate::data::SplitSizes;
 use crate::device::Placement;
@@ -46,10 +46,11 @@ pub struct Architecture {
 pub struct Strategies {
     /// Each block recomputes its forward in the backward pass instead of keeping its activations.
     pub activation_checkpointing: bool,
-    /// Why `train.activation_checkpointing = "auto"` chose what it did.
+    /// Why checkpointing is on or off when the config did not say (`"auto"`, or a quantized base).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub activation_checkpointing_auto: Option<String>,
-    /// How the frozen base's weights are held: `none` (in the precision's dtype).
+    pub activation_checkpointing_reason: Option<String>,
+    /// How the frozen base's layer weights are held: `none` (in the precision's dtype), `nf4`,
+    /// `nf4-dq` or `int8`.
     pub quantization: &'static str,
     /// What each process holds of the trained state: `none` (a full replica each).
     pub sharding: &'static str,
@@ -199,9 +200,13 @@ pub fn make_with(r: &Resolved, find: &Find) -> Result<RunPlan, Problems> {
         refusals,
         auto_micro_batch: None,
         strategies: Strategies {
-            activation_checkpointing: c.train.activation_checkpointing == Switch::On,
-            activation_checkpointing_auto: None,
-            quantization: "none",
+            // A quantized base is dequantized one block at a time: only with checkpointing.
+            activation_checkpointing: c.train.activation_checkpointing == Switch::On
+                || c.model.quantize != Quantize::None,
+            activation_checkpointing_reason: (c.model.quantize != Quantize::None
+                && c.train.activation_checkpointing != Switch::On)
+                .then(|| "on: model.quantize dequantizes the base one block at a time, which needs it".to_string()),
+            quantization: c.model.quantize.as_str(),
             sharding: "none",
         },
         config: c.clone(),
@@ -270,6 +275,7 @@ impl RunPlan {
     pub fn shape(&self, micro: u64) -> memory::Shape {
         memory::Shape {
             checkpointed: self.strategies.activation_checkpointing,
+            quantized: methods::quant_scheme(self.config.model.quantize),
             ..memory::Shape::worst(&self.config, micro)
         }
     }
@@ -285,16 +291,16 @@ impl RunPlan {
 
     fn plan_memory(&mut self) {
         if self.config.train.activation_checkpointing == Switch::Auto
-            && self.strategies.activation_checkpointing_auto.is_none()
+            && self.strategies.activation_checkpointing_reason.is_none()
         {
             self.choose_checkpointing();
         }
         let c = &self.config;
-        let checkpointed = self.strategies.activation_checkpointing;
         let sharing = self.sharing();
         let each = self.device_memory.map(|m| m / sharing);
         if let (Some(spec), true, None) = (self.spec(), c.train.auto_micro_batch(), &self.auto_micro_batch) {
-            let choice = memory::choose_micro_batch(spec, c, &self.placement, self.world_size, each, checkpointed);
+            let like = self.shape(1);
+            let choice = memory::choose_micro_batch(spec, c, &self.placement, self.world_size, each, like);
             self.micro_batch_size = choice.chosen;
             self.auto_micro_batch = Some(choice);
         }
@@ -314,7 +320,7 @@ impl RunPlan {
         let (c, sharing) = (&self.config, self.sharing());
         let Some(spec) = self.spec() else { return };
         let Some(budget) = self.device_memory.map(|m| (m / sharing) as f64 * memory::AUTO_SHARE) else {
-            self.strategies.activation_checkpointing_auto = Some("off: the device's memory is unknown".into());
+            self.strategies.activation_checkpointing_reason = Some("off: the device's memory is unknown".into());
             return;
         };
         let micro = if c.train.auto_micro_batch() { 1 } else { self.micro_batch_size };
@@ -322,7 +328,7 @@ impl RunPlan {
         let on = without as f64 > budget;
         let verdict = if on { "more than" } else { "within" };
         self.strategies.activation_checkpointing = on;
-        self.strategies.activation_checkpointing_auto = Some(format!(
+        self.strategies.activation_checkpointing_reason = Some(format!(
             "{}: without it the plan needs {} at micro-batch {micro}, {verdict} 90% of the memory ({})",
             if on { "on" } else { "off" },
             memory::mib_text(without),

@@ -101,8 +101,8 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
         st.quantization,
         st.sharding
     );
-    if let Some(why) = &st.activation_checkpointing_auto {
-        let _ = writeln!(out, "activation_checkpointing = \"auto\": {why}");
+    if let Some(why) = &st.activation_checkpointing_reason {
+        let _ = writeln!(out, "activation checkpointing:   {why}");
     }
     write_model(&mut out, plan, r);
     if let Some(memory) = &plan.memory {
@@ -156,7 +156,13 @@ fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
     let layers = m.activations_per_layer.len().max(1) as u64;
     let per_layer = m.activations_per_layer.iter().max().copied().unwrap_or(0);
     let rows = [
-        (format!("weights ({})", plan.precision), m.weights),
+        (
+            match plan.strategies.quantization {
+                "none" => format!("weights ({})", plan.precision),
+                q => format!("weights ({}, layers' weights in {q} with their absmax)", plan.precision),
+            },
+            m.weights,
+        ),
         (format!("gradients ({trainable})"), m.gradients),
         ("optimizer moments (AdamW, 2 × fp32)".to_string(), m.optimizer),
         (

@@ -253,6 +253,7 @@ pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<R
         memory_plan: n.largest.map(|mut shape| {
             shape.packed = c.data.packing;
             shape.checkpointed = plan.strategies.activation_checkpointing;
+            shape.quantized = methods::quant_scheme(c.model.quantize);
             methods::memory::estimate(&spec, &c.method, &placement, shape)
         }),
     })
@@ -280,6 +281,7 @@ impl Counts {
             scored: Some(b.supervised as u64),
             packed: false,
             checkpointed: false,
+            quantized: None,
         };
         let size = |s: &Shape| (s.rows * s.len, s.scored);
         if self.largest.is_none_or(|l| size(&l) < size(&shape)) {
