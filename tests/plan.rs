@@ -198,3 +198,50 @@ fn cpu_processes_are_planned_together_and_refused_above_the_cores() {
     assert_eq!(plan["refusals"], serde_json::json!([]));
     assert_eq!(plan["local_processes"], cores as u64 + 1);
 }
+
+#[test]
+fn a_plan_that_does_not_fit_lists_what_would_cheapest_first_and_never_what_the_config_has() {
+    let dir = falcon_project(true);
+    let config = repo_config("falcon7b-adapter.toml");
+    let plan_json = |sets: &[&str]| -> Value {
+        let mut args = vec!["plan", config.as_str(), "--json"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = ftexp(dir.path(), &args, &[]);
+        assert!(out.status.success(), "{}", crate::common::stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()["plan"].clone()
+    };
+    // The seed's Falcon-7B adapter_v2 at micro-batch 4 on a 24 GB card: checkpointing alone fits.
+    let plan = plan_json(&["model.device_memory=24GB"]);
+    assert_eq!(plan["fits"], false);
+    let advice = plan["advice"].as_array().unwrap();
+    assert_eq!(advice.len(), 1, "{advice:?}");
+    assert_eq!(advice[0]["settings"], serde_json::json!(["train.activation_checkpointing = true"]));
+    assert_eq!(advice[0]["fits"], true);
+    let checkpointed = plan_json(&["model.device_memory=24GB", "train.activation_checkpointing=true"]);
+    assert_eq!(checkpointed["memory"]["total"], advice[0]["total"], "the advice is the plan of its settings");
+    assert_eq!(checkpointed["fits"], true);
+    // On 16 GB with checkpointing already set, the ladder goes on from there.
+    let plan = plan_json(&["model.device_memory=16GB", "train.activation_checkpointing=true"]);
+    let settings: Vec<String> = plan["advice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|a| a["settings"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()))
+        .collect();
+    assert!(!settings.iter().any(|s| s.starts_with("train.activation_checkpointing")), "{settings:?}");
+    assert_eq!(settings.first().map(String::as_str), Some("train.micro_batch_size = 1"), "{settings:?}");
+    assert_eq!(plan["advice"].as_array().unwrap().last().unwrap()["fits"], true);
+    // 4-bit NF4 fits the seed's run on 16 GB at its micro-batch, and "auto" turns checkpointing on at 24 GB.
+    assert_eq!(plan_json(&["model.device_memory=16GB", "model.quantize=nf4"])["fits"], true);
+    let auto = plan_json(&["model.device_memory=24GB", "train.activation_checkpointing=auto"]);
+    assert_eq!(auto["strategies"]["activation_checkpointing"], true);
+    assert!(auto["strategies"]["activation_checkpointing_reason"].as_str().unwrap().starts_with("on: without it"));
+    // The text keeps its `total:` and `fits:` lines, then the advice.
+    let out = ftexp(dir.path(), &["plan", &config, "--set", "model.device_memory=24GB"], &[]);
+    let text = stdout(&out);
+    let fits = text.lines().position(|l| l.starts_with("fits: NO")).expect("a fits line");
+    assert!(text.lines().any(|l| l.starts_with("total:")), "{text}");
+    assert_eq!(text.lines().nth(fits + 1), Some("to fit, change (each line planned with the ones above it):"));
+}

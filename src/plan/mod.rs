@@ -2,6 +2,7 @@
 //! (placement and processes, the base located once, micro-batch and accumulation, steps and learning
 //! rate schedule, the memory budget, and one slot per memory or scale strategy). `ftexp plan` prints
 //! it, `train::run` consumes it, and run.json records it.
+mod advice;
 mod render;
 pub mod steps;
 
@@ -20,6 +21,7 @@ use crate::methods::{self, Located};
 use crate::model::spec::{Family, ModelSpec};
 use crate::source::BaseModel;
 
+pub use advice::Advice;
 pub use render::{render, render_config, thousands, to_json};
 use steps::{step_counts, Schedule};
 
@@ -110,11 +112,33 @@ pub struct RunPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_micro_batch: Option<AutoChoice>,
     pub strategies: Strategies,
+    /// When the run does not fit: settings that would, each planned with its total, the cheapest in
+    /// speed first.
+    pub advice: Vec<Advice>,
+    /// A plan weighed as advice (which gives none itself).
+    #[serde(skip)]
+    weighing: bool,
     /// The resolved config the plan is of (printed beside the plan, not inside it).
     #[serde(skip)]
     pub config: Config,
     #[serde(skip)]
     pub placement: Placement,
+}
+
+impl Strategies {
+    /// The strategies `c` asks for (`"auto"` checkpointing still off: the memory plan chooses it).
+    fn of(c: &Config) -> Strategies {
+        let quantized = c.model.quantize != Quantize::None;
+        let asked = c.train.activation_checkpointing == Switch::On;
+        Strategies {
+            // A quantized base is dequantized one block at a time: only with checkpointing.
+            activation_checkpointing: asked || quantized,
+            activation_checkpointing_reason: (quantized && !asked)
+                .then(|| "on: model.quantize dequantizes the base one block at a time, which needs it".to_string()),
+            quantization: c.model.quantize.as_str(),
+            sharding: "none",
+        }
+    }
 }
 
 /// How the plan finds the base: `ftexp plan` only looks; a run downloads it (or exports it from the
@@ -199,16 +223,9 @@ pub fn make_with(r: &Resolved, find: &Find) -> Result<RunPlan, Problems> {
         fits: None,
         refusals,
         auto_micro_batch: None,
-        strategies: Strategies {
-            // A quantized base is dequantized one block at a time: only with checkpointing.
-            activation_checkpointing: c.train.activation_checkpointing == Switch::On
-                || c.model.quantize != Quantize::None,
-            activation_checkpointing_reason: (c.model.quantize != Quantize::None
-                && c.train.activation_checkpointing != Switch::On)
-                .then(|| "on: model.quantize dequantizes the base one block at a time, which needs it".to_string()),
-            quantization: c.model.quantize.as_str(),
-            sharding: "none",
-        },
+        strategies: Strategies::of(c),
+        advice: Vec::new(),
+        weighing: false,
         config: c.clone(),
         placement,
     };
@@ -312,6 +329,7 @@ impl RunPlan {
         let needed = self.processes_memory.or(self.memory.as_ref().map(|m| m.total));
         self.fits = needed.zip(self.device_memory).map(|(needed, available)| needed <= available);
         self.gradient_accumulation_iters = c.train.batch_size / (micro * self.world_size).max(1);
+        self.advise();
     }
 
     /// `activation_checkpointing = "auto"`: off (faster) when the plan without it fits 90% of the

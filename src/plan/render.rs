@@ -199,20 +199,47 @@ fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
     }
     let source = if c.model.device_memory.is_some() { "model.device_memory" } else { "the device's own" };
     let line = match (plan.fits, plan.device_memory) {
-        (Some(true), Some(available)) => format!(
-            "fits: yes, {:.0}% of {} ({source})",
-            100.0 * needed as f64 / available as f64,
-            bytes(available)
-        ),
+        (Some(true), Some(available)) => {
+            format!("fits: yes, {:.0}% of {} ({source})", 100.0 * needed as f64 / available as f64, bytes(available))
+        }
         (Some(false), Some(available)) => format!(
-            "fits: NO, {} more than the {} of {} ({source}); lower train.micro_batch_size (or set it to \"auto\") or data.max_seq_length, use a 16-bit model.precision, or use lora instead of full",
+            "fits: NO, {} more than the {} of {} ({source}){}",
             bytes(needed - available),
             bytes(available),
-            plan.device
-        ) + if plan.processes_memory.is_some() { "; or train on fewer CPU processes (train.devices), each holds its own copy" } else { "" },
+            plan.device,
+            other_changes(plan, r)
+        ),
         _ => "fits: unknown (the device's memory is unknown; set model.device_memory)".to_string(),
     };
     let _ = writeln!(out, "{line}");
+    if !plan.advice.is_empty() {
+        let _ = writeln!(out, "to fit, change (each line planned with the ones above it):");
+        for (i, a) in plan.advice.iter().enumerate() {
+            let setting = format!("{}{}", if i == 0 { "  " } else { "  + " }, a.settings.last().map_or("", |s| s));
+            let verdict = if a.fits { "fits" } else { "does not fit yet" };
+            let _ = writeln!(out, "{setting:<52}{:>12}  {verdict}", bytes(a.total));
+        }
+    }
+}
+
+/// What else could make a run fit that the advice ladder does not weigh.
+fn other_changes(plan: &Plan, r: &Resolved) -> String {
+    let c = &r.config;
+    let mut other = Vec::new();
+    if plan.precision == "32-true" {
+        other.push("a 16-bit model.precision (bf16-true) halves the weights");
+    }
+    if c.method.kind == crate::config::MethodKind::Full {
+        other.push("method.kind = \"lora\" trains far fewer tensors");
+    }
+    if plan.processes_memory.is_some() {
+        other.push("fewer CPU processes (train.devices), each holds its own copy");
+    }
+    match (other.is_empty(), plan.advice.last().is_some_and(|a| a.fits)) {
+        (true, true) => String::new(),
+        (true, false) => "; nothing ftexp can change makes it fit: use a device with more memory".into(),
+        (false, _) => format!("; also: {}", other.join("; ")),
+    }
 }
 
 pub fn to_json(r: &Resolved, plan: &Plan) -> serde_json::Value {
