@@ -276,3 +276,39 @@ fn a_parquet_file_without_the_mapped_column_and_a_tokenizer_without_a_template_a
     assert_eq!(p.split(Split::Train).len(), 12);
     assert!(std::fs::read_dir(dir.path()).unwrap().count() == 1);
 }
+
+/// A template that would run forever, recurse without end or write gigabytes is refused quickly, in
+/// one line naming the template and the limit it hit.
+#[test]
+fn templates_that_hang_or_write_without_end_are_refused_quickly() {
+    let cases = [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "did not finish within its limit of 5000000 steps",
+        ),
+        ("{% for i in range(10**9) %}x{% endfor %}", "range has too many elements"),
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion"),
+        (
+            "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}",
+            "writes more than 1049312 bytes for one conversation",
+        ),
+        ("{{ 'x' * 10**10 }}", "repeated string is too large"),
+        ("{% for m in messages * 1000000 %}{{ m.content }}{% endfor %}", "writes more than"),
+    ];
+    for (source, want) in cases {
+        let start = std::time::Instant::now();
+        let origin = "hostile.jinja".to_string();
+        let err = ChatTemplate::new(source.into(), origin, String::new(), String::new()).err().unwrap();
+        assert_eq!(err.0.len(), 1, "{source}");
+        assert!(err.0[0].starts_with("the chat template (hostile.jinja) "), "{}", err.0[0]);
+        assert!(err.0[0].contains(want), "want {want:?} in {}", err.0[0]);
+        assert!(start.elapsed().as_secs() < 10, "{source}: {:?}", start.elapsed());
+    }
+    let p = project("chat_template = \"tpl.jinja\"\n", &fixture_rows());
+    std::fs::write(p.path().join("tpl.jinja"), cases[0].0).unwrap();
+    let out = ftexp(p.path(), &["prepare", "exp.toml"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("the chat template (tpl.jinja) did not finish within its limit"), "{err}");
+}

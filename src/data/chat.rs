@@ -236,6 +236,7 @@ impl ChatTemplate {
         // transformers renders with these jinja2 settings.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
@@ -248,16 +249,32 @@ impl ChatTemplate {
     }
 
     /// The conversation as text, with the assistant's header after it when `add_generation_prompt`.
+    /// Rendering is bounded, so a template that loops forever or writes without end is refused: at
+    /// most [`FUEL`] steps of work (minijinja's fuel), minijinja's own recursion limit (500 nested
+    /// calls) and repeat limit (`'x' * n` up to 100 MB), and an output of at most 1 MiB plus 16 bytes
+    /// for each byte of the conversation's own text ([`output_limit`]).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, String> {
         let template = self.env.get_template("chat").map_err(|e| describe(&e))?;
-        template
-            .render(context! {
-                messages => messages,
-                bos_token => &self.bos,
-                eos_token => &self.eos,
-                add_generation_prompt => add_generation_prompt,
-            })
-            .map_err(|e| format!("the chat template ({}) failed: {}", self.origin, describe(&e)))
+        let mut out = Capped { text: Vec::new(), limit: output_limit(messages), over: false };
+        let ctx = context! {
+            messages => messages,
+            bos_token => &self.bos,
+            eos_token => &self.eos,
+            add_generation_prompt => add_generation_prompt,
+        };
+        let origin = &self.origin;
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.text)
+                .map_err(|_| format!("the chat template ({origin}) failed: it wrote text that is not UTF-8")),
+            Err(_) if out.over => Err(format!(
+                "the chat template ({origin}) writes more than {} bytes for one conversation (the limit is 1 MiB plus 16 bytes per byte of its text); fix the template so it writes each turn once",
+                out.limit
+            )),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(format!(
+                "the chat template ({origin}) did not finish within its limit of {FUEL} steps for one conversation: it loops too long or forever; fix its loops or recursion"
+            )),
+            Err(e) => Err(format!("the chat template ({origin}) failed: {}", describe(&e))),
+        }
     }
 
     /// What the template writes after an assistant's content both at the end of a conversation and
@@ -324,6 +341,37 @@ impl ChatTemplate {
             }
         }
         Ok(spans)
+    }
+}
+
+/// The work one rendering may do, in minijinja's fuel (about one unit per instruction): far above what
+/// a real template needs for a long conversation, and used up in well under a second.
+pub const FUEL: u64 = 5_000_000;
+
+/// The most bytes one rendering may write: 1 MiB, plus 16 for each byte of the conversation's text.
+pub fn output_limit(messages: &[Message]) -> usize {
+    (1 << 20) + 16 * messages.iter().map(|m| m.content.len()).sum::<usize>()
+}
+
+/// A rendering's output, refused past `limit` bytes.
+struct Capped {
+    text: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("the chat template's output is too long"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
