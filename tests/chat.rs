@@ -312,3 +312,38 @@ fn templates_that_hang_or_write_without_end_are_refused_quickly() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("the chat template (tpl.jinja) did not finish within its limit"), "{err}");
 }
+
+/// One-letter answers (`A`, `4`, and letters the templates' own headers hold, even after a user turn
+/// of that same letter) are valid data: each family supervises exactly that answer and its marker.
+#[test]
+fn one_letter_answers_are_supervised_where_the_template_put_them() {
+    let turn = |role: &str, content: &str| json!({"role": role, "content": content});
+    let answers = ["A", "4", "s", "t", "I", "N", "e"];
+    for (name, eot) in FAMILIES {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<String> = answers
+            .iter()
+            .map(|a| {
+                json!({"messages": [turn("system", "Be brief."), turn("user", a), turn("assistant", a)]}).to_string()
+            })
+            .collect();
+        let path = dir.path().join("chats.jsonl");
+        std::fs::write(&path, rows.join("\n")).unwrap();
+        let tokenizer = Tokenizer::from_dir(&family(name)).unwrap();
+        let tf = family(name).join("tokenizer.json");
+        let data = chat_config(&path);
+        let p = prepare(
+            &Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf, hub: None },
+            &dir.path().join("c"),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let samples = p.split(Split::Train);
+        assert_eq!(samples.len(), answers.len(), "{name}");
+        for s in samples {
+            let runs = supervised(&s.labels);
+            assert_eq!(runs.len(), 1, "{name}: {}", s.output);
+            let text = tokenizer.inner.decode(&s.input_ids[runs[0].0..runs[0].1], false).unwrap();
+            assert_eq!(text.trim_start(), format!("{}{eot}", s.output), "{name}");
+        }
+    }
+}

@@ -308,11 +308,15 @@ impl ChatTemplate {
     /// The byte ranges of `text` (the rendering of `messages`) that hold each assistant's content and
     /// the end-of-turn marker after it. Turns are found in order; a system turn may be placed anywhere.
     pub fn assistant_spans(&self, text: &str, messages: &[Message]) -> Result<Vec<Range<usize>>, String> {
+        let starts = self.content_starts(text, messages);
         let mut cursor = 0;
         let mut spans = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             let needle = m.content.trim();
-            let found = text[cursor..].find(needle).map(|p| cursor + p);
+            let found = match &starts {
+                Some(starts) => Some(starts[i]),
+                None => text[cursor..].find(needle).map(|p| cursor + p),
+            };
             match (m.role.as_str(), found) {
                 ("assistant", None) => {
                     return Err(format!(
@@ -341,6 +345,43 @@ impl ChatTemplate {
             }
         }
         Ok(spans)
+    }
+}
+
+impl ChatTemplate {
+    /// Where each turn's (trimmed) content starts in `text`, the rendering of `messages`: the template
+    /// renders the conversation again with a placeholder for each content, and the text between the
+    /// placeholders must match `text` around each content (as given, or trimmed). So a short answer
+    /// such as `A` or `4` is found where the template put it, not inside a header that happens to hold
+    /// that letter. None when the template writes contents otherwise (then they are searched for).
+    fn content_starts(&self, text: &str, messages: &[Message]) -> Option<Vec<usize>> {
+        let mark = |i: usize| format!("\u{E000}ftexp turn {i}\u{E001}");
+        let placed: Vec<Message> =
+            messages.iter().enumerate().map(|(i, m)| Message { role: m.role.clone(), content: mark(i) }).collect();
+        let shape = self.render(&placed, false).ok()?;
+        let mut marks = Vec::with_capacity(messages.len());
+        let mut from = 0;
+        for i in 0..messages.len() {
+            let at = from + shape[from..].find(&mark(i))?;
+            from = at + mark(i).len();
+            marks.push(at..from);
+        }
+        let (mut starts, mut cursor) = (Vec::with_capacity(messages.len()), 0);
+        for (i, m) in messages.iter().enumerate() {
+            let before = &shape[if i == 0 { 0 } else { marks[i - 1].end }..marks[i].start];
+            let after = &shape[marks[i].end..marks.get(i + 1).map_or(shape.len(), |r| r.start)];
+            cursor += before.len();
+            if !text.get(cursor - before.len()..cursor).is_some_and(|t| t == before) {
+                return None;
+            }
+            let c = m.content.as_str();
+            let written = [c, c.trim_start(), c.trim_end(), c.trim()]
+                .into_iter()
+                .find(|w| text[cursor..].starts_with(w) && text[cursor + w.len()..].starts_with(after))?;
+            starts.push(cursor + written.len() - written.trim_start().len());
+            cursor += written.len();
+        }
+        Some(starts)
     }
 }
 
