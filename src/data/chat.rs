@@ -370,10 +370,10 @@ impl ChatTemplate {
         for (i, m) in messages.iter().enumerate() {
             let before = &shape[if i == 0 { 0 } else { marks[i - 1].end }..marks[i].start];
             let after = &shape[marks[i].end..marks.get(i + 1).map_or(shape.len(), |r| r.start)];
-            cursor += before.len();
-            if !text.get(cursor - before.len()..cursor).is_some_and(|t| t == before) {
+            if text.get(cursor..cursor + before.len()) != Some(before) {
                 return None;
             }
+            cursor += before.len();
             let c = m.content.as_str();
             let written = [c, c.trim_start(), c.trim_end(), c.trim()]
                 .into_iter()
