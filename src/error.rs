@@ -156,6 +156,15 @@ thread_local! {
 /// do not match): this is the one boundary where they become errors a user reads, with no panic text
 /// or stack trace printed.
 pub fn guard<T>(context: &str, f: impl FnOnce() -> T) -> Result<T, Problems> {
+    catch_panic(f).map_err(|text| {
+        let (kind, said) = explain(&text);
+        Problems::of(kind, format!("{context}: {said}"))
+    })
+}
+
+/// Runs `f`, and returns the message of a panic inside it instead of unwinding, with nothing printed:
+/// for a library that panics on bad input where it should return an error (see [`guard`] for libtorch).
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
@@ -170,11 +179,7 @@ pub fn guard<T>(context: &str, f: impl FnOnce() -> T) -> Result<T, Problems> {
     let outer = GUARDED.replace(true);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     GUARDED.set(outer);
-    result.map_err(|payload| {
-        let text = CAUGHT.take().unwrap_or_else(|| panic_text(payload.as_ref()));
-        let (kind, said) = explain(&text);
-        Problems::of(kind, format!("{context}: {said}"))
-    })
+    result.map_err(|payload| CAUGHT.take().unwrap_or_else(|| panic_text(payload.as_ref())))
 }
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {

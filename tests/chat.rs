@@ -276,3 +276,74 @@ fn a_parquet_file_without_the_mapped_column_and_a_tokenizer_without_a_template_a
     assert_eq!(p.split(Split::Train).len(), 12);
     assert!(std::fs::read_dir(dir.path()).unwrap().count() == 1);
 }
+
+/// A template that would run forever, recurse without end or write gigabytes is refused quickly, in
+/// one line naming the template and the limit it hit.
+#[test]
+fn templates_that_hang_or_write_without_end_are_refused_quickly() {
+    let cases = [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "did not finish within its limit of 5000000 steps",
+        ),
+        ("{% for i in range(10**9) %}x{% endfor %}", "range has too many elements"),
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion"),
+        (
+            "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}",
+            "writes more than 1049312 bytes for one conversation",
+        ),
+        ("{{ 'x' * 10**10 }}", "repeated string is too large"),
+        ("{% for m in messages * 1000000 %}{{ m.content }}{% endfor %}", "writes more than"),
+    ];
+    for (source, want) in cases {
+        let start = std::time::Instant::now();
+        let origin = "hostile.jinja".to_string();
+        let err = ChatTemplate::new(source.into(), origin, String::new(), String::new()).err().unwrap();
+        assert_eq!(err.0.len(), 1, "{source}");
+        assert!(err.0[0].starts_with("the chat template (hostile.jinja) "), "{}", err.0[0]);
+        assert!(err.0[0].contains(want), "want {want:?} in {}", err.0[0]);
+        assert!(start.elapsed().as_secs() < 10, "{source}: {:?}", start.elapsed());
+    }
+    let p = project("chat_template = \"tpl.jinja\"\n", &fixture_rows());
+    std::fs::write(p.path().join("tpl.jinja"), cases[0].0).unwrap();
+    let out = ftexp(p.path(), &["prepare", "exp.toml"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("the chat template (tpl.jinja) did not finish within its limit"), "{err}");
+}
+
+/// One-letter answers (`A`, `4`, and letters the templates' own headers hold, even after a user turn
+/// of that same letter) are valid data: each family supervises exactly that answer and its marker.
+#[test]
+fn one_letter_answers_are_supervised_where_the_template_put_them() {
+    let turn = |role: &str, content: &str| json!({"role": role, "content": content});
+    let answers = ["A", "4", "s", "t", "I", "N", "e"];
+    for (name, eot) in FAMILIES {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<String> = answers
+            .iter()
+            .map(|a| {
+                json!({"messages": [turn("system", "Be brief."), turn("user", a), turn("assistant", a)]}).to_string()
+            })
+            .collect();
+        let path = dir.path().join("chats.jsonl");
+        std::fs::write(&path, rows.join("\n")).unwrap();
+        let tokenizer = Tokenizer::from_dir(&family(name)).unwrap();
+        let tf = family(name).join("tokenizer.json");
+        let data = chat_config(&path);
+        let p = prepare(
+            &Inputs { data: &data, seed: 1, tokenizer: &tokenizer, tokenizer_file: &tf, hub: None },
+            &dir.path().join("c"),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let samples = p.split(Split::Train);
+        assert_eq!(samples.len(), answers.len(), "{name}");
+        for s in samples {
+            let runs = supervised(&s.labels);
+            assert_eq!(runs.len(), 1, "{name}: {}", s.output);
+            let text = tokenizer.inner.decode(&s.input_ids[runs[0].0..runs[0].1], false).unwrap();
+            assert_eq!(text.trim_start(), format!("{}{eot}", s.output), "{name}");
+        }
+    }
+}

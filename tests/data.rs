@@ -415,3 +415,58 @@ fn cache_entries_of_the_previous_layout_still_load() {
     assert_eq!(train[0].input_ids_no_response, [10, 11]);
     assert_eq!((train[1].output.as_str(), train[1].labels.clone()), ("c", vec![20, 21, 22]));
 }
+
+/// A CSV quote that opens in a line's last field and never closes is refused at that line (it would
+/// swallow the rest of the file), while quoted fields that span lines or hold `""` still read.
+#[test]
+fn a_csv_quote_that_never_closes_is_refused_at_its_line() {
+    let header = "instruction,input,output\n";
+    let fine = "\"Double 1.\",,2\n\"Say \"\"hi\"\"\",\"two\nlines\",hi\nDouble 3.,,6\n";
+    let open = "Double 4.,,\"8\nDouble 5.,,10\nDouble 6.,,12\n";
+    let p = project(&json!([]), "");
+    std::fs::write(p.path().join("rows.csv"), format!("{header}{fine}{fine}")).unwrap();
+    let sets = ["--set", "data.path=rows.csv"];
+    let out = ftexp(p.path(), &["prepare", "exp.toml", sets[0], sets[1]], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(p.path().join("rows.csv"), format!("{header}{fine}{open}")).unwrap();
+    let out = ftexp(p.path(), &["prepare", "exp.toml", sets[0], sets[1]], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("rows.csv:6: a quoted field opens on this line and its quote never closes"), "{err}");
+    assert!(err.contains("close the field with `\"`"), "{err}");
+}
+
+/// A damaged Parquet file (cut short, its footer or its middle changed: some of these make the
+/// Parquet reader panic) is one user error naming the file, never a panic or a libtorch error.
+#[test]
+fn a_damaged_parquet_file_is_a_user_error_naming_it() {
+    let good = std::fs::read(fixtures().join("data/alpaca.parquet")).unwrap();
+    let flip = |at: usize, mask: u8| {
+        let mut b = good.clone();
+        b[at] ^= mask;
+        b
+    };
+    let n = good.len();
+    let cases = [
+        ("cut in half", good[..n / 2].to_vec()),
+        ("cut before the footer", good[..n - 3].to_vec()),
+        ("footer length", flip(n - 6, 0xff)),
+        ("footer metadata", flip(n - 40, 0xff)),
+        ("middle, a page", flip(n / 2, 0xff)),
+        ("metadata: a column's offset", flip(505, 0x01)),
+        ("metadata: a column's encoding", flip(510, 0xff)),
+    ];
+    let p = project(&json!([]), "");
+    for (what, bytes) in cases {
+        std::fs::write(p.path().join("rows.parquet"), bytes).unwrap();
+        let out = ftexp(p.path(), &["prepare", "exp.toml", "--set", "data.path=rows.parquet"], &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        assert!(err.contains("rows.parquet: cannot read as Parquet ("), "{what}: {err}");
+        assert!(err.contains("the file is damaged or not Parquet"), "{what}: {err}");
+        assert!(!err.contains("libtorch") && !err.contains("panicked"), "{what}: {err}");
+        assert!(cache_entries(p.path()).is_empty());
+    }
+}

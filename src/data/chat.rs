@@ -236,6 +236,7 @@ impl ChatTemplate {
         // transformers renders with these jinja2 settings.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
@@ -248,16 +249,32 @@ impl ChatTemplate {
     }
 
     /// The conversation as text, with the assistant's header after it when `add_generation_prompt`.
+    /// Rendering is bounded, so a template that loops forever or writes without end is refused: at
+    /// most [`FUEL`] steps of work (minijinja's fuel), minijinja's own recursion limit (500 nested
+    /// calls) and repeat limit (`'x' * n` up to 100 MB), and an output of at most 1 MiB plus 16 bytes
+    /// for each byte of the conversation's own text ([`output_limit`]).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, String> {
         let template = self.env.get_template("chat").map_err(|e| describe(&e))?;
-        template
-            .render(context! {
-                messages => messages,
-                bos_token => &self.bos,
-                eos_token => &self.eos,
-                add_generation_prompt => add_generation_prompt,
-            })
-            .map_err(|e| format!("the chat template ({}) failed: {}", self.origin, describe(&e)))
+        let mut out = Capped { text: Vec::new(), limit: output_limit(messages), over: false };
+        let ctx = context! {
+            messages => messages,
+            bos_token => &self.bos,
+            eos_token => &self.eos,
+            add_generation_prompt => add_generation_prompt,
+        };
+        let origin = &self.origin;
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.text)
+                .map_err(|_| format!("the chat template ({origin}) failed: it wrote text that is not UTF-8")),
+            Err(_) if out.over => Err(format!(
+                "the chat template ({origin}) writes more than {} bytes for one conversation (the limit is 1 MiB plus 16 bytes per byte of its text); fix the template so it writes each turn once",
+                out.limit
+            )),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(format!(
+                "the chat template ({origin}) did not finish within its limit of {FUEL} steps for one conversation: it loops too long or forever; fix its loops or recursion"
+            )),
+            Err(e) => Err(format!("the chat template ({origin}) failed: {}", describe(&e))),
+        }
     }
 
     /// What the template writes after an assistant's content both at the end of a conversation and
@@ -291,11 +308,15 @@ impl ChatTemplate {
     /// The byte ranges of `text` (the rendering of `messages`) that hold each assistant's content and
     /// the end-of-turn marker after it. Turns are found in order; a system turn may be placed anywhere.
     pub fn assistant_spans(&self, text: &str, messages: &[Message]) -> Result<Vec<Range<usize>>, String> {
+        let starts = self.content_starts(text, messages);
         let mut cursor = 0;
         let mut spans = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             let needle = m.content.trim();
-            let found = text[cursor..].find(needle).map(|p| cursor + p);
+            let found = match &starts {
+                Some(starts) => Some(starts[i]),
+                None => text[cursor..].find(needle).map(|p| cursor + p),
+            };
             match (m.role.as_str(), found) {
                 ("assistant", None) => {
                     return Err(format!(
@@ -324,6 +345,74 @@ impl ChatTemplate {
             }
         }
         Ok(spans)
+    }
+}
+
+impl ChatTemplate {
+    /// Where each turn's (trimmed) content starts in `text`, the rendering of `messages`: the template
+    /// renders the conversation again with a placeholder for each content, and the text between the
+    /// placeholders must match `text` around each content (as given, or trimmed). So a short answer
+    /// such as `A` or `4` is found where the template put it, not inside a header that happens to hold
+    /// that letter. None when the template writes contents otherwise (then they are searched for).
+    fn content_starts(&self, text: &str, messages: &[Message]) -> Option<Vec<usize>> {
+        let mark = |i: usize| format!("\u{E000}ftexp turn {i}\u{E001}");
+        let placed: Vec<Message> =
+            messages.iter().enumerate().map(|(i, m)| Message { role: m.role.clone(), content: mark(i) }).collect();
+        let shape = self.render(&placed, false).ok()?;
+        let mut marks = Vec::with_capacity(messages.len());
+        let mut from = 0;
+        for i in 0..messages.len() {
+            let at = from + shape[from..].find(&mark(i))?;
+            from = at + mark(i).len();
+            marks.push(at..from);
+        }
+        let (mut starts, mut cursor) = (Vec::with_capacity(messages.len()), 0);
+        for (i, m) in messages.iter().enumerate() {
+            let before = &shape[if i == 0 { 0 } else { marks[i - 1].end }..marks[i].start];
+            let after = &shape[marks[i].end..marks.get(i + 1).map_or(shape.len(), |r| r.start)];
+            if text.get(cursor..cursor + before.len()) != Some(before) {
+                return None;
+            }
+            cursor += before.len();
+            let c = m.content.as_str();
+            let written = [c, c.trim_start(), c.trim_end(), c.trim()]
+                .into_iter()
+                .find(|w| text[cursor..].starts_with(w) && text[cursor + w.len()..].starts_with(after))?;
+            starts.push(cursor + written.len() - written.trim_start().len());
+            cursor += written.len();
+        }
+        Some(starts)
+    }
+}
+
+/// The work one rendering may do, in minijinja's fuel (about one unit per instruction): far above what
+/// a real template needs for a long conversation, and used up in well under a second.
+pub const FUEL: u64 = 5_000_000;
+
+/// The most bytes one rendering may write: 1 MiB, plus 16 for each byte of the conversation's text.
+pub fn output_limit(messages: &[Message]) -> usize {
+    (1 << 20) + 16 * messages.iter().map(|m| m.content.len()).sum::<usize>()
+}
+
+/// A rendering's output, refused past `limit` bytes.
+struct Capped {
+    text: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("the chat template's output is too long"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

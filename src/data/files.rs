@@ -159,6 +159,11 @@ fn missing_column(path: &Path, columns: &[String], needed: &[Needed]) -> Result<
 fn read_csv(path: &Path, needed: &[Needed]) -> Result<Vec<Row>, Problems> {
     let name = path.display();
     let text = read_text(path)?;
+    if let Some(line) = unclosed_quote(&text) {
+        return Err(Problems::one(format!(
+            "{name}:{line}: a quoted field opens on this line and its quote never closes, so the rest of the file would be read into it; close the field with `\"`, or write a quote inside a quoted field as `\"\"`"
+        )));
+    }
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
     let bad = |e: csv::Error| {
         let line = e.position().map_or(String::new(), |p| format!(":{}", p.line()));
@@ -180,20 +185,63 @@ fn read_csv(path: &Path, needed: &[Needed]) -> Result<Vec<Row>, Problems> {
     Ok(rows)
 }
 
-/// A Parquet file's rows: strings as strings, lists of structs (conversations) as lists of objects.
+/// The line of the quoted field still open at the end of `text`, read as the CSV reader reads it: a
+/// quote opens a field only at the field's start, and inside one `""` is a quote, not its end.
+fn unclosed_quote(text: &str) -> Option<usize> {
+    let (mut line, mut opened) = (1, None);
+    let (mut field_start, mut bytes) = (true, text.bytes().peekable());
+    while let Some(b) = bytes.next() {
+        match (opened, b) {
+            (_, b'\n') => {
+                line += 1;
+                field_start = opened.is_none();
+            }
+            (None, b'"') if field_start => (opened, field_start) = (Some(line), false),
+            (None, b',') => field_start = true,
+            (Some(_), b'"') if bytes.peek() == Some(&b'"') => {
+                bytes.next();
+            }
+            (Some(_), b'"') => opened = None,
+            (None, b'\r') => {}
+            _ => field_start = false,
+        }
+    }
+    opened
+}
+
+/// A Parquet file's rows: strings as strings, lists of structs (conversations) as lists of objects. A
+/// damaged file is refused naming it, whether the reader returns an error or panics on it.
 fn read_parquet(path: &Path, needed: &[Needed]) -> Result<Vec<Row>, Problems> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
     let name = path.display();
     let file = std::fs::File::open(path).map_err(|e| Problems::one(format!("{name}: cannot read: {e}")))?;
-    let bad = |e: parquet::errors::ParquetError| Problems::one(format!("{name}: cannot read as Parquet: {e}"));
-    let reader = SerializedFileReader::new(file).map_err(bad)?;
+    let damaged = |detail: String| {
+        Problems::one(format!(
+            "{name}: cannot read as Parquet ({detail}); the file is damaged or not Parquet: write it again, or point `data.path` at another file"
+        ))
+    };
+    match crate::error::catch_panic(|| parquet_rows(path, file, needed)) {
+        Ok(Ok(rows)) => Ok(rows),
+        Ok(Err(Read::Columns(p))) => Err(p),
+        Ok(Err(Read::Parquet(e))) => Err(damaged(e.to_string())),
+        Err(panic) => Err(damaged(format!("the Parquet reader failed: {panic}"))),
+    }
+}
+
+enum Read {
+    Columns(Problems),
+    Parquet(parquet::errors::ParquetError),
+}
+
+fn parquet_rows(path: &Path, file: std::fs::File, needed: &[Needed]) -> Result<Vec<Row>, Read> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(file).map_err(Read::Parquet)?;
     let schema = reader.metadata().file_metadata().schema_descr();
     let columns: Vec<String> = schema.root_schema().get_fields().iter().map(|f| f.name().to_string()).collect();
-    missing_column(path, &columns, needed)?;
+    missing_column(path, &columns, needed).map_err(Read::Columns)?;
     let mut rows = Vec::new();
-    for row in reader.get_row_iter(None).map_err(bad)? {
-        let row = row.map_err(bad)?;
-        rows.push(Row { value: row.to_json_value(), at: format!("{name}: record {}", rows.len() + 1) });
+    for row in reader.get_row_iter(None).map_err(Read::Parquet)? {
+        let row = row.map_err(Read::Parquet)?;
+        rows.push(Row { value: row.to_json_value(), at: format!("{}: record {}", path.display(), rows.len() + 1) });
     }
     Ok(rows)
 }
