@@ -325,8 +325,16 @@ fn damaged_weights_and_models_too_large_are_named() {
     std::fs::create_dir(p.path().join("huge")).unwrap();
     std::fs::write(p.path().join("huge/config.json"), config.to_string()).unwrap();
     let sets = ["--set", "model.checkpoint=huge", "--set", "model.init=random", "--set", "method.kind=full"];
+    // The plan still renders, with the refusal a run would meet; `--check` turns it into the error.
     let plan: Vec<&str> = ["plan", "exp.toml"].into_iter().chain(sets).collect();
-    one_line_error(&ftexp(p.path(), &plan, &[]), &["parameters need", "GiB", "more than the"]);
+    let out = ftexp(p.path(), &plan, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = crate::common::stdout(&out);
+    assert!(text.lines().any(|l| l.starts_with("refused:") && l.contains("parameters need")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("fits: NO")), "{text}");
+    let check: Vec<&str> = plan.iter().copied().chain(["--check"]).collect();
+    let err = stderr(&ftexp(p.path(), &check, &[]));
+    assert!(err.contains("does not fit"), "{err}");
     let bench: Vec<&str> = ["bench", "exp.toml", "--synthetic", "--steps", "1"].into_iter().chain(sets).collect();
     one_line_error(&ftexp(p.path(), &bench, &[]), &["parameters need", "GiB", "more than the"]);
 }
