@@ -238,6 +238,15 @@ fn a_plan_that_does_not_fit_lists_what_would_cheapest_first_and_never_what_the_c
     let auto = plan_json(&["model.device_memory=24GB", "train.activation_checkpointing=auto"]);
     assert_eq!(auto["strategies"]["activation_checkpointing"], true);
     assert!(auto["strategies"]["activation_checkpointing_reason"].as_str().unwrap().starts_with("on: without it"));
+    // `model.quantize = "auto"` takes the first of none, int8, nf4 that fits 90%, and says why.
+    for (memory, chosen) in [("40GB", "none"), ("16GB", "int8"), ("8GB", "nf4")] {
+        let plan = plan_json(&[&format!("model.device_memory={memory}"), "model.quantize=auto"]);
+        assert_eq!(plan["strategies"]["quantization"], chosen, "{memory}");
+        assert!(plan["strategies"]["quantization_reason"].as_str().unwrap().starts_with(chosen), "{memory}");
+        assert_eq!((plan["fits"].as_bool(), plan["refusals"].as_array().unwrap().len()), (Some(true), 0), "{memory}");
+    }
+    let nothing = plan_json(&["model.device_memory=2GB", "model.quantize=auto"]);
+    assert!(nothing["refusals"][0].as_str().unwrap().contains("the plan's closest option is nf4"), "{nothing}");
     // The text keeps its `total:` and `fits:` lines, then the advice.
     let out = ftexp(dir.path(), &["plan", &config, "--set", "model.device_memory=24GB"], &[]);
     let text = stdout(&out);

@@ -55,6 +55,8 @@ choices! {
         Nf4 = "nf4",
         Nf4Dq = "nf4-dq",
         Int8 = "int8",
+        /// Chosen by the plan: none if the run fits 90% of the device without, else int8, else nf4.
+        Auto = "auto",
     }
 }
 

@@ -100,7 +100,7 @@ pub fn check_config(r: &Resolved, problems: &mut Problems) {
     if let Err(msg) = check_name(&c.name) {
         bad("name", msg);
     }
-    if c.model.quantize != super::Quantize::None && c.method.kind == MethodKind::Full {
+    if !matches!(c.model.quantize, super::Quantize::None | super::Quantize::Auto) && c.method.kind == MethodKind::Full {
         bad(
             "model.quantize",
             format!("is \"{}\" but method.kind = \"full\" trains every weight, and quantized weights cannot train; use method.kind = \"lora\" (QLoRA), \"adapter\" or \"adapter_v2\", or model.quantize = \"none\"", c.model.quantize),

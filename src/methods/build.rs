@@ -78,7 +78,8 @@ pub fn quant_scheme(q: crate::config::Quantize) -> Option<crate::model::quant::S
     use crate::config::Quantize;
     use crate::model::quant::Scheme;
     match q {
-        Quantize::None => None,
+        // "auto" is resolved by the plan before anything is built.
+        Quantize::None | Quantize::Auto => None,
         Quantize::Nf4 => Some(Scheme::Nf4),
         Quantize::Nf4Dq => Some(Scheme::Nf4Dq),
         Quantize::Int8 => Some(Scheme::Int8),

@@ -54,6 +54,9 @@ pub struct Strategies {
     /// How the frozen base's layer weights are held: `none` (in the precision's dtype), `nf4`,
     /// `nf4-dq` or `int8`.
     pub quantization: &'static str,
+    /// Why `model.quantize = "auto"` chose what it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization_reason: Option<String>,
     /// What each process holds of the trained state: `none` (a full replica each).
     pub sharding: &'static str,
 }
@@ -128,7 +131,7 @@ pub struct RunPlan {
 impl Strategies {
     /// The strategies `c` asks for (`"auto"` checkpointing still off: the memory plan chooses it).
     fn of(c: &Config) -> Strategies {
-        let quantized = c.model.quantize != Quantize::None;
+        let quantized = !matches!(c.model.quantize, Quantize::None | Quantize::Auto);
         let asked = c.train.activation_checkpointing == Switch::On;
         Strategies {
             // A quantized base is dequantized one block at a time: only with checkpointing.
@@ -136,6 +139,7 @@ impl Strategies {
             activation_checkpointing_reason: (quantized && !asked)
                 .then(|| "on: model.quantize dequantizes the base one block at a time, which needs it".to_string()),
             quantization: c.model.quantize.as_str(),
+            quantization_reason: None,
             sharding: "none",
         }
     }
@@ -307,6 +311,9 @@ impl RunPlan {
     }
 
     fn plan_memory(&mut self) {
+        if self.config.model.quantize == Quantize::Auto {
+            self.choose_quantize();
+        }
         if self.config.train.activation_checkpointing == Switch::Auto
             && self.strategies.activation_checkpointing_reason.is_none()
         {
@@ -330,6 +337,57 @@ impl RunPlan {
         self.fits = needed.zip(self.device_memory).map(|(needed, available)| needed <= available);
         self.gradient_accumulation_iters = c.train.batch_size / (micro * self.world_size).max(1);
         self.advise();
+    }
+
+    /// `model.quantize = "auto"`: the first of none, int8 and nf4 whose plan fits 90% of the device's
+    /// memory (none for `full`, or when the memory or the base is unknown); the choice replaces
+    /// `"auto"` in the config the run builds from, and the plan says why.
+    fn choose_quantize(&mut self) {
+        let choices: &[Quantize] = match self.config.method.kind {
+            crate::config::MethodKind::Full => &[],
+            _ => &[Quantize::None, Quantize::Int8, Quantize::Nf4],
+        };
+        if self.spec().is_none() {
+            return; // chosen once the base is found
+        }
+        let budget = self.device_memory.map(|m| (m / self.sharing()) as f64 * memory::AUTO_SHARE);
+        let mut weighed = Vec::new();
+        let mut chosen = None;
+        if let Some(budget) = budget {
+            for &q in choices {
+                let mut trial = self.clone();
+                (trial.weighing, trial.config.model.quantize) = (true, q);
+                trial.strategies = Strategies::of(&trial.config);
+                trial.plan_memory();
+                let needed = trial.needed().unwrap_or(u64::MAX);
+                weighed.push(format!("{q} → {}", memory::mib_text(needed)));
+                if needed as f64 <= budget {
+                    chosen = Some(q);
+                    break;
+                }
+            }
+        }
+        let why = match (chosen, budget, choices.is_empty()) {
+            (_, _, true) => "none: method.kind = \"full\" trains every weight".to_string(),
+            (_, None, _) => "none: the device's memory is unknown".to_string(),
+            (Some(q), Some(b), _) => format!(
+                "{q}: the first that fits 90% of the memory, {} ({})",
+                memory::mib_text(b as u64),
+                weighed.join(", ")
+            ),
+            (None, Some(b), _) => {
+                self.refusals.push(format!(
+                    "model.quantize = \"auto\": even nf4 does not fit 90% of the memory, {} ({}); the plan's closest option is nf4 (see its advice)",
+                    memory::mib_text(b as u64),
+                    weighed.join(", ")
+                ));
+                "nf4: nothing fits; the closest".to_string()
+            }
+        };
+        let q = chosen.unwrap_or(if choices.is_empty() || budget.is_none() { Quantize::None } else { Quantize::Nf4 });
+        self.config.model.quantize = q;
+        self.strategies = Strategies::of(&self.config);
+        self.strategies.quantization_reason = Some(why);
     }
 
     /// `activation_checkpointing = "auto"`: off (faster) when the plan without it fits 90% of the

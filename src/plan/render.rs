@@ -101,6 +101,9 @@ pub fn render(r: &Resolved, plan: &Plan) -> String {
         st.quantization,
         st.sharding
     );
+    if let Some(why) = &st.quantization_reason {
+        let _ = writeln!(out, "model.quantize = \"auto\":   {why}");
+    }
     if let Some(why) = &st.activation_checkpointing_reason {
         let _ = writeln!(out, "activation checkpointing:   {why}");
     }
