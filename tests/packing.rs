@@ -13,16 +13,7 @@ fn samples() -> Vec<Sample> {
     (0..9u32)
         .map(|n| {
             let len = [3, 40, 7, 12, 25, 5, 18, 9, 31][n as usize];
-            let input_ids: Vec<u32> = (0..len).map(|i| (7 * n + 13 * i + 5) % 440 + 1).collect();
-            let labels = ftexp::data::prepare::labels(&input_ids, (n % 3) as usize);
-            Sample {
-                instruction: String::new(),
-                input: String::new(),
-                output: String::new(),
-                input_ids_no_response: Vec::new(),
-                input_ids,
-                labels,
-            }
+            crate::common::sample((0..len).map(|i| (7 * n + 13 * i + 5) % 440 + 1).collect(), (n % 3) as usize)
         })
         .collect()
 }

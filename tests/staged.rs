@@ -17,16 +17,7 @@ fn samples() -> Vec<Sample> {
     (0..6u32)
         .map(|n| {
             let len = [9, 30, 14, 22, 5, 17][n as usize];
-            let input_ids: Vec<u32> = (0..len).map(|i| (11 * n + 7 * i + 3) % 440 + 1).collect();
-            let labels = ftexp::data::prepare::labels(&input_ids, 2 + (n % 3) as usize);
-            Sample {
-                instruction: String::new(),
-                input: String::new(),
-                output: String::new(),
-                input_ids_no_response: Vec::new(),
-                input_ids,
-                labels,
-            }
+            crate::common::sample((0..len).map(|i| (11 * n + 7 * i + 3) % 440 + 1).collect(), 2 + (n % 3) as usize)
         })
         .collect()
 }

@@ -56,9 +56,9 @@ impl Scheme {
 pub enum Scales {
     /// fp32, one per block.
     Plain(Tensor),
-    /// `nf4-dq`: 8-bit codes into bitsandbytes' signed dynamic map of `absmax − offset`, with an
-    /// fp32 absmax per [`ABSMAX_BLOCK`] codes.
-    Double { codes: Tensor, absmax: Tensor, offset: f64 },
+    /// `nf4-dq`: 8-bit codes into bitsandbytes' signed dynamic map (`map`, on the codes' device) of
+    /// `absmax − offset`, with an fp32 absmax per [`ABSMAX_BLOCK`] codes.
+    Double { codes: Tensor, absmax: Tensor, offset: f64, map: Tensor },
 }
 
 #[derive(Debug)]
@@ -70,6 +70,8 @@ pub struct Quantized {
     /// The dense weight's shape and dtype.
     pub shape: Vec<i64>,
     pub kind: Kind,
+    /// NF4's levels on the codes' device (made once: every forward pass decodes with them).
+    levels: Tensor,
 }
 
 /// Values of `x` (flat, fp32) in blocks of `block`, the last padded with zeros: `(blocks, block)`.
@@ -114,10 +116,10 @@ impl Quantized {
         // An all-zero block divides by one: its codes stay zero.
         let safe = absmax.where_scalarother(&absmax.gt(0.0), 1.0).unsqueeze(1);
         let n = w.numel() as i64;
+        let levels = Tensor::from_slice(&NF4_LEVELS).to_device(w.device());
         let codes = match scheme {
             Scheme::Int8 => (&values / &safe * 127.0).round().to_kind(Kind::Int8).flatten(0, -1).narrow(0, 0, n),
             Scheme::Nf4 | Scheme::Nf4Dq => {
-                let levels = Tensor::from_slice(&NF4_LEVELS).to_device(w.device());
                 let idx = nearest(&(&values / &safe), &levels).flatten(0, -1).narrow(0, 0, n).to_kind(Kind::Uint8);
                 let idx = if n % 2 == 1 { idx.constant_pad_nd([0, 1]) } else { idx };
                 let pairs = idx.view([-1, 2]);
@@ -128,15 +130,14 @@ impl Quantized {
             Scheme::Nf4Dq => double_quantize(&absmax),
             _ => Scales::Plain(absmax),
         };
-        Quantized { scheme, codes, scales, shape, kind }
+        Quantized { scheme, codes, scales, shape, kind, levels }
     }
 
     /// The absmax of each block, in fp32.
     pub fn absmax(&self) -> Tensor {
         match &self.scales {
             Scales::Plain(a) => a.shallow_clone(),
-            Scales::Double { codes, absmax, offset } => {
-                let map = dynamic_map(codes.device());
+            Scales::Double { codes, absmax, offset, map } => {
                 let values = map.index_select(0, &codes.to_kind(Kind::Int64));
                 let per = absmax.repeat_interleave_self_int(ABSMAX_BLOCK, Some(0), None::<i64>);
                 values * per.narrow(0, 0, codes.size()[0]) + *offset
@@ -154,8 +155,7 @@ impl Quantized {
                 let high = self.codes.bitwise_right_shift_tensor_scalar(4);
                 let low = self.codes.bitwise_and(15);
                 let idx = Tensor::stack(&[high, low], 1).flatten(0, -1).to_kind(Kind::Int64);
-                let levels = Tensor::from_slice(&NF4_LEVELS).to_device(self.codes.device());
-                blocks(&levels.index_select(0, &idx), BLOCK)
+                blocks(&self.levels.index_select(0, &idx), BLOCK)
             }
         };
         (values * absmax).flatten(0, -1).narrow(0, 0, n).view(&*self.shape).to_kind(kind)
@@ -177,5 +177,5 @@ fn double_quantize(absmax: &Tensor) -> Scales {
     let safe = second.where_scalarother(&second.gt(0.0), 1.0).unsqueeze(1);
     let map = dynamic_map(absmax.device());
     let codes = nearest(&(&shifted * safe.reciprocal()), &map).flatten(0, -1).narrow(0, 0, n).to_kind(Kind::Uint8);
-    Scales::Double { codes, absmax: second, offset }
+    Scales::Double { codes, absmax: second, offset, map }
 }

@@ -136,3 +136,16 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// A prepared sample of `input_ids` whose first `prompt` tokens are masked out of the loss.
+pub fn sample(input_ids: Vec<u32>, prompt: usize) -> ftexp::data::prepare::Sample {
+    let labels = ftexp::data::prepare::labels(&input_ids, prompt);
+    ftexp::data::prepare::Sample {
+        instruction: String::new(),
+        input: String::new(),
+        output: String::new(),
+        input_ids_no_response: Vec::new(),
+        input_ids,
+        labels,
+    }
+}
