@@ -31,7 +31,8 @@ pub struct MemoryPlan {
     /// their peak at the start of the backward pass.
     pub lm_head: u64,
     /// Temporaries on top of the rest at the peak: gradients in flight inside one layer's backward
-    /// pass, or, when larger, AdamW's temporaries during its update (the activations freed by then).
+    /// pass (checkpointed: with the layer recomputed, beyond the LM head's scores, freed by then),
+    /// or, when larger, AdamW's temporaries during its update (the activations freed by then).
     pub working: u64,
     /// What the runtime takes beside tensors: the CUDA context on a GPU (outside the caching
     /// allocator), the CPU libraries' scratch space on the CPU.
@@ -103,7 +104,14 @@ pub fn estimate(spec: &ModelSpec, m: &MethodConfig, placement: &Placement, shape
     // holding about four fp32 temporaries of its size, when the activations of the last micro-batch
     // are already freed.
     let update = 4 * 4 * tensors.largest_16_bit_trainable();
-    let working = walk.working().max(update.saturating_sub(activations + lm_head));
+    // Checkpointed, the head's scores are freed before the first layer is recomputed: the two phases
+    // of the backward pass peak apart, and the larger one counts.
+    let backward =
+        (walk.recomputed(&activations_per_layer) + walk.working()).saturating_sub(match shape.checkpointed {
+            true => lm_head,
+            false => 0,
+        });
+    let working = backward.max(update.saturating_sub(activations + lm_head));
     let overhead = if placement.device.is_cuda() { CUDA_RUNTIME } else { CPU_SCRATCH };
     let total = weights + gradients + optimizer + activations + lm_head + working + overhead;
     MemoryPlan {

@@ -164,15 +164,26 @@ impl<'a> Walk<'a> {
     }
 
     /// What the backward pass holds of the layers' activations (`per_layer`, as the walk counted them)
-    /// and outside them at its start: all of them; or, checkpointed, every layer's input plus the one
-    /// layer recomputed at a time (and its output's gradient beside the input's).
+    /// and outside them at its start: all of them; or, checkpointed, every layer's input (the layers
+    /// recomputed one at a time are [`Walk::recomputed`]).
     pub fn kept(&self, per_layer: &[u64]) -> u64 {
         if !self.checkpointed {
             return per_layer.iter().sum::<u64>() + self.outside_layers;
         }
-        let input = (self.batch * self.time * self.spec.hidden_size) as u64 * self.compute;
-        let layers = per_layer.len() as u64;
-        layers * input + per_layer.iter().max().copied().unwrap_or(0) + 2 * input + self.outside_layers
+        per_layer.len() as u64 * self.layer_input() + self.outside_layers
+    }
+
+    /// Checkpointed, what one layer's recomputation holds beside the kept inputs: its activations and
+    /// its output's gradient beside its input's. Zero without checkpointing.
+    pub fn recomputed(&self, per_layer: &[u64]) -> u64 {
+        match self.checkpointed {
+            true => per_layer.iter().max().copied().unwrap_or(0) + 2 * self.layer_input(),
+            false => 0,
+        }
+    }
+
+    fn layer_input(&self) -> u64 {
+        (self.batch * self.time * self.spec.hidden_size) as u64 * self.compute
     }
 
     pub(super) fn val(&mut self, rows: i64, width: i64, elem_bytes: u64, grad: bool) -> Val {

@@ -86,8 +86,11 @@ impl Gpt {
         for start in (0..n).step_by(chunk as usize) {
             let len = chunk.min(n - start);
             let mask = mask.as_ref().map(|m| m.narrow(0, start, len));
-            let logits = self.logits_masked(&scored.narrow(0, start, len), mask.as_ref()).to_kind(Kind::Float);
-            let part = loss(&logits, start, len);
+            // The scores are dropped before the backward pass: autograd keeps only their log-softmax.
+            let part = {
+                let logits = self.logits_masked(&scored.narrow(0, start, len), mask.as_ref()).to_kind(Kind::Float);
+                loss(&logits, start, len)
+            };
             (&part * scale).backward();
             total += part.detach();
         }

@@ -170,13 +170,23 @@ fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
         ("optimizer moments (AdamW, 2 × fp32)".to_string(), m.optimizer),
         (
             match plan.strategies.activation_checkpointing {
-                true => format!("activations (checkpointed: {layers} layer inputs, one layer of {})", bytes(per_layer)),
+                true => format!(
+                    "activations (checkpointed: {layers} layer inputs; one layer of {} recomputed at a time)",
+                    bytes(per_layer)
+                ),
                 false => format!("activations ({layers} layers, up to {} each)", bytes(per_layer)),
             },
             m.activations,
         ),
         (format!("LM head (scores over {} tokens)", thousands(c.data.max_seq_length * m.micro_batch_size)), m.lm_head),
-        ("working memory (backward pass, optimizer update)".to_string(), m.working),
+        (
+            match plan.strategies.activation_checkpointing {
+                true => "working memory (a recomputed layer beyond the LM head's, optimizer update)",
+                false => "working memory (backward pass, optimizer update)",
+            }
+            .to_string(),
+            m.working,
+        ),
         ("runtime overhead".to_string(), m.overhead),
     ];
     for (what, n) in rows {
