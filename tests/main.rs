@@ -18,6 +18,7 @@ mod model;
 mod packing;
 mod plan;
 mod quant;
+mod quant_cache;
 mod report;
 mod staged;
 mod train;

@@ -86,6 +86,8 @@ pub const KEYS: &[KeyDoc] = &[
         "The memory of the device to plan for, such as `\"24GB\"` or `\"80GiB\"`: `ftexp plan` says whether the run fits in it, `train.micro_batch_size = \"auto\"` picks the micro-batch that fits in 90% of it, and on the CPU tensors past it fail to allocate (a way to try a card's limit before renting it). Unset: the GPU's own memory, or the machine's on the CPU, and no limit is enforced."),
     key!("model.quantize", Choice(Quantize::NAMES), Some("\"none\""),
         "Hold the frozen base's layer weights in fewer bits (QLoRA), for `lora`, `adapter` and `adapter_v2`: `nf4` (4-bit NormalFloat in blocks of 64 with a scale per block, as bitsandbytes; about 4.5 bits per weight), `nf4-dq` (its scales quantized again to 8 bits; about 4.1 bits), `int8` (8 bits in blocks of 64). A 7B model's weights then take about 3.9 or 7 GB instead of 13.5 GB in bf16. Each weight is turned back into the compute dtype one layer at a time where it is used, so a quantized run also turns on `train.activation_checkpointing`. The embedding and the LM head stay as they are; `full` cannot train quantized weights. `\"auto\"`: the plan picks `none` when the run fits 90% of the device's memory without it, else `int8`, else `nf4`, and says why (with `full`, always `none`)."),
+    key!("model.quantize_cache", Bool, Some("false"),
+        "With `model.quantize`: keep the quantized weights next to the base (in its `.ftexp-quantized/` folder, about a third of a 16-bit base's size for `nf4`), keyed by the SHA-256 of its `config.json` and weight files, so the next run on the same base reads them instead of quantizing again. A cache made from other files is refused (delete it to make a new one); a base folder that cannot be written is said and the run goes on."),
     key!("model.tokenizer", Str, None,
         "A directory holding the `tokenizer.json` to use. Unset: the checkpoint's own. Required with `init = \"random\"` and `[model.architecture]` (`ftexp tokenizer` trains one)."),
     key!("model.architecture.model_type", Choice(ModelType::NAMES), None,
@@ -259,6 +261,8 @@ pub struct ModelConfig {
     pub device_memory: Option<String>,
     #[serde(default = "no_quantize")]
     pub quantize: Quantize,
+    #[serde(default)]
+    pub quantize_cache: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
     #[serde(default, skip_serializing_if = "Architecture::is_empty")]

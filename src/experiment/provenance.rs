@@ -52,12 +52,17 @@ fn sha256(path: &Path) -> Option<String> {
 
 /// The record of the `.json` and `.safetensors` files in `dir`.
 pub fn record(dir: &Path) -> BTreeMap<String, FileRecord> {
+    record_where(dir, |n| n.ends_with(".json") || n.ends_with(".safetensors"))
+}
+
+/// The record of the files in `dir` whose name passes `keep` (hidden files left out).
+pub fn record_where(dir: &Path, keep: impl Fn(&str) -> bool) -> BTreeMap<String, FileRecord> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| (n.ends_with(".json") || n.ends_with(".safetensors")) && !n.starts_with('.'))
+        .filter(|n| keep(n) && !n.starts_with('.'))
         .collect();
     names.sort();
     names
@@ -70,8 +75,8 @@ pub fn record(dir: &Path) -> BTreeMap<String, FileRecord> {
         .collect()
 }
 
-/// `Err` naming the first file of `dir` that is missing or no longer what `recorded` says.
-pub fn verify(dir: &Path, recorded: &BTreeMap<String, FileRecord>) -> Result<(), Problems> {
+/// The first file of `dir` that is missing or no longer what `recorded` says, and how it changed.
+pub fn first_change(dir: &Path, recorded: &BTreeMap<String, FileRecord>) -> Option<(std::path::PathBuf, String)> {
     for (name, want) in recorded {
         let path = dir.join(name);
         let changed = match stamp(&path) {
@@ -79,18 +84,24 @@ pub fn verify(dir: &Path, recorded: &BTreeMap<String, FileRecord>) -> Result<(),
             Some((bytes, modified)) if (bytes, modified) == (want.bytes, want.modified) => None,
             Some(_) => match sha256(&path) {
                 Some(sha) if sha == want.sha256 => None,
-                Some(sha) => {
-                    Some(format!("changed (sha256 {} when the run used it, now {})", &want.sha256[..12], &sha[..12]))
-                }
+                Some(sha) => Some(format!("changed (sha256 {} then, now {})", &want.sha256[..12], &sha[..12])),
                 None => Some("cannot be read".to_string()),
             },
         };
         if let Some(how) = changed {
-            return Err(Problems::one(format!(
-                "{}: {how} since the run was trained on this base; its trained weights belong to that base (pass --allow-changed-base to use it anyway)",
-                path.display()
-            )));
+            return Some((path, how));
         }
     }
-    Ok(())
+    None
+}
+
+/// `Err` naming the first file of `dir` that is missing or no longer what `recorded` says.
+pub fn verify(dir: &Path, recorded: &BTreeMap<String, FileRecord>) -> Result<(), Problems> {
+    match first_change(dir, recorded) {
+        None => Ok(()),
+        Some((path, how)) => Err(Problems::one(format!(
+            "{}: {how} since the run was trained on this base; its trained weights belong to that base (pass --allow-changed-base to use it anyway)",
+            path.display()
+        ))),
+    }
 }

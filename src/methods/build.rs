@@ -49,9 +49,13 @@ pub fn build_located(c: &Config, located: &Located, placement: Placement) -> Res
         true => Problems::one(format!("model.init = \"random\": {e}")),
         false => Problems::one(format!("{}: {e}", base_dir.join("config.json").display())),
     })?;
-    let mut model = match random {
-        true => model::random(spec, c.seed, kind, placement.device),
-        false => model::load_spec(base_dir, spec, kind, placement.device)?,
+    let scheme = quant_scheme(c.model.quantize);
+    let mut model = match (random, scheme) {
+        (true, _) => model::random(spec, c.seed, kind, placement.device),
+        (false, None) => model::load_spec(base_dir, spec, kind, placement.device, model::Held::Dense)?,
+        (false, Some(scheme)) => {
+            super::quantized::load(base_dir, spec, kind, placement.device, scheme, c.model.quantize_cache)?
+        }
     };
     super::check_fits(&model.spec, &c.method)
         .map_err(|msg| Problems::one(format!("{msg} ({})", base_dir.display())))?;
@@ -60,7 +64,8 @@ pub fn build_located(c: &Config, located: &Located, placement: Placement) -> Res
     }
     super::apply(&mut model, &c.method, c.seed, placement.trainable_kind());
     let trainable = super::trainable(&mut model, c.method.kind, placement.trainable_kind());
-    if let Some(scheme) = quant_scheme(c.model.quantize) {
+    // A random base is made dense, then quantized (nothing to cache).
+    if let (true, Some(scheme)) = (random, scheme) {
         model.quantize(scheme);
     }
     Ok(Built {

@@ -6,6 +6,7 @@ pub mod export;
 mod locate;
 mod located;
 pub mod memory;
+pub mod quantized;
 pub mod staging;
 
 use tch::{Kind, Tensor};
@@ -104,7 +105,8 @@ pub struct Trainable {
 /// trainable ones, in the layout's order.
 pub fn trainable(model: &mut Gpt, method: MethodKind, kind: Kind) -> Vec<Trainable> {
     let mut out = Vec::new();
-    let layout = model.layout.clone();
+    // A quantized weight is frozen as made (touching it as a tensor would dequantize it).
+    let layout: Vec<_> = model.layout.iter().filter(|t| !model.is_quantized(t.at)).cloned().collect();
     for spec in &layout {
         let t = model.slot(spec.at);
         if is_trainable(method, spec.role()) {

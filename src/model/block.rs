@@ -131,7 +131,7 @@ impl Block {
     }
 
     /// [`Block::linear_opt`] to read.
-    pub(super) fn linear_ref(&self, proj: Proj) -> Option<&Linear> {
+    pub fn linear_ref(&self, proj: Proj) -> Option<&Linear> {
         match proj {
             Proj::Q => Some(&self.q),
             Proj::K => Some(&self.k),

@@ -14,6 +14,18 @@ use super::norm::Norm;
 use super::spec::ModelSpec;
 use super::weight::Weight;
 
+/// A checkpoint tensor as [`Gpt::from_parts`] receives it.
+pub enum Part {
+    Dense(Tensor),
+    /// A block's linear weight, held quantized.
+    Quantized(super::quant::Quantized),
+}
+
+/// Whether `at` is a weight [`Gpt::quantize`] quantizes: a block's linear layer's.
+pub fn quantizable(at: At) -> bool {
+    matches!(at.module, Module::Linear(..)) && at.param == Param::Weight
+}
+
 pub struct Gpt {
     pub spec: ModelSpec,
     pub embed: Tensor,
@@ -36,6 +48,12 @@ pub struct Gpt {
 impl Gpt {
     /// Builds the model of `spec` with each of its checkpoint tensors from `tensor`.
     pub fn from_tensors(spec: ModelSpec, mut tensor: impl FnMut(&TensorSpec) -> Tensor) -> Gpt {
+        Gpt::from_parts(spec, |t| Part::Dense(tensor(t)))
+    }
+
+    /// [`Gpt::from_tensors`] where a block's linear weight may come quantized: each is in place before
+    /// the next is asked for, so a quantized model never holds all of its dense weights at once.
+    pub fn from_parts(spec: ModelSpec, mut part: impl FnMut(&TensorSpec) -> Part) -> Gpt {
         let layout = layout::tensors(&spec, None);
         let mut model = Gpt {
             embed: Tensor::new(),
@@ -51,7 +69,13 @@ impl Gpt {
             spec,
         };
         for t in &layout {
-            *model.slot(t.at) = tensor(t);
+            match (part(t), t.at.module) {
+                (Part::Quantized(q), Module::Linear(i, proj)) if t.at.param == Param::Weight => {
+                    model.blocks[i].linear(proj).weight = Weight::Quantized(q);
+                }
+                (Part::Quantized(_), _) => unreachable!("only a block's linear weight is held quantized"),
+                (Part::Dense(tensor), _) => *model.slot(t.at) = tensor,
+            }
         }
         model.layout = layout;
         model.inv_freq = inverse_frequencies(&model.spec).to_device(model.embed.device());

@@ -22,7 +22,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 pub use block::{Block, BlockCtx, KvCache};
-pub use gpt::Gpt;
+pub use gpt::{Gpt, Part};
 pub use layout::{Role, TensorSpec};
 pub use weight::Weight;
 
@@ -39,24 +39,76 @@ pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Gpt, Problems> {
             dir.display()
         )));
     }
-    load_spec(dir, spec::ModelSpec::from_file(&config)?, kind, device)
+    load_spec(dir, spec::ModelSpec::from_file(&config)?, kind, device, Held::Dense)
 }
 
-/// [`load`] with the spec its `config.json` gives, already read.
-pub fn load_spec(dir: &Path, spec: spec::ModelSpec, kind: Kind, device: Device) -> Result<Gpt, Problems> {
+/// How [`load_spec`] holds the blocks' linear weights.
+pub enum Held<'a> {
+    Dense,
+    /// Quantized as each is loaded (read to the host, quantized on the device, its dense form freed).
+    Quantize(quant::Scheme),
+    /// Already quantized (a cache of them), by ftexp name, taken out as used; their dense tensors in
+    /// the checkpoint are never read.
+    Stored(&'a mut std::collections::HashMap<String, quant::Quantized>),
+}
+
+/// [`load`] with the spec its `config.json` gives, already read, the linear weights held as `held` says.
+pub fn load_spec(dir: &Path, spec: spec::ModelSpec, kind: Kind, device: Device, held: Held) -> Result<Gpt, Problems> {
+    let linear: Vec<TensorSpec> = layout::tensors(&spec, None).into_iter().filter(|t| gpt::quantizable(t.at)).collect();
+    let stored: std::collections::HashSet<String> = match &held {
+        Held::Stored(map) => linear.iter().filter(|t| map.contains_key(&t.name())).map(|t| t.name()).collect(),
+        _ => Default::default(),
+    };
+    // A checkpoint tensor is skipped when every part of the model made from it is already stored.
+    let mut needed = std::collections::HashSet::new();
+    for t in layout::tensors(&spec, None) {
+        if !stored.contains(&t.name()) {
+            needed.insert(t.hub_name(&spec).expect("checkpoint tensors have hub names").name);
+        }
+    }
+    let staging = if matches!(held, Held::Dense) { device } else { Device::Cpu };
+    let progress = quantizing_progress(&held, linear.len() as u64, &spec);
     // Converting and moving the weights can run out of memory: a one-line error, not a panic.
     crate::error::guard(&dir.display().to_string(), || {
-        let mut hub = weights::load(dir, &spec, kind, device)?;
+        let mut hub = weights::load(dir, &spec, kind, staging, &|name| needed.contains(name))?;
+        let mut held = held;
         Ok(tch::no_grad(|| {
-            Gpt::from_tensors(spec.clone(), |t| {
+            Gpt::from_parts(spec.clone(), |t| {
+                if let Held::Stored(map) = &mut held {
+                    if let Some(q) = map.remove(&t.name()) {
+                        return Part::Quantized(q);
+                    }
+                }
                 let name = t.hub_name(&spec).expect("checkpoint tensors have hub names");
-                match name.fused_part {
+                let dense = match name.fused_part {
                     None => hub.remove(&name.name).expect("weights::load checked every tensor is present"),
                     Some(part) => gpt::fused_part(&spec, &hub[&name.name], part),
+                }
+                .to_device(device);
+                match &held {
+                    Held::Quantize(scheme) if gpt::quantizable(t.at) => {
+                        progress.inc(1);
+                        Part::Quantized(quant::Quantized::new(&dense, *scheme))
+                    }
+                    _ => Part::Dense(dense),
                 }
             })
         }))
     })?
+    .inspect(|_| progress.finish_and_clear())
+}
+
+/// A progress bar on the terminal while a model of more than about a billion parameters is quantized.
+fn quantizing_progress(held: &Held, layers: u64, spec: &spec::ModelSpec) -> indicatif::ProgressBar {
+    let large = spec.hidden_size * spec.hidden_size * spec.n_layer * 12 > 1_000_000_000;
+    if !matches!(held, Held::Quantize(_)) || !large {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(layers);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("quantizing the base {bar:30} {pos}/{len} weights, {eta} left") {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// A model of `spec` with random weights: N(0, 0.02) matrices and embeddings, norms one, biases zero.

@@ -161,6 +161,54 @@ impl Quantized {
         (values * absmax).flatten(0, -1).narrow(0, 0, n).view(&*self.shape).to_kind(kind)
     }
 
+    /// The tensors that hold this weight, by suffix (`codes`, `absmax`; `nf4-dq`: also `absmax.absmax`
+    /// and `absmax.offset`), to store it.
+    pub fn stored(&self) -> Vec<(&'static str, Tensor)> {
+        let mut out = vec![("codes", self.codes.shallow_clone())];
+        match &self.scales {
+            Scales::Plain(a) => out.push(("absmax", a.shallow_clone())),
+            Scales::Double { codes, absmax, offset, .. } => {
+                out.push(("absmax", codes.shallow_clone()));
+                out.push(("absmax.absmax", absmax.shallow_clone()));
+                out.push(("absmax.offset", Tensor::from_slice(&[*offset])));
+            }
+        }
+        out
+    }
+
+    /// A weight of `shape` and `kind` from the tensors [`Quantized::stored`] gave, checked against
+    /// `scheme` and moved to `device`; `Err` says which tensor is missing or wrong.
+    pub fn from_stored(
+        scheme: Scheme,
+        mut part: impl FnMut(&str) -> Option<Tensor>,
+        shape: &[i64],
+        kind: Kind,
+        device: Device,
+    ) -> Result<Quantized, String> {
+        let n: i64 = shape.iter().product();
+        let blocks = (n + BLOCK - 1) / BLOCK;
+        let mut take = |name: &str, want_kind: Kind, len: i64| match part(name) {
+            Some(t) if t.kind() == want_kind && t.size() == [len] => Ok(t.to_device(device)),
+            Some(t) => Err(format!("{name} is {:?} {:?}, not {want_kind:?} [{len}]", t.kind(), t.size())),
+            None => Err(format!("{name} is missing")),
+        };
+        let codes = match scheme {
+            Scheme::Int8 => take("codes", Kind::Int8, n)?,
+            Scheme::Nf4 | Scheme::Nf4Dq => take("codes", Kind::Uint8, (n + 1) / 2)?,
+        };
+        let scales = match scheme {
+            Scheme::Nf4Dq => {
+                let codes = take("absmax", Kind::Uint8, blocks)?;
+                let absmax = take("absmax.absmax", Kind::Float, (blocks + ABSMAX_BLOCK - 1) / ABSMAX_BLOCK)?;
+                let offset = take("absmax.offset", Kind::Double, 1)?.double_value(&[0]);
+                Scales::Double { codes, absmax, offset, map: dynamic_map(device) }
+            }
+            _ => Scales::Plain(take("absmax", Kind::Float, blocks)?),
+        };
+        let levels = Tensor::from_slice(&NF4_LEVELS).to_device(device);
+        Ok(Quantized { scheme, codes, scales, shape: shape.to_vec(), kind, levels })
+    }
+
     /// Bytes this weight holds.
     pub fn stored_bytes(&self) -> u64 {
         self.scheme.bytes(self.shape.iter().product::<i64>() as u64)

@@ -91,8 +91,15 @@ fn is_ignorable(name: &str) -> bool {
         || name.ends_with(".attention.masked_bias")
 }
 
-/// Every weight of `spec` from `dir`, converted to `kind` on `device`, by hub name.
-pub fn load(dir: &Path, spec: &ModelSpec, kind: Kind, device: Device) -> Result<HashMap<String, Tensor>, Problems> {
+/// Every weight of `spec` from `dir` that is `needed` (by hub name), converted to `kind` on `device`, by
+/// hub name. The others are checked for their shape, not read.
+pub fn load(
+    dir: &Path,
+    spec: &ModelSpec,
+    kind: Kind,
+    device: Device,
+    needed: &dyn Fn(&str) -> bool,
+) -> Result<HashMap<String, Tensor>, Problems> {
     let expected: BTreeMap<String, Vec<i64>> = hub_tensors(spec).into_iter().collect();
     let head = format!("{}.weight", spec.names().head);
     let mut found = HashMap::new();
@@ -120,6 +127,9 @@ pub fn load(dir: &Path, spec: &ModelSpec, kind: Kind, device: Device) -> Result<
                     "{}: tensor {name} has shape {shape:?}, config.json implies {want:?}",
                     file.display()
                 )),
+                Some(_) if !needed(&name) => {
+                    found.insert(name, Tensor::new());
+                }
                 Some(_) => {
                     let tensor = Tensor::f_from_data_size(view.data(), &shape, kind_of(view.dtype(), &name, &file)?)
                         .map_err(|e| Problems::one(format!("{}: tensor {name}: {e}", file.display())))?;
