@@ -19,7 +19,15 @@
 #
 # Settings (environment): BENCH_WORK (/tmp/ftexp-bench, the litgpt baseline's own work dir: its venv,
 # model and data are reused), BENCH_REPS (2), BENCH_METHODS ("adapter_v2 lora full"),
-# BENCH_SHARED (../shared/bench), BENCH_LENGTHS ("128 256 512"), BENCH_FTEXP.
+# BENCH_SHARED (../shared/bench), BENCH_LENGTHS ("128 256 512"), BENCH_FTEXP,
+# BENCH_STRATEGIES (unset: skipped; e.g. "none checkpointing nf4 head-unchunked"): what each memory
+# strategy costs, per method of BENCH_METHODS, on the same data and steps: `none` (no checkpointing,
+# dense base, the LM head chunked as always), `checkpointing` (train.activation_checkpointing = true),
+# `nf4` (model.quantize = "nf4", which turns checkpointing on too; not for full) and `head-unchunked`
+# (`ftexp bench --head-chunk-bytes 0`: a micro-batch's head scores in one piece, no checkpointing),
+# each as tokens/s and its step time over none's. BENCH_STRATEGY_DATA ("data"; "synthetic": random
+# full-length samples, half supervised): on the data set a micro-batch supervises fewer positions than
+# one head chunk holds (444 at this vocabulary), so only synthetic samples make the head chunk.
 # Without the litgpt venv (make it with ../shared/bench/litgpt_baseline.sh WORK none) only ftexp runs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -170,5 +178,75 @@ for n in lens:
     prev = (n, s)
 print("attention grows quadratically with length, everything else linearly: a step should grow between the two")
 EOF
+read -r -a strategies <<<"${BENCH_STRATEGIES:-}"
+if ((${#strategies[@]})); then
+  echo
+  strategy_data=${BENCH_STRATEGY_DATA:-data}
+  case $strategy_data in
+    data) synth=() ;;
+    synthetic) synth=(--synthetic) ;;
+    *) echo "bench-train: BENCH_STRATEGY_DATA is \"data\" or \"synthetic\", not \"$strategy_data\"" >&2; exit 1 ;;
+  esac
+  echo "== ftexp: the cost of each memory strategy ($strategy_data, 20 steps, $reps run(s) each, median) =="
+  strategy_args() { # strategy -> ftexp bench arguments
+    case $1 in
+      none) echo "--set train.activation_checkpointing=false" ;;
+      checkpointing) echo "--set train.activation_checkpointing=true" ;;
+      nf4) echo "--set model.quantize=nf4" ;;
+      head-unchunked) echo "--set train.activation_checkpointing=false --head-chunk-bytes 0" ;;
+      *) echo "bench-train: BENCH_STRATEGIES: unknown strategy \"$1\" (none, checkpointing, nf4, head-unchunked)" >&2; return 1 ;;
+    esac
+  }
+  wanted=(none)
+  for s in "${strategies[@]}"; do
+    strategy_args "$s" >/dev/null || exit 1
+    [ "$s" = none ] || wanted+=("$s")
+  done
+  strategy_results="$work/strategy-results.tsv"
+  : >"$strategy_results"
+  for ((r = 1; r <= reps; r++)); do
+    for m in "${methods[@]}"; do
+      for s in "${wanted[@]}"; do
+        [ "$s" = nf4 ] && [ "$m" = full ] && continue # full trains every weight: none can be quantized
+        read -r -a extra <<<"$(strategy_args "$s")"
+        b0=$(bench_busy) t0=$(date +%s.%N) cpu0=$(_bench_own)
+        "$bin" bench "$cfg" --set method.kind="$m" "${extra[@]}" "${synth[@]}" --steps 20 --json >"$work/strategy-$m-$s.json"
+        cpu1=$(_bench_own) t1=$(date +%s.%N) b1=$(bench_busy)
+        own=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {print (b - a) / 100}')
+        wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
+        if bench_disturbed "$b0" "$b1" "$own" "$wall"; then flag=disturbed; else flag=clean; fi
+        python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(*sys.argv[2:], d["tokens_per_s"], d["seconds"] / d["steps"], d["peak_rss_mib"], sep="\t")' \
+          "$work/strategy-$m-$s.json" "$m" "$s" "$flag" >>"$strategy_results"
+      done
+    done
+  done
+  python3 - "$strategy_results" <<'EOF'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    m, s, flag, tps, step, rss = line.rstrip("\n").split("\t")
+    runs.setdefault((m, s), []).append((flag == "clean", float(tps), float(step), float(rss)))
+def pick(key):
+    rs = runs.get(key, [])
+    clean = [r for r in rs if r[0]]
+    use = clean or rs
+    if not use:
+        return None
+    med = lambda i: statistics.median(r[i] for r in use)
+    return dict(tps=med(1), step=med(2), rss=med(3), note=f"{len(clean)}/{len(rs)}" + ("" if clean else "!"))
+head = f"{'method':<11}{'strategy':<16}{'tokens/s':>9}{'s/step':>8}{'x none':>8}{'peak RSS MiB':>13}{'runs':>6}"
+print(head); print("-" * len(head))
+for m in dict.fromkeys(k[0] for k in runs):
+    base = pick((m, "none"))
+    for s in dict.fromkeys(k[1] for k in runs if k[0] == m):
+        d = pick((m, s))
+        ratio = f"{d['step'] / base['step']:.2f}x" if base else ""
+        print(f"{m:<11}{s:<16}{d['tps']:>9.0f}{d['step']:>8.3f}{ratio:>8}{d['rss']:>13.0f}{d['note']:>6}")
+print("x none: step time over the same method's with no checkpointing, a dense base and the LM head in 256 MiB chunks;")
+print("nf4 checkpoints too (a quantized base needs it); head-unchunked scores a micro-batch's head in one piece")
+print("runs: undisturbed/made ('!': every run was disturbed by other processes)")
+EOF
+fi
+
 echo
 bench_cpu_report

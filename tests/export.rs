@@ -47,7 +47,7 @@ fn logit_difference_of(p: &Path, run: &str, out: &str) -> (f64, f64) {
 }
 
 /// Runs `scripts/check_export.py` with the project's venv (transformers, peft) and returns its JSON.
-fn python(args: &[&str], env: &[(&str, &str)]) -> Value {
+pub(crate) fn python(args: &[&str], env: &[(&str, &str)]) -> Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new(crate::common::python())
         .arg(root.join("scripts/check_export.py"))
@@ -61,7 +61,7 @@ fn python(args: &[&str], env: &[(&str, &str)]) -> Value {
 }
 
 /// The largest difference between `logits` from Python and `want`.
-fn python_difference(logits: &Value, want: &Tensor) -> f64 {
+pub(crate) fn python_difference(logits: &Value, want: &Tensor) -> f64 {
     let rows: Vec<Vec<f32>> = serde_json::from_value(logits.clone()).unwrap();
     let flat: Vec<f32> = rows.concat();
     let got = Tensor::from_slice(&flat).view([rows.len() as i64, -1]);

@@ -60,7 +60,7 @@ fn gradients(b: &mut Built, batch: &Batch, how: Option<Staging>) -> (f64, Vec<Te
     b.model.training = true;
     b.model.dropout_seeds = (0..batch.inputs.size()[0] as u64).map(|n| row_seed(5, n)).collect();
     let loss = match how {
-        None => Objective::Sft.backward(&b.model, batch, false, 0.1),
+        None => Objective::Sft.backward(&b.model, batch, false, ftexp::model::staged::HEAD_CHUNK_BYTES, 0.1),
         Some(staging) => Objective::Sft.staged_backward(&b.model, batch, staging, 0.1),
     };
     (loss.double_value(&[]), b.trainable.iter().map(|t| t.tensor.grad().copy()).collect())

@@ -452,6 +452,18 @@ fn bench_times_the_steps_a_run_takes_and_writes_no_experiment() {
         (Some(3), Some(6), Some(12))
     );
     assert!(bench["tokens_per_s"].as_f64().unwrap() > 0.0 && bench["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    // the head's chunk size is a benchmark knob: one position a chunk, or none, trains the same
+    for bytes in ["1", "0"] {
+        let args =
+            ["bench", "exp.toml", "--set", "train.max_steps=3", "--steps", "3", "--json", "--head-chunk-bytes", bytes];
+        let out = ftexp(p.path(), &args, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let other: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        for (a, b) in other["losses"].as_array().unwrap().iter().zip(bench["losses"].as_array().unwrap()) {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-5 * b.abs(), "--head-chunk-bytes {bytes}: loss {a} vs {b}");
+        }
+    }
     // the same steps as `ftexp run`: same samples, same tokens, same losses
     let out = ftexp(p.path(), &["run", "exp.toml", "--set", "train.max_steps=3"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));

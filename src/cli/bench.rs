@@ -21,6 +21,11 @@ pub struct Args {
     /// --set model.init=random, no weights, tokenizer or data are needed: only config.json).
     #[arg(long)]
     synthetic: bool,
+    /// Benchmark knob: the most bytes one chunk of the LM head's scores may take in the timed steps
+    /// (default 268435456 = 256 MiB, what training always uses); 0 scores each micro-batch's head in
+    /// one piece (unchunked), to measure what chunking costs. The memory plan still assumes the default.
+    #[arg(long, value_name = "BYTES")]
+    head_chunk_bytes: Option<u64>,
     #[command(flatten)]
     json: JsonArg,
 }
@@ -33,7 +38,7 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
     }
     let rank = Rank::from_env()?.filter(|r| r.world > 1);
     let find = Find { bench: true, ..Find::default() };
-    let r = bench::run(&plan::make_with(&resolved, &find)?, a.steps, a.synthetic)?;
+    let r = bench::run(&plan::make_with(&resolved, &find)?, a.steps, a.synthetic, a.head_chunk_bytes)?;
     if rank.is_some_and(|r| r.rank > 0) {
         return Ok(());
     }

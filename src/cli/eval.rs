@@ -22,6 +22,10 @@ pub struct Args {
     /// With a run: evaluate its base model (before fine-tuning) the same way.
     #[arg(long)]
     base: bool,
+    /// With a run trained on a quantized base (model.quantize): build its model on the base's weights as
+    /// its files hold them, unquantized (what a PEFT export of the run computes on the original base).
+    #[arg(long)]
+    unquantized: bool,
     /// With a run: the checkpoint of this step instead of the final one; `best`: the run's best checkpoint (train.save_best).
     #[arg(long)]
     step: Option<Pick>,
@@ -49,6 +53,7 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
             base: a.base,
             device: Some(a.device.device),
             allow_changed_base: a.base_files.allow_changed_base,
+            unquantized: a.unquantized,
         };
         let req = EvalRequest { split: a.split, generate: a.generate, load };
         let r = eval::evaluate_run(dir, &req)?;

@@ -61,6 +61,7 @@ pub fn exec(a: Args) -> anyhow::Result<()> {
         base: false,
         device: Some(a.device.device),
         allow_changed_base: a.base.allow_changed_base,
+        ..LoadOptions::default()
     };
     let ask = Ask { instruction: &a.prompt, input: &a.input, raw: a.raw, chat: a.chat };
     let (model, tokenizer, ids) = ask::prepare(&a.checkpoint, &ask, load, a.device.placement()?)?;

@@ -22,7 +22,8 @@ use crate::tokenizer::Tokenizer;
 
 /// A finished (or running) experiment loaded for use: its config, and its base model with the method
 /// applied and the trained tensors of `checkpoints/final` (or `step-<step>`) loaded — or, with `base`,
-/// the untouched base model (every method computes the base model before its first step).
+/// the untouched base model (every method computes the base model before its first step). `config` is
+/// the run's own, also when `unquantized` built its model on the dense base.
 pub struct LoadedRun {
     pub config: Config,
     pub model: Gpt,
@@ -47,6 +48,9 @@ pub struct LoadOptions {
     pub device: Option<DeviceSetting>,
     /// Use the run's base even when its files changed since the run was trained on it.
     pub allow_changed_base: bool,
+    /// The base's weights as its files hold them even when the run quantized them (`model.quantize`):
+    /// the trained tensors on the original base, as a PEFT export of the run computes on it.
+    pub unquantized: bool,
 }
 
 /// Loads the run in `dir`, on exactly the base it was trained on.
@@ -58,7 +62,13 @@ pub fn load_run(dir: &Path, o: LoadOptions) -> Result<LoadedRun, Problems> {
     }
     let info = exp.read_run_info()?;
     let base_dir = methods::recorded_base(&info, config.model.init, o.allow_changed_base)?;
-    let mut built = methods::build_on(&config, base_dir.as_deref())?;
+    let mut built = if o.unquantized {
+        let mut dense = config.clone();
+        dense.model.quantize = crate::config::Quantize::None;
+        methods::build_on(&dense, base_dir.as_deref())?
+    } else {
+        methods::build_on(&config, base_dir.as_deref())?
+    };
     let (step, base) = (o.step, o.base);
     let checkpoint = if base {
         None
@@ -79,6 +89,22 @@ pub fn load_run(dir: &Path, o: LoadOptions) -> Result<LoadedRun, Problems> {
         config_json: built.config_json,
         data_key: info.data.map(|d| d.cache_key),
     })
+}
+
+/// What an evaluation of `run` calls the model it evaluated, and its key in run.json's evaluations.
+fn record_names(run: &LoadedRun, req: &EvalRequest) -> (String, String) {
+    let dense = req.load.unquantized && methods::quant_scheme(run.config.model.quantize).is_some();
+    let mut model = match (&run.checkpoint, req.load.base) {
+        (_, true) => "base model".to_string(),
+        (Some(c), false) => c.display().to_string(),
+        (None, false) => String::new(),
+    };
+    if dense {
+        model.push_str(" on the unquantized base");
+    }
+    let key =
+        format!("{}{}{}", req.split, if req.load.base { "_base" } else { "" }, if dense { "_unquantized" } else { "" });
+    (model, key)
 }
 
 /// The directory of checkpoint `pick` of the run in `run_dir` (`None`: the final one), or an error
@@ -128,7 +154,8 @@ pub struct EvalRequest {
 }
 
 /// Evaluates a split of the run in `dir` and records the result in its run.json (under the split's
-/// name, or `<split>_base` for the base model).
+/// name, `<split>_base` for the base model, and `_unquantized` after either for a quantized run's
+/// model built on its dense base).
 pub fn evaluate_run(dir: &Path, req: &EvalRequest) -> Result<RunEval, Problems> {
     let mut run = load_run(dir, req.load)?;
     let data = crate::data::prepare_for_run(&run.config, run.data_key.as_deref())?;
@@ -142,12 +169,7 @@ pub fn evaluate_run(dir: &Path, req: &EvalRequest) -> Result<RunEval, Problems> 
         let loss = mean_loss(&mut run.model, samples, micro, None);
         (loss, req.generate.then(|| exact_match(&run.model, &run.tokenizer, samples, 3)))
     })?;
-    let model = match (&run.checkpoint, req.load.base) {
-        (_, true) => "base model".to_string(),
-        (Some(c), false) => c.display().to_string(),
-        (None, false) => String::new(),
-    };
-    let key = if req.load.base { format!("{}_base", req.split) } else { req.split.to_string() };
+    let (model, key) = record_names(&run, req);
     let record = Evaluation {
         model: model.clone(),
         samples: samples.len(),

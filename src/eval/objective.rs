@@ -24,11 +24,13 @@ impl Objective {
 
 impl Objective {
     /// The batch's loss (summed, detached) with its gradients, scaled by `scale`, added to the trainable
-    /// tensors'. `checkpoint`: activation checkpointing; the LM head scores its positions in chunks
-    /// ([`staged::head_chunk`]) whenever they would take more memory than one.
-    pub fn backward(self, model: &Gpt, batch: &Batch, checkpoint: bool, scale: f64) -> Tensor {
+    /// tensors'. `checkpoint`: activation checkpointing; the LM head scores its positions in chunks of
+    /// at most `head_chunk_bytes` ([`staged::head_chunk_within`]; training always uses
+    /// [`staged::HEAD_CHUNK_BYTES`], `ftexp bench` may ask for others) whenever they would take more
+    /// memory than one.
+    pub fn backward(self, model: &Gpt, batch: &Batch, checkpoint: bool, head_chunk_bytes: i64, scale: f64) -> Tensor {
         let compute = if model.compute_kind == Kind::Float { 4 } else { 2 };
-        let chunk = staged::head_chunk(model.spec.vocab_size, compute);
+        let chunk = staged::head_chunk_within(model.spec.vocab_size, compute, head_chunk_bytes);
         if !checkpoint && batch.supervised <= chunk {
             let loss = self.loss(model, batch);
             (&loss * scale).backward();

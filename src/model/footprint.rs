@@ -30,8 +30,14 @@ pub const HEAD_CHUNK_BYTES: i64 = 256 << 20;
 /// (plus their fp32 copy under a 16-bit dtype), their log-softmax and the two gradients stay within
 /// [`HEAD_CHUNK_BYTES`].
 pub fn head_chunk(vocab: i64, compute_bytes: i64) -> i64 {
+    head_chunk_within(vocab, compute_bytes, HEAD_CHUNK_BYTES)
+}
+
+/// [`head_chunk`] for chunks of at most `bytes` instead of [`HEAD_CHUNK_BYTES`] (`ftexp bench
+/// --head-chunk-bytes`; `i64::MAX`: one chunk).
+pub fn head_chunk_within(vocab: i64, compute_bytes: i64, bytes: i64) -> i64 {
     let per_position = vocab * (3 * 4 + if compute_bytes == 4 { 0 } else { compute_bytes });
-    (HEAD_CHUNK_BYTES / per_position.max(1)).max(1)
+    (bytes / per_position.max(1)).max(1)
 }
 
 pub struct TensorInfo {

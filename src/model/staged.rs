@@ -10,7 +10,7 @@
 //! recomputed forward draws the same ones.
 use tch::{Kind, Tensor};
 
-pub use super::footprint::{head_chunk, HEAD_CHUNK_BYTES};
+pub use super::footprint::{head_chunk, head_chunk_within, HEAD_CHUNK_BYTES};
 use super::gpt::Gpt;
 
 /// How a training micro-batch's backward pass runs.

@@ -17,7 +17,9 @@ use crate::experiment::checkpoint::TrainerState;
 use crate::experiment::ParamCount;
 use crate::methods;
 use crate::methods::memory::{MemoryPlan, Shape};
+use crate::methods::Built;
 use crate::model::spec::{Mlp, ModelSpec};
+use crate::model::staged::HEAD_CHUNK_BYTES;
 use crate::native::collectives::cuda_memory;
 use crate::plan::steps::Schedule;
 use crate::plan::RunPlan;
@@ -176,8 +178,9 @@ fn gpu_peak(device: tch::Device, watch: Option<GpuMemoryWatch>) -> (Option<f64>,
 }
 
 /// Runs `steps` optimizer steps of `c` (its model, method, precision, batch sizes and learning-rate
-/// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens.
-pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<Report> {
+/// schedule) on its train split, or on synthetic samples of `data.max_seq_length` tokens; the LM head
+/// in chunks of at most `head_chunk_bytes` (`None`: training's [`HEAD_CHUNK_BYTES`]; 0: unchunked).
+pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool, head_chunk_bytes: Option<u64>) -> anyhow::Result<Report> {
     let c = &plan.config;
     let replicas = super::launch::join(plan)?;
     count_cpu_tensors(c);
@@ -189,10 +192,8 @@ pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<R
     let (device, kind, precision) = (built.model.device(), built.model.kind(), built.placement.precision);
     let placement = built.placement;
     let mark = MemoryMark::now();
-    let schedule = Schedule::new(&c.train, steps);
-    let mut trainer = Trainer::new(built, c, &train, schedule, TrainerState::default());
+    let mut trainer = trainer(plan, built, &train, steps, head_chunk_bytes);
     trainer.replicas = replicas;
-    trainer.checkpointing = plan.strategies.activation_checkpointing;
     super::fit::resolve_micro_batch(plan, &mut trainer, None)?;
     super::launch::start_replicas(&mut trainer, None)?;
     let mut n = Counts::default();
@@ -257,6 +258,26 @@ pub fn run(plan: &RunPlan, steps: u64, synthetic_data: bool) -> anyhow::Result<R
             methods::memory::estimate(&spec, &c.method, &placement, shape)
         }),
     })
+}
+
+/// A trainer of `built` on `train` for `steps` steps, checkpointing as the plan says, its LM head in
+/// chunks of at most `head_chunk_bytes` (see [`run`]).
+fn trainer<'a>(
+    plan: &RunPlan,
+    built: Built,
+    train: &'a [Sample],
+    steps: u64,
+    head_chunk_bytes: Option<u64>,
+) -> Trainer<'a> {
+    let schedule = Schedule::new(&plan.config.train, steps);
+    let mut trainer = Trainer::new(built, &plan.config, train, schedule, TrainerState::default());
+    trainer.checkpointing = plan.strategies.activation_checkpointing;
+    trainer.head_chunk_bytes = match head_chunk_bytes {
+        None => HEAD_CHUNK_BYTES,
+        Some(0) => i64::MAX,
+        Some(n) => i64::try_from(n).unwrap_or(i64::MAX),
+    };
+    trainer
 }
 
 /// What the micro-batches of a bench held, and the largest of them.

@@ -14,6 +14,7 @@ use crate::eval::Objective;
 use crate::experiment::checkpoint::{self, TrainerState};
 use crate::methods::Built;
 use crate::model::lora::row_seed;
+use crate::model::staged::HEAD_CHUNK_BYTES;
 use crate::model::Gpt;
 use crate::plan::steps::Schedule;
 
@@ -34,6 +35,9 @@ pub struct Trainer<'a> {
     pub objective: Objective,
     /// Activation checkpointing (the plan's choice).
     pub checkpointing: bool,
+    /// The most memory one chunk of the LM head's scores may take ([`HEAD_CHUNK_BYTES`]; `ftexp bench
+    /// --head-chunk-bytes` alone changes it).
+    pub head_chunk_bytes: i64,
 }
 
 pub struct StepStats {
@@ -71,6 +75,7 @@ impl<'a> Trainer<'a> {
             packing: c.data.packing.then_some(c.data.max_seq_length as usize),
             objective: Objective::Sft,
             checkpointing: false,
+            head_chunk_bytes: HEAD_CHUNK_BYTES,
         }
     }
 
@@ -102,7 +107,7 @@ impl<'a> Trainer<'a> {
         let batches = batches::for_step(train, order, seen, &self.t, self.packing, device, share);
         let supervised = batches.supervised();
         let model = &mut self.built.model;
-        let how = (self.objective, self.checkpointing);
+        let how = (self.objective, self.checkpointing, self.head_chunk_bytes);
         let mut loss = accumulate_gradients(model, how, &batches.mine, supervised, self.seed);
         let mut stop = stop;
         if let Some(replicas) = self.replicas.as_mut() {
@@ -170,7 +175,7 @@ fn seed_step(seed: u64, step: u64) {
 /// Each row's dropout masks come from the run's `seed` and the row's sample number.
 fn accumulate_gradients(
     model: &mut Gpt,
-    (objective, checkpointing): (Objective, bool),
+    (objective, checkpointing, head_chunk_bytes): (Objective, bool, i64),
     batches: &[Batch],
     supervised: i64,
     seed: u64,
@@ -180,7 +185,7 @@ fn accumulate_gradients(
     let scale = 1.0 / supervised.max(1) as f64;
     for batch in batches {
         model.dropout_seeds = batch.numbers.iter().map(|&n| row_seed(seed, n)).collect();
-        step_loss += objective.backward(model, batch, checkpointing, scale) * scale;
+        step_loss += objective.backward(model, batch, checkpointing, head_chunk_bytes, scale) * scale;
     }
     model.dropout_seeds.clear();
     step_loss
