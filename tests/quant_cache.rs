@@ -50,7 +50,8 @@ fn the_quantized_cache_is_written_once_read_by_the_next_run_and_refused_for_anot
     assert!(out.status.success(), "{}", stderr(&out));
     let cache = cache_dir(&base, Scheme::Nf4Dq, Kind::Float);
     assert!(cache.join("weights.safetensors").is_file() && cache.join("key.json").is_file(), "{}", cache.display());
-    let leftovers: Vec<_> = std::fs::read_dir(cache.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(cache.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "nothing but the cache: {leftovers:?}");
     // The next run reads the cache (the dense linear weights are never read) and trains the same.
     let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
@@ -65,7 +66,10 @@ fn the_quantized_cache_is_written_once_read_by_the_next_run_and_refused_for_anot
     let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let said = stderr(&out);
-    assert!(said.contains("was made from a different base") && said.contains("model-00002-of-00005.safetensors"), "{said}");
+    assert!(
+        said.contains("was made from a different base") && said.contains("model-00002-of-00005.safetensors"),
+        "{said}"
+    );
     assert!(said.contains("delete") && said.lines().count() <= 2, "{said}");
     assert!(!p.path().join("experiments/t/v3/metrics.csv").exists(), "no run written");
     // A cache of another layout is refused, not misread.

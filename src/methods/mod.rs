@@ -77,17 +77,18 @@ pub fn check_memory(spec: &ModelSpec, m: &MethodConfig, placement: &Placement) -
 /// Adds the method's tensors to `model`, in `kind` on its device, so that before the first step the
 /// model computes exactly what the base model does. Seeded by `seed`.
 pub fn apply(model: &mut Gpt, m: &MethodConfig, seed: u64, kind: Kind) {
-    tch::manual_seed(seed as i64);
     let device = model.device();
     let all = layout::tensors(&model.spec, Some(m));
-    tch::no_grad(|| {
-        for t in all.iter().filter(|t| t.is_method()) {
-            let fresh = match t.at.param {
-                Param::LoraA | Param::LoraB => lora::init(t.at.param, &t.shape, device),
-                _ => adapter::init(t.at.param, &t.shape, device),
-            };
-            *model.slot(t.at) = fresh.to_kind(kind);
-        }
+    crate::native::rng::seeded(seed as i64, || {
+        tch::no_grad(|| {
+            for t in all.iter().filter(|t| t.is_method()) {
+                let fresh = match t.at.param {
+                    Param::LoraA | Param::LoraB => lora::init(t.at.param, &t.shape, device),
+                    _ => adapter::init(t.at.param, &t.shape, device),
+                };
+                *model.slot(t.at) = fresh.to_kind(kind);
+            }
+        })
     });
     model.layout = all;
     model.lora = lora::LoraScaling { scale: m.lora_alpha / m.lora_r as f64, dropout: m.lora_dropout };

@@ -53,7 +53,14 @@ fn base_files(base: &Path) -> BTreeMap<String, FileRecord> {
 /// The base in `dir` with its blocks' linear weights quantized by `scheme`: read from the cache when
 /// `cache` is on and one was made from these very files, else quantized as they load (and, with
 /// `cache`, stored for the next run; a base directory that cannot be written is said, not an error).
-pub fn load(dir: &Path, spec: ModelSpec, kind: Kind, device: Device, scheme: Scheme, cache: bool) -> Result<Gpt, Problems> {
+pub fn load(
+    dir: &Path,
+    spec: ModelSpec,
+    kind: Kind,
+    device: Device,
+    scheme: Scheme,
+    cache: bool,
+) -> Result<Gpt, Problems> {
     let at = cache_dir(dir, scheme, kind);
     if !cache {
         return model::load_spec(dir, spec, kind, device, Held::Quantize(scheme));
@@ -82,7 +89,8 @@ fn read(
     let fix = format!("delete {} to quantize the base again, or set model.quantize_cache = false", at.display());
     let bad = |what: String| Problems::one(format!("{}: {what}; {fix}", at.display()));
     let text = std::fs::read_to_string(at.join(KEY)).map_err(|e| bad(format!("cannot read {KEY}: {e}")))?;
-    let key: Key = serde_json::from_str(&text).map_err(|e| bad(format!("{KEY} is not a quantized cache's key: {e}")))?;
+    let key: Key =
+        serde_json::from_str(&text).map_err(|e| bad(format!("{KEY} is not a quantized cache's key: {e}")))?;
     let wanted = (VERSION, scheme_name(scheme).to_string(), dtype_name(kind));
     if (key.version, key.scheme.clone(), key.dtype.clone()) != wanted {
         return Err(bad(format!(
@@ -93,13 +101,21 @@ fn read(
     if let Some((path, how)) = provenance::first_change(base, &key.files) {
         return Err(bad(format!("was made from a different base: {} {how}", path.display())));
     }
-    let tensors: HashMap<String, Tensor> =
-        Tensor::read_safetensors(at.join(WEIGHTS)).map_err(|e| bad(format!("cannot read {WEIGHTS}: {e}")))?.into_iter().collect();
+    let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(at.join(WEIGHTS))
+        .map_err(|e| bad(format!("cannot read {WEIGHTS}: {e}")))?
+        .into_iter()
+        .collect();
     let mut out = HashMap::new();
     for t in layout::tensors(spec, None).into_iter().filter(|t| gpt::quantizable(t.at)) {
         let name = t.name();
-        let q = Quantized::from_stored(scheme, |part| tensors.get(&format!("{name}.{part}")).map(Tensor::shallow_clone), &t.shape, kind, device)
-            .map_err(|why| bad(format!("{WEIGHTS}: {name}: {why}")))?;
+        let q = Quantized::from_stored(
+            scheme,
+            |part| tensors.get(&format!("{name}.{part}")).map(Tensor::shallow_clone),
+            &t.shape,
+            kind,
+            device,
+        )
+        .map_err(|why| bad(format!("{WEIGHTS}: {name}: {why}")))?;
         out.insert(name, q);
     }
     Ok(out)
@@ -111,12 +127,15 @@ fn write(at: &Path, base: &Path, model: &Gpt, scheme: Scheme, kind: Kind) -> Res
     for t in layout::tensors(&model.spec, None).into_iter().filter(|t| gpt::quantizable(t.at)) {
         let layout::Module::Linear(i, proj) = t.at.module else { continue };
         let Some(linear) = model.blocks[i].linear_ref(proj) else { continue };
-        let crate::model::Weight::Quantized(q) = &linear.weight else { return Err(format!("{} is not quantized", t.name())) };
+        let crate::model::Weight::Quantized(q) = &linear.weight else {
+            return Err(format!("{} is not quantized", t.name()));
+        };
         for (part, tensor) in q.stored() {
             tensors.push((format!("{}.{part}", t.name()), tensor.to_device(Device::Cpu)));
         }
     }
-    let key = Key { version: VERSION, scheme: scheme_name(scheme).into(), dtype: dtype_name(kind), files: base_files(base) };
+    let key =
+        Key { version: VERSION, scheme: scheme_name(scheme).into(), dtype: dtype_name(kind), files: base_files(base) };
     let parent = at.parent().expect("the cache lives in a folder");
     std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     let tmp = parent.join(format!(".tmp-{}", std::process::id()));

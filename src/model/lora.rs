@@ -131,13 +131,13 @@ impl<'a> Input<'a> {
         let seed = |row: i64| mix(row as u64 ^ slot.wrapping_mul(0xD6E8_FEB8_6659_FD93)) as i64;
         let per_row = self.x.dim() >= 2 && self.x.size()[0] == seeds.0.len() as i64 && self.site != Site::Head;
         if per_row {
-            for (i, &row) in seeds.0.iter().enumerate() {
-                tch::manual_seed(seed(row));
+            crate::native::rng::seeded_each(seeds.0.iter().map(|&row| seed(row)), |i| {
                 let _ = mask.get(i as i64).bernoulli_float_(keep);
-            }
+            });
         } else {
-            tch::manual_seed(seed(seeds.0.first().copied().unwrap_or(0)));
-            let _ = mask.bernoulli_float_(keep);
+            crate::native::rng::seeded(seed(seeds.0.first().copied().unwrap_or(0)), || {
+                let _ = mask.bernoulli_float_(keep);
+            });
         }
         mask / keep
     }

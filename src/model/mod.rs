@@ -105,7 +105,9 @@ fn quantizing_progress(held: &Held, layers: u64, spec: &spec::ModelSpec) -> indi
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(layers);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("quantizing the base {bar:30} {pos}/{len} weights, {eta} left") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("quantizing the base {bar:30} {pos}/{len} weights, {eta} left")
+    {
         bar.set_style(style);
     }
     bar
@@ -114,18 +116,19 @@ fn quantizing_progress(held: &Held, layers: u64, spec: &spec::ModelSpec) -> indi
 /// A model of `spec` with random weights: N(0, 0.02) matrices and embeddings, norms one, biases zero.
 /// Seeded.
 pub fn random(spec: spec::ModelSpec, seed: u64, kind: Kind, device: Device) -> Gpt {
-    tch::manual_seed(seed as i64);
-    tch::no_grad(|| {
-        Gpt::from_tensors(spec, |t| {
-            let shape = t.shape.as_slice();
-            let tensor = if t.at.param == Param::Bias {
-                Tensor::zeros(shape, (Kind::Float, device))
-            } else if shape.len() == 1 {
-                Tensor::ones(shape, (Kind::Float, device))
-            } else {
-                Tensor::randn(shape, (Kind::Float, device)) * 0.02
-            };
-            tensor.to_kind(kind)
+    crate::native::rng::seeded(seed as i64, || {
+        tch::no_grad(|| {
+            Gpt::from_tensors(spec, |t| {
+                let shape = t.shape.as_slice();
+                let tensor = if t.at.param == Param::Bias {
+                    Tensor::zeros(shape, (Kind::Float, device))
+                } else if shape.len() == 1 {
+                    Tensor::ones(shape, (Kind::Float, device))
+                } else {
+                    Tensor::randn(shape, (Kind::Float, device)) * 0.02
+                };
+                tensor.to_kind(kind)
+            })
         })
     })
 }

@@ -15,6 +15,7 @@ pub mod adamw;
 pub mod allocator;
 pub mod collectives;
 pub mod grad;
+pub mod rng;
 
 /// A part of the native layer that a build may lack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -146,19 +146,13 @@ fn write_model(out: &mut String, plan: &Plan, r: &Resolved) {
     }
 }
 
-/// The expected peak memory by part, and whether it fits the device.
-fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
-    let c = &r.config;
-    let _ = writeln!(
-        out,
-        "\n# memory (the peak of one training step on each device: micro-batches of {} × {} positions, every position scored)",
-        m.micro_batch_size, m.seq_len
-    );
+/// The plan's parts, each with what it holds.
+fn memory_rows(plan: &Plan, m: &MemoryPlan, c: &crate::config::Config) -> [(String, u64); 7] {
     let trainable =
         if c.method.kind == crate::config::MethodKind::Full { "all weights" } else { "the method's tensors" };
     let layers = m.activations_per_layer.len().max(1) as u64;
     let per_layer = m.activations_per_layer.iter().max().copied().unwrap_or(0);
-    let rows = [
+    [
         (
             match plan.strategies.quantization {
                 "none" => format!("weights ({})", plan.precision),
@@ -188,8 +182,18 @@ fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
             m.working,
         ),
         ("runtime overhead".to_string(), m.overhead),
-    ];
-    for (what, n) in rows {
+    ]
+}
+
+/// The expected peak memory by part, and whether it fits the device.
+fn write_memory(out: &mut String, plan: &Plan, m: &MemoryPlan, r: &Resolved) {
+    let c = &r.config;
+    let _ = writeln!(
+        out,
+        "\n# memory (the peak of one training step on each device: micro-batches of {} × {} positions, every position scored)",
+        m.micro_batch_size, m.seq_len
+    );
+    for (what, n) in memory_rows(plan, m, c) {
         let _ = writeln!(out, "{:<52}{:>12}", format!("{what}:"), bytes(n));
     }
     let _ = writeln!(out, "{:<52}{:>12}", "total:", bytes(m.total));
