@@ -78,8 +78,9 @@ bench: build
 	bash bench/formats.sh
 	bash bench/packing.sh
 
+# bench-train also prices each memory strategy (BENCH_STRATEGIES= skips that part).
 bench-train: build
-	bash bench/train.sh
+	BENCH_STRATEGIES="$${BENCH_STRATEGIES-none checkpointing nf4 head-unchunked}" bash bench/train.sh
 
 bench-generate: build
 	bash bench/generate.sh

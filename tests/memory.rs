@@ -144,7 +144,12 @@ fn running_out_of_memory_fails_the_run_with_the_plan_and_keeps_the_last_checkpoi
     };
     let limit = (tensors("48") + tensors("256")) / 2;
     let memory = format!("model.device_memory={limit}B");
+    // The plan, for 256-token rows, does not fit: the run is refused, unless told to try.
     let out = ftexp(p.path(), &["run", "exp.toml", "--set", &memory], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("or set train.run_over_plan = true"), "{}", stderr(&out));
+    assert!(!p.path().join("experiments/t/v1/metrics.csv").exists());
+    let out = ftexp(p.path(), &["run", "exp.toml", "--set", &memory, "--set", "train.run_over_plan=true"], &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.trim().lines().count(), 1, "{err}");

@@ -16,7 +16,8 @@ pub struct Args {
     /// The run directory, experiments/<name>/v<N>, or experiments/<name> for its newest version.
     run_dir: PathBuf,
     /// Continue on another number of devices (`--set train.devices=N`) or wait longer for them
-    /// (`--set train.sync_timeout_s=S`, `train.allow_oversubscribe`); nothing else of a run can change
+    /// (`--set train.sync_timeout_s=S`, `train.allow_oversubscribe`, `train.run_over_plan`); nothing else
+    /// of a run can change
     /// (a `--set` of the value the run already has is accepted).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -56,7 +57,8 @@ fn run_dir(dir: PathBuf) -> Result<PathBuf, Problems> {
 /// other, and whether CPU processes may outnumber the cores; everything else stays as the run was
 /// started (a `--set` that repeats the run's own value changes nothing, so it is accepted and dropped).
 fn resume_overrides(run_dir: &Path, sets: &[String]) -> Result<Vec<String>, Problems> {
-    const ALLOWED: [&str; 3] = ["train.devices", "train.sync_timeout_s", "train.allow_oversubscribe"];
+    const ALLOWED: [&str; 4] =
+        ["train.devices", "train.sync_timeout_s", "train.allow_oversubscribe", "train.run_over_plan"];
     let saved = train::saved_config(run_dir, &[])?.config;
     let mut kept = Vec::new();
     for set in sets {

@@ -175,6 +175,8 @@ pub const KEYS: &[KeyDoc] = &[
         "How many GPUs (or, with `model.device = \"cpu\"`, CPU processes) to train on, on this machine. Each holds a copy of the model and works through its share of every batch; their gradients are added up before each optimizer step, so the result is the same as on one device with the same `batch_size`, only faster. Under torchrun (several machines) it is the processes per machine."),
     key!("train.allow_oversubscribe", Bool, Some("false"),
         "With `model.device = \"cpu\"`: allow more training processes (`devices`) than this machine has CPU cores. Off, such a run is refused, since the processes would only slow each other down (and each holds a copy of the model); the plan adds up their memory against the machine's either way."),
+    key!("train.run_over_plan", Bool, Some("false"),
+        "Start a run even when the memory plan says it does not fit the device. Off, such a run is refused with the plan's advice; the plan assumes every row is `data.max_seq_length` long, so a data set of short rows may train anyway (a step that runs out of memory ends the run with the last checkpoint kept)."),
     key!("train.activation_checkpointing", BoolOrAuto, Some("false"),
         "Keep only each layer's input during the forward pass and compute the layer again when the backward pass reaches it: the activations then take about one layer's worth instead of all of them, for about a third more compute per step. Losses and gradients are the same as without it. `\"auto\"`: on only when the plan does not fit 90% of the device's memory without it (the plan says which it chose and why)."),
     key!("train.sync_timeout_s", Int, Some("120"),
@@ -364,6 +366,8 @@ pub struct TrainConfig {
     pub devices: u64,
     #[serde(default)]
     pub allow_oversubscribe: bool,
+    #[serde(default)]
+    pub run_over_plan: bool,
     #[serde(default)]
     pub activation_checkpointing: Switch,
     pub sync_timeout_s: u64,

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::{RunPlan, Strategies};
 use crate::config::{MethodKind, Quantize, Switch};
+use crate::methods::memory;
 
 /// Settings that together would fit, with the plan's total for them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -110,3 +111,28 @@ impl Step {
         }
     }
 }
+
+impl RunPlan {
+    /// A run refuses a plan that does not fit (unless `train.run_over_plan`), saying what would.
+    pub(super) fn refuse_over_plan(&mut self) {
+        self.refusals.retain(|r| !r.starts_with(OVER_PLAN));
+        let (Some(false), Some(available), false) = (self.fits, self.device_memory, self.weighing) else { return };
+        if self.config.train.run_over_plan {
+            return;
+        }
+        let needed = self.processes_memory.or(self.memory.as_ref().map(|m| m.total)).unwrap_or(0);
+        let change = match self.advice.iter().find(|a| a.fits) {
+            Some(a) => format!("set {} (the plan's advice)", a.settings.join(" and ")),
+            None => "see the plan's advice (ftexp plan)".to_string(),
+        };
+        self.refusals.push(format!(
+            "{OVER_PLAN} {}, is more than the {} of {}: {change}, or set train.run_over_plan = true to try anyway (the plan counts every row at data.max_seq_length)",
+            memory::mib_text(needed),
+            memory::mib_text(available),
+            self.device
+        ));
+    }
+}
+
+/// How the refusal of a plan that does not fit begins.
+const OVER_PLAN: &str = "the memory plan's peak,";

@@ -337,6 +337,7 @@ impl RunPlan {
         self.fits = needed.zip(self.device_memory).map(|(needed, available)| needed <= available);
         self.gradient_accumulation_iters = c.train.batch_size / (micro * self.world_size).max(1);
         self.advise();
+        self.refuse_over_plan();
     }
 
     /// `model.quantize = "auto"`: the first of none, int8 and nf4 whose plan fits 90% of the device's
