@@ -369,16 +369,17 @@ impl Walk<'_> {
     /// The head on the supervised positions and the loss; returns the bytes its scores and their
     /// gradients hold at the start of the backward pass.
     fn head(&mut self, h: Val) -> u64 {
-        let picked = self.val(self.supervised, h.width, h.elem_bytes, h.grad); // index_select keeps only the index
+        // A run scores at most one chunk of positions at a time (`footprint::head_chunk`), so what the
+        // head keeps for its backward pass (adapter v2's scaled scores, say) is one chunk's.
+        let chunk = super::footprint::head_chunk(self.spec.vocab_size, self.compute as i64);
+        let picked = self.val(self.supervised.min(chunk), h.width, h.elem_bytes, h.grad); // index_select keeps only the index
         let logits = self.linear(picked, Module::Head);
         if logits.grad {
-            self.outside_layers += picked.rows as u64 * 8;
+            self.outside_layers += self.supervised as u64 * 8;
         }
         // log-softmax keeps its fp32 output; its gradient and its input's are fp32 of the same size,
-        // and a 16-bit model adds the scores' gradient in their own dtype. A run scores at most one
-        // chunk of positions at a time (`footprint::head_chunk`).
-        let chunk = super::footprint::head_chunk(logits.width, self.compute as i64);
-        let scores = (logits.rows.min(chunk) * logits.width) as u64;
+        // and a 16-bit model adds the scores' gradient in their own dtype.
+        let scores = (logits.rows * logits.width) as u64;
         let cast = if self.compute == 4 { 0 } else { scores * self.compute };
         // From the second step on, a trained head's new weight gradient is computed beside the one kept
         // (before it is added in) while the scores' gradient is still alive.
