@@ -239,7 +239,9 @@ fn a_resumed_run_refuses_other_changes_and_a_lone_process_is_told_how_to_start()
     let out = ftexp(p.path(), &["resume", "experiments/t", "--set", "train.learning_rate=1"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("only train.devices, train.sync_timeout_s, train.allow_oversubscribe can change"),
+        stderr(&out).contains(
+            "only train.devices, train.sync_timeout_s, train.allow_oversubscribe, train.run_over_plan can change"
+        ),
         "{}",
         stderr(&out)
     );
