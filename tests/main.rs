@@ -20,5 +20,6 @@ mod plan;
 mod quant;
 mod quant_cache;
 mod report;
+mod sliding_window;
 mod staged;
 mod train;
