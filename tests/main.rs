@@ -3,6 +3,7 @@ mod best;
 mod chat;
 mod common;
 mod config;
+mod config_keys;
 mod data;
 mod devices;
 mod experiment;

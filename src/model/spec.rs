@@ -82,6 +82,8 @@ pub struct ModelSpec {
     pub tie_embeddings: bool,
     pub max_position_embeddings: i64,
     pub sliding_window: Option<SlidingWindow>,
+    /// `config.json` keys ftexp does not implement, let through by `model.allow_unknown_config_keys`.
+    pub ignored_config_keys: Vec<String>,
 }
 
 fn get<'a>(json: &'a Value, keys: &[&str]) -> Option<&'a Value> {
@@ -125,21 +127,46 @@ impl ModelSpec {
     }
 
     pub fn from_file(path: &Path) -> Result<ModelSpec, Problems> {
-        Self::read(path).map(|(spec, _)| spec)
+        Self::read(path, false).map(|(spec, _)| spec)
     }
 
-    /// The spec of the `config.json` at `path`, with the JSON itself (read once for both).
-    pub fn read(path: &Path) -> Result<(ModelSpec, Value), Problems> {
+    /// The spec of the `config.json` at `path`, with the JSON itself (read once for both);
+    /// `allow_unknown` as [`ModelSpec::from_json_allowing`].
+    pub fn read(path: &Path, allow_unknown: bool) -> Result<(ModelSpec, Value), Problems> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
         let json: Value = serde_json::from_str(&text).map_err(|e| {
             Problems::one(format!("{}: invalid JSON at line {}, column {}: {e}", path.display(), e.line(), e.column()))
         })?;
-        let spec = Self::from_json(&json).map_err(|msg| Problems::one(format!("{}: {msg}", path.display())))?;
+        let spec = Self::from_json_allowing(&json, allow_unknown)
+            .map_err(|msg| Problems::one(format!("{}: {msg}", path.display())))?;
         Ok((spec, json))
     }
 
+    /// The spec of a `config.json`, refusing every key ftexp does not account for
+    /// ([`super::config_keys`]).
     pub fn from_json(json: &Value) -> Result<ModelSpec, String> {
+        Self::from_json_allowing(json, false)
+    }
+
+    /// [`ModelSpec::from_json`]; with `allow_unknown` (`model.allow_unknown_config_keys`) the keys ftexp
+    /// does not account for are let through and listed in `ignored_config_keys` instead of refused.
+    pub fn from_json_allowing(json: &Value, allow_unknown: bool) -> Result<ModelSpec, String> {
+        let mut spec = Self::parse(json)?;
+        let unknown = super::config_keys::unaccounted(json, &spec.model_type);
+        if unknown.is_empty() || allow_unknown {
+            spec.ignored_config_keys = unknown;
+            return Ok(spec);
+        }
+        let (these, it) = if unknown.len() == 1 { ("key", "it") } else { ("keys", "them") };
+        Err(format!(
+            "ftexp does not implement {these} {} of this {} config.json, which can change what the model computes; use a checkpoint without {it}, or set model.allow_unknown_config_keys = true to ignore {it} (ftexp's model then differs from transformers')",
+            unknown.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+            spec.model_type
+        ))
+    }
+
+    fn parse(json: &Value) -> Result<ModelSpec, String> {
         let model_type = get(json, &["model_type"]).and_then(Value::as_str).unwrap_or("").to_string();
         let family = match model_type.as_str() {
             "falcon" | "RefinedWeb" | "RefinedWebModel" => Family::Falcon,
@@ -183,6 +210,7 @@ impl ModelSpec {
             tie_embeddings: j.flag(&["tie_word_embeddings"]).unwrap_or(false),
             max_position_embeddings: j.opt_int(&["max_position_embeddings", "n_positions"]).unwrap_or(2048),
             sliding_window: None,
+            ignored_config_keys: Vec::new(),
         };
         let spec = match family {
             Family::Falcon => falcon(&j, base)?,

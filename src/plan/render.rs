@@ -141,6 +141,10 @@ fn write_model(out: &mut String, plan: &Plan, r: &Resolved) {
                 width = 14usize.saturating_sub(r.config.method.kind.as_str().len())
                     + thousands(a.trainable_parameters).len()
             );
+            if !a.ignored_config_keys.is_empty() {
+                let keys = a.ignored_config_keys.join(", ");
+                let _ = writeln!(out, "ignored config.json keys:   {keys} (model.allow_unknown_config_keys)");
+            }
         }
         (None, Some(why)) => {
             let _ = writeln!(out, "not read: {why}");
