@@ -78,6 +78,7 @@ fn neutral_values_load_and_others_are_refused() {
         with(llama.clone(), "sliding_window", json!(256)), // max_position_embeddings: never reached
         with(llama.clone(), "attn_logit_softcapping", Value::Null),
         with(llama.clone(), "hidden_act", json!("silu")),
+        with(with(llama.clone(), "attention_bias", json!(true)), "mlp_bias", json!(true)), // biases everywhere
         with(falcon.clone(), "apply_residual_connection_post_layernorm", json!(false)),
         with(falcon.clone(), "hidden_dropout", json!(0.0)),
         with(neox.clone(), "classifier_dropout", json!(0.3)),

@@ -41,6 +41,11 @@ fn nothing(v: &Value, _: &Value) -> bool {
     v.as_object().is_some_and(|o| o.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())
 }
 
+/// Llama's `mlp_bias` as ftexp implements it: with the attention's (one switch for both).
+fn as_attention_bias(v: &Value, json: &Value) -> bool {
+    *v == *json.get("attention_bias").filter(|b| !b.is_null()).unwrap_or(&Value::Bool(false))
+}
+
 /// A sliding window no sequence of the model's length reaches.
 fn unreached_window(v: &Value, json: &Value) -> bool {
     let max = json.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(2048);
@@ -128,7 +133,7 @@ const LLAMA: &[(&str, Known)] = &[
     ("attention_bias", Any),
     ("pretraining_tp", Any), // transformers 4 split the same products in slices; 5 ignores it
     ("hidden_act", Neutral(silu)),
-    ("mlp_bias", Neutral(off)),
+    ("mlp_bias", Neutral(as_attention_bias)),
     ("sliding_window", Neutral(unreached_window)),
 ];
 
