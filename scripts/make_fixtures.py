@@ -12,6 +12,9 @@ Under ``tests/fixtures/models/`` one directory per architecture family:
     qwen2                 Qwen2 (q/k/v bias), GQA, untied
     gpt-neox              GPT-NeoX, parallel residual, partial rotary 0.25
     gpt-neox-sequential   GPT-NeoX, sequential residual, partial rotary 0.5
+    mistral               Mistral, GQA, sliding-window attention (window 8) on every layer
+    qwen2-sliding         Qwen2, use_sliding_window (window 8) on the layers from
+                          max_window_layers = 1 on (layer 0 attends to everything)
 
 Every directory holds exactly what a Hugging Face checkpoint holds
 (``config.json``, ``*.safetensors`` [+ ``model.safetensors.index.json`` when
@@ -30,6 +33,17 @@ sharded], ``tokenizer.json``, ``tokenizer_config.json``,
     greedy_min_top2_margin       smallest gap between the best and second-best logit
                                  over the greedy steps (small = fragile argmax)
     seed                         seed that produced the weights
+
+The sliding-window fixtures add:
+
+    sliding_window               the window
+    mean_nll_full_attention      mean_nll of the same weights with the window off (it must
+                                 differ: the window binds on the NLL text)
+    sdpa_max_logit_diff          max |logit| difference of the sdpa attention path from eager
+                                 (both honour the window)
+
+and their prompt plus greedy continuation is longer than the window, so the
+KV-cached greedy run goes past it.
 
 Seeds are searched deterministically per family (base seed + 1000*k, first
 acceptable k) so that every greedy step has a top-2 logit gap of at least
@@ -59,6 +73,7 @@ same files.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -79,6 +94,7 @@ from transformers import (  # noqa: E402
     FalconConfig,
     GPTNeoXConfig,
     LlamaConfig,
+    MistralConfig,
     Qwen2Config,
 )
 
@@ -92,6 +108,7 @@ MAX_POS = 256
 MAX_NEW_TOKENS = 20
 MIN_TOP2_MARGIN = 0.2  # logit gap required at every greedy step
 MAX_SEED_TRIES = 400
+SLIDING_WINDOW = 8  # much shorter than the NLL text and the prompt plus its continuation
 
 # ---------------------------------------------------------------------------
 # Texts
@@ -358,6 +375,48 @@ def family_configs(vocab: int) -> list[dict]:
             ),
         )
     )
+    fams.append(
+        dict(
+            name="mistral",
+            seed=1008,
+            sliding=True,
+            config=MistralConfig(
+                vocab_size=vocab,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=160,
+                hidden_act="silu",
+                rms_norm_eps=1e-5,
+                tie_word_embeddings=False,
+                sliding_window=SLIDING_WINDOW,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                **COMMON,
+            ),
+        )
+    )
+    fams.append(
+        dict(
+            name="qwen2-sliding",
+            seed=1009,
+            sliding=True,
+            config=Qwen2Config(
+                vocab_size=vocab,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=160,
+                hidden_act="silu",
+                rms_norm_eps=1e-6,
+                tie_word_embeddings=False,
+                use_sliding_window=True,
+                sliding_window=SLIDING_WINDOW,
+                max_window_layers=1,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                **COMMON,
+            ),
+        )
+    )
     return fams
 
 
@@ -486,6 +545,37 @@ def build_model(cfg, seed: int):
     return model.eval()
 
 
+@torch.no_grad()
+def sliding_checks(name, out, reloaded, logits, prompt_ids, nll_ids, greedy_ids, mean_nll) -> dict:
+    """A sliding-window fixture's extra reference entries, and proof that the window matters."""
+    cfg = reloaded.config
+    window = cfg.sliding_window
+    assert window == SLIDING_WINDOW, f"{name}: sliding_window {window}"
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types is not None:  # qwen2: some layers slide, some do not
+        assert "sliding_attention" in layer_types and "full_attention" in layer_types, f"{name}: {layer_types}"
+    assert len(prompt_ids) + len(greedy_ids) > window, f"{name}: the greedy run stays inside the window"
+    assert len(nll_ids) > 4 * window
+
+    # sdpa honours the window as eager does
+    sdpa = AutoModelForCausalLM.from_pretrained(out, attn_implementation="sdpa", dtype=torch.float32).eval()
+    sdpa_diff = float((forward_logits(sdpa, prompt_ids) - logits).abs().max())
+    assert sdpa_diff < 1e-4, f"{name}: sdpa differs from eager by {sdpa_diff}"
+
+    # the same weights without the window give another loss
+    full_cfg = copy.deepcopy(cfg)
+    full_cfg.sliding_window = None
+    if hasattr(full_cfg, "use_sliding_window"):
+        full_cfg.use_sliding_window = False
+    if getattr(full_cfg, "layer_types", None) is not None:
+        full_cfg.layer_types = ["full_attention"] * full_cfg.num_hidden_layers
+    full = AutoModelForCausalLM.from_pretrained(out, config=full_cfg, attn_implementation="eager", dtype=torch.float32)
+    full_logits = forward_logits(full.eval(), nll_ids)
+    full_nll = float(F.cross_entropy(full_logits[:-1], torch.tensor(nll_ids[1:]), reduction="mean"))
+    assert abs(full_nll - mean_nll) > 1e-2, f"{name}: the window does not change the loss ({full_nll} vs {mean_nll})"
+    return dict(sliding_window=window, mean_nll_full_attention=full_nll, sdpa_max_logit_diff=sdpa_diff)
+
+
 def make_family(fam: dict, tok: Tokenizer, prompt_ids, nll_ids) -> dict:
     name, cfg = fam["name"], fam["config"]
     out = OUT_ROOT / name
@@ -548,6 +638,8 @@ def make_family(fam: dict, tok: Tokenizer, prompt_ids, nll_ids) -> dict:
         "greedy_min_top2_margin": margin,
         "max_new_tokens": MAX_NEW_TOKENS,
     }
+    if fam.get("sliding"):
+        ref.update(sliding_checks(name, out, reloaded, logits, prompt_ids, nll_ids, greedy_ids, mean_nll))
     (out / "reference.json").write_text(json.dumps(ref) + "\n")
 
     # Sanity checks on the directory contents.

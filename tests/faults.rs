@@ -248,7 +248,8 @@ fn a_run_is_used_on_exactly_its_base_and_its_data() {
     // a changed base file is refused, naming it, unless the user says otherwise
     let config = p.path().join("experiments/pre/v1/checkpoints/final/model/config.json");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replacen('{', "{\"note\": \"edited\", ", 1)).unwrap();
+    // (a key that changes nothing the model computes: an unknown one would be refused as such first)
+    std::fs::write(&config, text.replacen('{', "{\"_name_or_path\": \"edited\", ", 1)).unwrap();
     one_line_error(&eval(&[]), &["pre/v1/checkpoints/final/model/config.json: changed", "--allow-changed-base"]);
     assert_eq!(loss(&eval(&["--allow-changed-base"])), before);
     std::fs::write(&config, text).unwrap();

@@ -12,8 +12,17 @@ use tch::{Device, Kind, Tensor};
 
 use crate::common::{fixtures, ftexp, stderr, stdout};
 
-const FAMILIES: &[&str] =
-    &["falcon-7b-style", "falcon-40b-style", "llama", "llama3", "qwen2", "gpt-neox", "gpt-neox-sequential"];
+const FAMILIES: &[&str] = &[
+    "falcon-7b-style",
+    "falcon-40b-style",
+    "llama",
+    "llama3",
+    "qwen2",
+    "gpt-neox",
+    "gpt-neox-sequential",
+    "mistral",
+    "qwen2-sliding",
+];
 
 fn model_dir(name: &str) -> PathBuf {
     fixtures().join("models").join(name)

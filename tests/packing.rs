@@ -26,7 +26,7 @@ fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn a_packed_micro_batch_gives_the_logits_and_per_sample_losses_of_the_unpacked_samples() {
-    for family in ["llama", "qwen2", "gpt-neox", "falcon-7b-style"] {
+    for family in ["llama", "qwen2", "gpt-neox", "falcon-7b-style", "mistral", "qwen2-sliding"] {
         let model = load(&fixtures().join("models").join(family), Kind::Float, Device::Cpu).unwrap();
         let samples = samples();
         let refs: Vec<&Sample> = samples.iter().collect();

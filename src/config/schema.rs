@@ -88,6 +88,8 @@ pub const KEYS: &[KeyDoc] = &[
         "Hold the frozen base's layer weights in fewer bits (QLoRA), for `lora`, `adapter` and `adapter_v2`: `nf4` (4-bit NormalFloat in blocks of 64 with a scale per block, as bitsandbytes; about 4.5 bits per weight), `nf4-dq` (its scales quantized again to 8 bits; about 4.1 bits), `int8` (8 bits in blocks of 64). A 7B model's weights then take about 3.9 or 7 GB instead of 13.5 GB in bf16. Each weight is turned back into the compute dtype one layer at a time where it is used, so a quantized run also turns on `train.activation_checkpointing`. The embedding and the LM head stay as they are; `full` cannot train quantized weights. `\"auto\"`: the plan picks `none` when the run fits 90% of the device's memory without it, else `int8`, else `nf4`, and says why (with `full`, always `none`)."),
     key!("model.quantize_cache", Bool, Some("false"),
         "With `model.quantize`: keep the quantized weights next to the base (in its `.ftexp-quantized/` folder, about a third of a 16-bit base's size for `nf4`), keyed by the SHA-256 of its `config.json` and weight files, so the next run on the same base reads them instead of quantizing again. A cache made from other files is refused (delete it to make a new one); a base folder that cannot be written is said and the run goes on."),
+    key!("model.allow_unknown_config_keys", Bool, Some("false"),
+        "Load a checkpoint whose `config.json` has keys ftexp does not implement (a setting that would change what the model computes, such as `attn_logit_softcapping`). Off: such a checkpoint is refused, naming the keys, because ftexp would silently compute a different model than transformers does. On: the keys are ignored, and the plan (and run.json) lists them; the model then differs from the checkpoint's own. Keys that change nothing (token ids, dtype, generation defaults) and neutral values (`attention_dropout = 0`, `null`) never need this."),
     key!("model.tokenizer", Str, None,
         "A directory holding the `tokenizer.json` to use. Unset: the checkpoint's own. Required with `init = \"random\"` and `[model.architecture]` (`ftexp tokenizer` trains one)."),
     key!("model.architecture.model_type", Choice(ModelType::NAMES), None,
@@ -265,6 +267,8 @@ pub struct ModelConfig {
     pub quantize: Quantize,
     #[serde(default)]
     pub quantize_cache: bool,
+    #[serde(default)]
+    pub allow_unknown_config_keys: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
     #[serde(default, skip_serializing_if = "Architecture::is_empty")]

@@ -16,7 +16,8 @@ use crate::tokenizer::Tokenizer;
 pub fn locate(m: &ModelConfig, allow_download: bool, recorded: Option<&Path>) -> Result<Located, Problems> {
     if m.init == Init::Random {
         let (json, tokenizer_dir) = random_architecture(m, allow_download)?;
-        let spec = ModelSpec::from_json(&json).map_err(|e| Problems::one(format!("[model.architecture]: {e}")))?;
+        let spec = ModelSpec::from_json_allowing(&json, m.allow_unknown_config_keys)
+            .map_err(|e| Problems::one(format!("[model.architecture]: {e}")))?;
         return Ok(Located { base_dir: tokenizer_dir.clone(), tokenizer_dir, config_json: json, spec });
     }
     let base_dir = match recorded {
@@ -31,7 +32,7 @@ pub fn locate(m: &ModelConfig, allow_download: bool, recorded: Option<&Path>) ->
             false => crate::hub::not_downloaded_hint(&m.checkpoint, &base_dir),
         }));
     }
-    let (spec, config_json) = ModelSpec::read(&config)?;
+    let (spec, config_json) = ModelSpec::read(&config, m.allow_unknown_config_keys)?;
     let tokenizer_dir = match (&m.tokenizer, recorded) {
         (None, Some(dir)) => dir.to_path_buf(),
         _ => source::tokenizer_dir(m, allow_download)?,
@@ -143,6 +144,9 @@ fn architecture_json(m: &ModelConfig, tokenizer: &Tokenizer) -> serde_json::Valu
             obj.get("num_key_value_heads").cloned().unwrap_or(obj["num_attention_heads"].clone()),
         );
         obj.insert("ffn_hidden_size".into(), obj["intermediate_size"].clone());
+        // Falcon's own names for them, above; a Falcon config.json has no other.
+        obj.remove("num_key_value_heads");
+        obj.remove("intermediate_size");
     }
     json
 }

@@ -84,7 +84,7 @@ impl Walk<'_> {
         let prefix = self.val(p, self.spec.hidden_size, self.trainable_bytes, true);
         let pk = self.linear(prefix, Module::Linear(i, Proj::K));
         let pv = self.linear(prefix, Module::Linear(i, Proj::V));
-        let prompt = self.sdpa(q, pk, pv);
+        let prompt = self.sdpa(q, pk, pv, self.packed);
         self.save(prompt);
         let gated = self.val(y.rows, y.width, y.elem_bytes, true);
         self.sum(y, gated);

@@ -30,17 +30,7 @@ impl Block {
             }
             None => (k, v),
         };
-        let kv_len = start + t;
-        // SDPA's is_causal aligns the mask top-left, which is only right when queries start at 0.
-        let (mask, causal) = match ctx.mask {
-            Mask::Packed(m) => (Some(m.shallow_clone()), false),
-            Mask::Causal if t > 1 && start > 0 => {
-                let rows = Tensor::arange_start(start, kv_len, (Kind::Int64, x.device())).unsqueeze(1);
-                let cols = Tensor::arange(kv_len, (Kind::Int64, x.device())).unsqueeze(0);
-                (Some(cols.le_tensor(&rows)), false)
-            }
-            Mask::Causal => (None, t > 1),
-        };
+        let (k, v, mask, causal) = visible(ctx, s.window(self.index), k, v, t);
         let gqa = s.n_query_groups != s.n_head;
         // (batch, heads, time, head), each group's key and value shared by its query heads
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, gqa);
@@ -52,6 +42,43 @@ impl Block {
         // (batch, heads, time, head) → (batch, time, heads × head)
         let y = y.transpose(1, 2).reshape([batch, t, s.n_head * s.head_size]);
         self.o.forward(&Input::new(&y, Site::AttentionOut, self.index), run)
+    }
+}
+
+/// The keys and values the `t` queries of `ctx` see, and the mask that picks each query's (`None`:
+/// all of them, or SDPA's own causal mask where the flag says so). A sliding `window` binds only once
+/// there are more than `window` keys: then each query sees the last `window` positions up to its own.
+fn visible(
+    ctx: &BlockCtx,
+    window: Option<i64>,
+    k: Tensor,
+    v: Tensor,
+    t: i64,
+) -> (Tensor, Tensor, Option<Tensor>, bool) {
+    let (start, device) = (ctx.start, k.device());
+    let kv_len = start + t;
+    let window = window.filter(|&w| kv_len > w);
+    match (&ctx.mask, window) {
+        (Mask::Packed(m), None) => (k, v, Some(m.shallow_clone()), false),
+        (Mask::Packed(m), Some(w)) => (k, v, Some(m.logical_and(&band(0, t, Some(w), device))), false),
+        // One new query (generation): its window is the last `w` keys.
+        (Mask::Causal, Some(w)) if t == 1 => (k.narrow(2, kv_len - w, w), v.narrow(2, kv_len - w, w), None, false),
+        (Mask::Causal, Some(_)) => (k, v, Some(band(start, kv_len, window, device)), false),
+        // SDPA's is_causal aligns the mask top-left, which is only right when queries start at 0.
+        (Mask::Causal, None) if t > 1 && start > 0 => (k, v, Some(band(start, kv_len, None, device)), false),
+        (Mask::Causal, None) => (k, v, None, t > 1),
+    }
+}
+
+/// `(queries, keys)`: true where query position `start + i` may see key position `j`: `j` at most its
+/// own, and within the last `window` positions when there is one.
+fn band(start: i64, kv_len: i64, window: Option<i64>, device: tch::Device) -> Tensor {
+    let rows = Tensor::arange_start(start, kv_len, (Kind::Int64, device)).unsqueeze(1);
+    let cols = Tensor::arange(kv_len, (Kind::Int64, device)).unsqueeze(0);
+    let causal = cols.le_tensor(&rows);
+    match window {
+        Some(w) => causal.logical_and(&cols.gt_tensor(&(rows - w))),
+        None => causal,
     }
 }
 
@@ -79,14 +106,16 @@ impl Walk<'_> {
         let k = self.linear(h, Module::Linear(i, Proj::K));
         let k = rope(self, k);
         let v = self.linear(h, Module::Linear(i, Proj::V));
-        let y = self.sdpa(q, k, v);
+        let windowed = self.spec.window(i).is_some_and(|w| self.time > w);
+        let y = self.sdpa(q, k, v, self.packed || windowed);
         let y = self.adapter_prompt(i, q, y);
         self.linear(y, Module::Linear(i, Proj::O))
     }
 
     /// Scaled dot-product attention through a fused kernel: it keeps q, k, v, its output and the
-    /// softmax's log-sum-exp per query and head, never the time × time scores.
-    pub(super) fn sdpa(&mut self, q: Val, k: Val, v: Val) -> Val {
+    /// softmax's log-sum-exp per query and head, never the time × time scores; with a `masked`
+    /// attention (packed rows, a sliding window shorter than the rows), its own copy of the mask.
+    pub(super) fn sdpa(&mut self, q: Val, k: Val, v: Val, masked: bool) -> Val {
         let grad = q.grad || k.grad || v.grad;
         let out = self.val(q.rows, q.width, q.elem_bytes, grad);
         if grad {
@@ -95,7 +124,7 @@ impl Walk<'_> {
             }
             let lse = self.val(q.rows, self.spec.n_head, 4, false);
             self.save(lse);
-            if self.packed && k.rows == q.rows {
+            if masked && k.rows == q.rows {
                 let mask = self.val(q.rows, self.time, q.elem_bytes, false);
                 self.save(mask);
             }

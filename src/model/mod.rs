@@ -4,6 +4,7 @@
 pub mod adapter;
 mod attention;
 pub mod block;
+mod config_keys;
 pub mod footprint;
 pub mod gpt;
 pub mod layout;

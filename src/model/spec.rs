@@ -42,6 +42,15 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: f64,
 }
 
+/// Sliding-window attention (Mistral; Qwen2 with `use_sliding_window`): on the layers it marks, each
+/// query sees only the last `size` positions, itself included (transformers' `kv > q - size`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SlidingWindow {
+    pub size: i64,
+    /// Per layer: whether its attention slides (the others see every earlier position).
+    pub layers: Vec<bool>,
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelSpec {
     pub family: Family,
@@ -72,6 +81,9 @@ pub struct ModelSpec {
     pub rope_llama3: Option<Llama3Scaling>,
     pub tie_embeddings: bool,
     pub max_position_embeddings: i64,
+    pub sliding_window: Option<SlidingWindow>,
+    /// `config.json` keys ftexp does not implement, let through by `model.allow_unknown_config_keys`.
+    pub ignored_config_keys: Vec<String>,
 }
 
 fn get<'a>(json: &'a Value, keys: &[&str]) -> Option<&'a Value> {
@@ -108,22 +120,53 @@ impl Json<'_> {
 }
 
 impl ModelSpec {
-    pub fn from_file(path: &Path) -> Result<ModelSpec, Problems> {
-        Self::read(path).map(|(spec, _)| spec)
+    /// The attention window of layer `layer`, when it slides.
+    pub fn window(&self, layer: usize) -> Option<i64> {
+        let w = self.sliding_window.as_ref()?;
+        w.layers.get(layer).copied().unwrap_or(false).then_some(w.size)
     }
 
-    /// The spec of the `config.json` at `path`, with the JSON itself (read once for both).
-    pub fn read(path: &Path) -> Result<(ModelSpec, Value), Problems> {
+    pub fn from_file(path: &Path) -> Result<ModelSpec, Problems> {
+        Self::read(path, false).map(|(spec, _)| spec)
+    }
+
+    /// The spec of the `config.json` at `path`, with the JSON itself (read once for both);
+    /// `allow_unknown` as [`ModelSpec::from_json_allowing`].
+    pub fn read(path: &Path, allow_unknown: bool) -> Result<(ModelSpec, Value), Problems> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Problems::one(format!("{}: cannot read: {e}", path.display())))?;
         let json: Value = serde_json::from_str(&text).map_err(|e| {
             Problems::one(format!("{}: invalid JSON at line {}, column {}: {e}", path.display(), e.line(), e.column()))
         })?;
-        let spec = Self::from_json(&json).map_err(|msg| Problems::one(format!("{}: {msg}", path.display())))?;
+        let spec = Self::from_json_allowing(&json, allow_unknown)
+            .map_err(|msg| Problems::one(format!("{}: {msg}", path.display())))?;
         Ok((spec, json))
     }
 
+    /// The spec of a `config.json`, refusing every key ftexp does not account for
+    /// ([`super::config_keys`]).
     pub fn from_json(json: &Value) -> Result<ModelSpec, String> {
+        Self::from_json_allowing(json, false)
+    }
+
+    /// [`ModelSpec::from_json`]; with `allow_unknown` (`model.allow_unknown_config_keys`) the keys ftexp
+    /// does not account for are let through and listed in `ignored_config_keys` instead of refused.
+    pub fn from_json_allowing(json: &Value, allow_unknown: bool) -> Result<ModelSpec, String> {
+        let mut spec = Self::parse(json)?;
+        let unknown = super::config_keys::unaccounted(json, &spec.model_type);
+        if unknown.is_empty() || allow_unknown {
+            spec.ignored_config_keys = unknown;
+            return Ok(spec);
+        }
+        let (these, it) = if unknown.len() == 1 { ("key", "it") } else { ("keys", "them") };
+        Err(format!(
+            "ftexp does not implement {these} {} of this {} config.json, which can change what the model computes; use a checkpoint without {it}, or set model.allow_unknown_config_keys = true to ignore {it} (ftexp's model then differs from transformers')",
+            unknown.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+            spec.model_type
+        ))
+    }
+
+    fn parse(json: &Value) -> Result<ModelSpec, String> {
         let model_type = get(json, &["model_type"]).and_then(Value::as_str).unwrap_or("").to_string();
         let family = match model_type.as_str() {
             "falcon" | "RefinedWeb" | "RefinedWebModel" => Family::Falcon,
@@ -166,6 +209,8 @@ impl ModelSpec {
             rope_llama3: None,
             tie_embeddings: j.flag(&["tie_word_embeddings"]).unwrap_or(false),
             max_position_embeddings: j.opt_int(&["max_position_embeddings", "n_positions"]).unwrap_or(2048),
+            sliding_window: None,
+            ignored_config_keys: Vec::new(),
         };
         let spec = match family {
             Family::Falcon => falcon(&j, base)?,
@@ -339,8 +384,53 @@ fn llama(j: &Json, base: ModelSpec) -> Result<ModelSpec, String> {
         qkv_bias: qwen || attention_bias,
         proj_bias: !qwen && attention_bias,
         rope_llama3,
+        sliding_window: sliding_window(j, &base)?,
         ..base
     })
+}
+
+/// The sliding window of a Mistral or Qwen2 checkpoint, as transformers reads it: Mistral slides on
+/// every layer (`sliding_window` absent: 4096; `null`: no window); Qwen2 only with
+/// `use_sliding_window`, on the layers `layer_types` marks `sliding_attention` (without it, those from
+/// `max_window_layers` on).
+fn sliding_window(j: &Json, base: &ModelSpec) -> Result<Option<SlidingWindow>, String> {
+    let qwen = base.family == Family::Qwen2;
+    if !qwen && base.model_type != "mistral" {
+        return Ok(None);
+    }
+    let n = base.n_layer.max(0) as usize;
+    let layers = if qwen { qwen_sliding_layers(j, n)? } else { vec![true; n] };
+    if qwen && !j.flag(&["use_sliding_window"]).unwrap_or(false) {
+        return Ok(None);
+    }
+    let size = match j.json.get("sliding_window") {
+        None => 4096,
+        Some(Value::Null) => return Ok(None),
+        Some(v) => v
+            .as_i64()
+            .filter(|&w| w >= 1)
+            .ok_or_else(|| format!("`sliding_window` is {v}; it must be a whole number of at least 1, or null"))?,
+    };
+    Ok(layers.contains(&true).then_some(SlidingWindow { size, layers }))
+}
+
+/// Which of a Qwen2 checkpoint's `n` layers slide when its window is on.
+fn qwen_sliding_layers(j: &Json, n: usize) -> Result<Vec<bool>, String> {
+    let Some(types) = get(j.json, &["layer_types"]) else {
+        let from = j.opt_int(&["max_window_layers"]).unwrap_or(28);
+        return Ok((0..n).map(|i| i as i64 >= from).collect());
+    };
+    let bad =
+        || format!("`layer_types` must name \"full_attention\" or \"sliding_attention\" for each of the {n} layers");
+    let types = types.as_array().filter(|t| t.len() == n).ok_or_else(bad)?;
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("full_attention") => Ok(false),
+            Some("sliding_attention") => Ok(true),
+            _ => Err(bad()),
+        })
+        .collect()
 }
 
 fn gpt_neox(j: &Json, base: ModelSpec) -> Result<ModelSpec, String> {

@@ -40,6 +40,13 @@ pub struct Architecture {
     /// With the method's own tensors added (LoRA matrices, adapter prompts …).
     pub parameters_with_method: i64,
     pub trainable_parameters: i64,
+    /// Sliding-window attention: the window, in positions, and how many layers slide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<(i64, usize)>,
+    /// `config.json` keys ftexp does not implement, ignored because `model.allow_unknown_config_keys`
+    /// is on (`key = value`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored_config_keys: Vec<String>,
 }
 
 /// How the run keeps its memory down. Each slot names the strategy the run uses (quantization and
@@ -486,5 +493,7 @@ fn summarize(spec: &ModelSpec, method: &MethodConfig) -> Architecture {
         parameters: spec.num_params(),
         parameters_with_method: counts.total,
         trainable_parameters: counts.trainable,
+        sliding_window: spec.sliding_window.as_ref().map(|w| (w.size, w.layers.iter().filter(|l| **l).count())),
+        ignored_config_keys: spec.ignored_config_keys.clone(),
     }
 }

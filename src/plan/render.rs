@@ -126,6 +126,9 @@ fn write_model(out: &mut String, plan: &Plan, r: &Resolved) {
             let _ = writeln!(out, "layers:                     {}", a.layers);
             let _ = writeln!(out, "attention heads:            {} ({} key/value groups)", a.heads, a.query_groups);
             let _ = writeln!(out, "hidden size:                {} (MLP {})", a.hidden_size, a.intermediate_size);
+            if let Some((window, layers)) = a.sliding_window {
+                let _ = writeln!(out, "sliding window:             {window} positions, on {layers} of the layers");
+            }
             let _ = writeln!(out, "vocabulary:                 {}", thousands(a.vocab_size));
             let _ = writeln!(out, "parameters:                 {}", thousands(a.parameters));
             let share = 100.0 * a.trainable_parameters as f64 / a.parameters_with_method.max(1) as f64;
@@ -138,6 +141,10 @@ fn write_model(out: &mut String, plan: &Plan, r: &Resolved) {
                 width = 14usize.saturating_sub(r.config.method.kind.as_str().len())
                     + thousands(a.trainable_parameters).len()
             );
+            if !a.ignored_config_keys.is_empty() {
+                let keys = a.ignored_config_keys.join(", ");
+                let _ = writeln!(out, "ignored config.json keys:   {keys} (model.allow_unknown_config_keys)");
+            }
         }
         (None, Some(why)) => {
             let _ = writeln!(out, "not read: {why}");
