@@ -80,6 +80,18 @@ bench_disturbed() {
   awk -v b0="$1" -v b1="$2" -v own="$3" -v wall="$4" -v n="$(nproc)" \
     'BEGIN { other = (b1 - b0) / 100 - own; exit !(other > 0.1 * wall * n) }'
 }
+# Runs a command in this shell (its stdout passes through) and sets bench_flag to "clean" or
+# "disturbed" by bench_disturbed. Call it as `bench_flagged cmd … >file`, not in $( ), so the flag
+# stays set.
+bench_flagged() {
+  local b0 b1 t0 t1 cpu0 cpu1 own wall
+  b0=$(bench_busy) t0=$(date +%s.%N) cpu0=$(_bench_own)
+  "$@"
+  cpu1=$(_bench_own) t1=$(date +%s.%N) b1=$(bench_busy)
+  own=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {print (b - a) / 100}')
+  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
+  if bench_disturbed "$b0" "$b1" "$own" "$wall"; then bench_flag=disturbed; else bench_flag=clean; fi
+}
 # CPU-seconds (user + system) a live process has used so far.
 bench_proc_cpu() { sed 's/.*) //' "/proc/$1/stat" | awk '{printf "%.2f\n", ($12 + $13) / 100}'; }
 # Runs a command under /usr/bin/time; writes "WALL CPU" (seconds) to the file $1, the command's stdout to stdout.

@@ -98,20 +98,12 @@ run_litgpt() { # method -> "tokens_per_s rss_mib first_loss last_loss"
   echo "$tps $(awk '{printf "%.0f", $1 / 1024}' "$work/litgpt-$m.rss") $first $last"
 }
 measure() { # tool method -> appends a row to the results
-  local tool=$1 m=$2 clean=0 tries=0 b0 b1 t0 t1 cpu0 cpu1 out flag
+  local tool=$1 m=$2 clean=0 tries=0
   while ((clean < 1 && tries < 3)); do
     tries=$((tries + 1))
-    b0=$(bench_busy)
-    t0=$(date +%s.%N)
-    cpu0=$(_bench_own)
-    out=$("run_$tool" "$m")
-    cpu1=$(_bench_own)
-    t1=$(date +%s.%N)
-    b1=$(bench_busy)
-    own=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {print (b - a) / 100}')
-    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
-    if bench_disturbed "$b0" "$b1" "$own" "$wall"; then flag=disturbed; else flag=clean; clean=1; fi
-    printf '%s\t%s\t%s\t%s\n' "$tool" "$m" "$flag" "$out" >>"$results"
+    bench_flagged "run_$tool" "$m" >"$work/measure.out"
+    [ "$bench_flag" = clean ] && clean=1
+    printf '%s\t%s\t%s\t%s\n' "$tool" "$m" "$bench_flag" "$(cat "$work/measure.out")" >>"$results"
   done
 }
 
@@ -209,14 +201,10 @@ if ((${#strategies[@]})); then
       for s in "${wanted[@]}"; do
         [ "$s" = nf4 ] && [ "$m" = full ] && continue # full trains every weight: none can be quantized
         read -r -a extra <<<"$(strategy_args "$s")"
-        b0=$(bench_busy) t0=$(date +%s.%N) cpu0=$(_bench_own)
-        "$bin" bench "$cfg" --set method.kind="$m" "${extra[@]}" "${synth[@]}" --steps 20 --json >"$work/strategy-$m-$s.json"
-        cpu1=$(_bench_own) t1=$(date +%s.%N) b1=$(bench_busy)
-        own=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {print (b - a) / 100}')
-        wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
-        if bench_disturbed "$b0" "$b1" "$own" "$wall"; then flag=disturbed; else flag=clean; fi
+        bench_flagged "$bin" bench "$cfg" --set method.kind="$m" "${extra[@]}" "${synth[@]}" --steps 20 --json \
+          >"$work/strategy-$m-$s.json"
         python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(*sys.argv[2:], d["tokens_per_s"], d["seconds"] / d["steps"], d["peak_rss_mib"], sep="\t")' \
-          "$work/strategy-$m-$s.json" "$m" "$s" "$flag" >>"$strategy_results"
+          "$work/strategy-$m-$s.json" "$m" "$s" "$bench_flag" >>"$strategy_results"
       done
     done
   done
