@@ -21,6 +21,7 @@ mod plan;
 mod quant;
 mod quant_cache;
 mod report;
+mod rope;
 mod sliding_window;
 mod staged;
 mod train;

@@ -21,7 +21,7 @@ fn parameter_counts_from_config_json_match_the_published_models() {
     assert_eq!((falcon40.n_query_groups, falcon40.shared_attention_norm), (8, false));
     assert_eq!(falcon40.num_params(), 41_303_293_952);
     let pythia = spec("pythia-14m.json");
-    assert_eq!((pythia.family, pythia.rope_dims), (Family::GptNeox, 8));
+    assert_eq!((pythia.family, pythia.rope.dims), (Family::GptNeox, 8));
     assert_eq!(pythia.num_params(), 14_067_712);
 }
 

@@ -11,8 +11,8 @@ use tch::{Kind, Tensor};
 use crate::config::{Config, ExportDtype, ExportFormat, MethodConfig, MethodKind};
 use crate::error::Problems;
 use crate::model::gpt::fuse;
-use crate::model::layout::{At, Module, Param, Proj};
-use crate::model::spec::{Family, Mlp as MlpKind};
+use crate::model::layout::{At, Fusion, Module, Param, Proj};
+use crate::model::spec::Family;
 use crate::model::weights::stored_kind;
 use crate::model::{Gpt, TensorSpec};
 use crate::source::BaseModel;
@@ -126,15 +126,12 @@ fn fold_adapter_v2(model: &mut Gpt, config_json: &mut Value) -> Result<(), Probl
     let spec = model.spec.clone();
     let modules: Vec<Module> =
         model.layout.iter().filter(|t| t.at.param == Param::AdapterScale).map(|t| t.at.module).collect();
-    let (mut qkv_bias, mut proj_bias) = (spec.qkv_bias, spec.proj_bias);
+    let mut biases = [spec.qkv_bias, spec.o_bias, spec.mlp_bias];
     for module in modules {
         let scale = model.slot(At { module, param: Param::AdapterScale }).to_kind(Kind::Float); // (out,)
         let shift = model.slot(At { module, param: Param::AdapterBias }).to_kind(Kind::Float); // (out,)
-        let has_bias = match module {
-            Module::Linear(_, Proj::Q | Proj::K | Proj::V) => spec.qkv_bias,
-            Module::Linear(..) => spec.proj_bias,
-            _ => false,
-        };
+        let group = bias_group(module);
+        let has_bias = group.is_some_and(|g| [spec.qkv_bias, spec.o_bias, spec.mlp_bias][g]);
         let old_bias = if has_bias {
             model.slot(At { module, param: Param::Bias }).to_kind(Kind::Float)
         } else {
@@ -143,13 +140,12 @@ fn fold_adapter_v2(model: &mut Gpt, config_json: &mut Value) -> Result<(), Probl
         let bias = &scale * (old_bias + &shift);
         let needed = has_bias || bias.abs().max().double_value(&[]) != 0.0;
         if needed && !has_bias {
-            let expressible = match (spec.family, module) {
-                (_, Module::Head) => false,
-                (Family::Qwen2, _) => false,
-                (_, Module::Linear(_, Proj::Q | Proj::K | Proj::V)) => true,
-                (_, Module::Linear(..)) => true,
-                _ => false,
-            };
+            let expressible = !matches!(
+                (spec.family, group),
+                (_, None)
+                    | (Family::Qwen2 | Family::Phi3, _)
+                    | (Family::Qwen3 | Family::Olmo2 | Family::Gemma2 | Family::Gemma3, Some(2))
+            );
             if !expressible {
                 return Err(Problems::one(format!(
                     "method.kind = \"adapter_v2\": its trained bias on {} would need a bias that a {:?} checkpoint cannot hold there; export runs of method.kind = \"lora\" or \"full\"",
@@ -157,9 +153,8 @@ fn fold_adapter_v2(model: &mut Gpt, config_json: &mut Value) -> Result<(), Probl
                     spec.family
                 )));
             }
-            match module {
-                Module::Linear(_, Proj::Q | Proj::K | Proj::V) => qkv_bias = true,
-                _ => proj_bias = true,
+            if let Some(g) = group {
+                biases[g] = true;
             }
         }
         if module == Module::Head && spec.tie_embeddings {
@@ -173,25 +168,38 @@ fn fold_adapter_v2(model: &mut Gpt, config_json: &mut Value) -> Result<(), Probl
             *model.slot(At { module, param: Param::Bias }) = bias.to_kind(kind);
         }
     }
-    settle_biases(model, config_json, qkv_bias, proj_bias);
+    settle_biases(model, config_json, biases);
     Ok(())
 }
 
+/// Which bias switch a linear layer's bias falls under: 0 q/k/v, 1 attention's output, 2 the MLP.
+fn bias_group(module: Module) -> Option<usize> {
+    match module {
+        Module::Linear(_, Proj::Q | Proj::K | Proj::V) => Some(0),
+        Module::Linear(_, Proj::O) => Some(1),
+        Module::Linear(..) => Some(2),
+        _ => None,
+    }
+}
+
 /// Gives the linears the biases the family's flags decide once some need one (Llama's and Falcon's
-/// flags cover all of them): zeros where the run had none, and the flags in `config.json`.
-fn settle_biases(model: &mut Gpt, config_json: &mut Value, qkv_bias: bool, proj_bias: bool) {
+/// flags cover all of them; Qwen3's, OLMo 2's and Gemma's `attention_bias` q, k, v and o): zeros where
+/// the run had none, and the flags in `config.json`.
+fn settle_biases(model: &mut Gpt, config_json: &mut Value, [qkv, o, mlp]: [bool; 3]) {
     let spec = model.spec.clone();
-    let any = qkv_bias || proj_bias;
-    let (qkv_bias, proj_bias) = match spec.family {
-        Family::GptNeox | Family::Qwen2 => (qkv_bias, proj_bias),
-        Family::Llama | Family::Falcon => (any, any),
+    let any = qkv || o || mlp;
+    let attention = qkv || o;
+    let biases = match spec.family {
+        Family::Llama | Family::Falcon => [any; 3],
+        Family::Qwen3 | Family::Olmo2 | Family::Gemma2 | Family::Gemma3 => [attention, attention, mlp],
+        Family::GptNeox | Family::Qwen2 | Family::Phi3 => [qkv, o, mlp],
     };
     let device = model.device();
     for block in 0..spec.n_layer as usize {
         let projections = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
-        for proj in projections.into_iter().filter(|p| *p != Proj::Gate || spec.mlp == MlpKind::SwiGlu) {
-            let on = if matches!(proj, Proj::Q | Proj::K | Proj::V) { qkv_bias } else { proj_bias };
+        for proj in projections.into_iter().filter(|p| *p != Proj::Gate || spec.mlp.gated()) {
             let module = Module::Linear(block, proj);
+            let on = bias_group(module).is_some_and(|g| biases[g]);
             if on && !model.slot(At { module, param: Param::Bias }).defined() {
                 let w = model.slot(At { module, param: Param::Weight });
                 let (rows, kind) = (w.size()[0], w.kind());
@@ -199,7 +207,7 @@ fn settle_biases(model: &mut Gpt, config_json: &mut Value, qkv_bias: bool, proj_
             }
         }
     }
-    (model.spec.qkv_bias, model.spec.proj_bias) = (qkv_bias, proj_bias);
+    [model.spec.qkv_bias, model.spec.o_bias, model.spec.mlp_bias] = biases;
     if let Some(obj) = config_json.as_object_mut() {
         match spec.family {
             Family::Llama => {
@@ -210,9 +218,12 @@ fn settle_biases(model: &mut Gpt, config_json: &mut Value, qkv_bias: bool, proj_
                 obj.insert("bias".into(), any.into());
             }
             Family::GptNeox => {
-                obj.insert("attention_bias".into(), qkv_bias.into());
+                obj.insert("attention_bias".into(), qkv.into());
             }
-            Family::Qwen2 => {}
+            Family::Qwen3 | Family::Olmo2 | Family::Gemma2 | Family::Gemma3 => {
+                obj.insert("attention_bias".into(), attention.into());
+            }
+            Family::Qwen2 | Family::Phi3 => {}
         }
     }
 }
@@ -349,11 +360,14 @@ struct PeftModule {
     parts: u64,
 }
 
+/// A LoRA layer's A and B.
+type LoraPair = (Tensor, Tensor);
+
 fn peft_modules(model: &mut Gpt, m: &MethodConfig) -> Vec<PeftModule> {
     let spec = model.spec.clone();
     let targets: Vec<Module> =
         model.layout.iter().filter(|t| t.at.param == Param::LoraA).map(|t| t.at.module).collect();
-    let mut fused: BTreeMap<String, [Option<(Tensor, Tensor)>; 3]> = BTreeMap::new();
+    let mut fused: BTreeMap<String, (Fusion, Vec<Option<LoraPair>>)> = BTreeMap::new();
     let mut out = Vec::new();
     for module in targets {
         let a = model.slot(At { module, param: Param::LoraA }).detach().to_kind(Kind::Float);
@@ -366,16 +380,18 @@ fn peft_modules(model: &mut Gpt, m: &MethodConfig) -> Vec<PeftModule> {
             Module::Head => "lm_head".to_string(),
             _ => hub.name.trim_end_matches(".weight").to_string(),
         };
-        match hub.fused_part {
+        match hub.fused {
             None => out.push(PeftModule { module: path, a, b, parts: 1 }),
-            Some(part) => fused.entry(path).or_default()[part] = Some((a, b)),
+            Some((fusion, part)) => {
+                let n = fusion.part_rows(&spec).len();
+                fused.entry(path).or_insert_with(|| (fusion, (0..n).map(|_| None).collect())).1[part] = Some((a, b));
+            }
         }
     }
     let r = m.lora_r as i64;
-    let rows =
-        [spec.n_head * spec.head_size, spec.n_query_groups * spec.head_size, spec.n_query_groups * spec.head_size];
-    for (path, parts) in fused {
-        let present: Vec<usize> = (0..3).filter(|&p| parts[p].is_some()).collect();
+    for (path, (fusion, parts)) in fused {
+        let rows = fusion.part_rows(&spec);
+        let present: Vec<usize> = (0..parts.len()).filter(|&p| parts[p].is_some()).collect();
         let n = present.len() as i64;
         let a =
             Tensor::cat(&present.iter().map(|&p| parts[p].as_ref().unwrap().0.shallow_clone()).collect::<Vec<_>>(), 0);
@@ -387,7 +403,7 @@ fn peft_modules(model: &mut Gpt, m: &MethodConfig) -> Vec<PeftModule> {
             }
             full
         };
-        let b = fuse(&spec, &block(0), &block(1), &block(2));
+        let b = fuse(&spec, fusion, &(0..parts.len()).map(block).collect::<Vec<_>>());
         out.push(PeftModule { module: path, a, b, parts: n as u64 });
     }
     out

@@ -55,7 +55,7 @@ impl Adapter {
             None,
             0.0,
             false,
-            None,
+            spec.attention_scale,
             gqa,
         ); // (batch, heads, time, head)
         cast(&self.gate, q) * y

@@ -8,7 +8,9 @@
 //!                                                            └──────────────────────────┘
 //! ```
 //!
-//! Falcon 7B's parallel block has one norm for both branches (`norm2` is `None`). Shapes: `x` is
+//! Gemma adds a norm after attention and after the MLP (`x + post(f(pre(x)))`), OLMo 2 has only
+//! those (`x + post(f(x))`). Falcon 7B's parallel block has one norm for both branches (`norm2` is
+//! `None`). Shapes: `x` is
 //! `(batch, time, hidden)` in and out; q is `(batch, heads, time, head)`, k and v
 //! `(batch, groups, time, head)` (grouped-query attention shares each key/value group among its heads).
 use tch::{Kind, Tensor};
@@ -19,15 +21,23 @@ use super::layout::{Module, Proj};
 use super::linear::{Ctx, Linear};
 use super::mlp::Mlp;
 use super::norm::Norm;
-use super::spec::ModelSpec;
+use super::spec::{ModelSpec, NormPlacement};
 
 #[derive(Debug)]
 pub struct Block {
     /// Which layer this is (its slot in the KV cache).
     pub index: usize,
-    pub norm1: Norm,
-    /// The MLP's own norm; `None` when attention and MLP share `norm1` (Falcon 7B).
+    /// The norm before attention; `None` with norms after attention only (OLMo 2).
+    pub norm1: Option<Norm>,
+    /// The MLP's own norm; `None` when attention and MLP share `norm1` (Falcon 7B), or with norms
+    /// after the MLP only.
     pub norm2: Option<Norm>,
+    /// The norms of attention's and the MLP's outputs (Gemma, OLMo 2).
+    pub post_attn_norm: Option<Norm>,
+    pub post_mlp_norm: Option<Norm>,
+    /// The RMSNorms of the queries and keys (Qwen3, Gemma 3, OLMo 2).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
@@ -40,6 +50,23 @@ pub struct Block {
 pub struct Rope {
     pub(super) cos: Tensor,
     pub(super) sin: Tensor,
+}
+
+/// The angles of one forward pass: every layer's, and the sliding layers' own where the model gives
+/// them another base (Gemma 3).
+pub struct Ropes {
+    pub(super) global: Rope,
+    pub(super) local: Option<Rope>,
+}
+
+impl Ropes {
+    /// The angles of layer `layer`.
+    pub(super) fn of(&self, spec: &ModelSpec, layer: usize) -> &Rope {
+        match &self.local {
+            Some(local) if spec.window(layer).is_some() => local,
+            _ => &self.global,
+        }
+    }
 }
 
 /// Keys and values of past positions, preallocated for `capacity` positions.
@@ -69,7 +96,7 @@ pub enum Mask<'a> {
 /// What every block of one forward pass shares.
 pub struct BlockCtx<'a> {
     pub spec: &'a ModelSpec,
-    pub rope: &'a Rope,
+    pub rope: &'a Ropes,
     pub mask: Mask<'a>,
     /// Past keys and values (generation), continued at position `start`.
     pub cache: Option<&'a KvCache>,
@@ -79,11 +106,15 @@ pub struct BlockCtx<'a> {
 }
 
 impl Block {
-    pub(super) fn empty(spec: &ModelSpec, index: usize) -> Block {
+    pub(super) fn empty(index: usize) -> Block {
         Block {
             index,
-            norm1: Norm::empty(spec),
+            norm1: None,
             norm2: None,
+            post_attn_norm: None,
+            post_mlp_norm: None,
+            q_norm: None,
+            k_norm: None,
             q: Linear::empty(),
             k: Linear::empty(),
             v: Linear::empty(),
@@ -95,7 +126,7 @@ impl Block {
 
     /// `(batch, time, hidden)` → `(batch, time, hidden)`.
     pub fn forward(&self, x: &Tensor, ctx: &BlockCtx) -> Tensor {
-        let h1 = self.norm1.forward(x);
+        let h1 = normed(&self.norm1, x);
         let attn = self.attention(&h1, ctx);
         if ctx.spec.parallel_residual {
             let mlp = match &self.norm2 {
@@ -104,10 +135,25 @@ impl Block {
             };
             x + attn + mlp
         } else {
-            let x = x + attn;
-            let h2 = self.norm2.as_ref().expect("sequential blocks have two norms").forward(&x);
-            &x + self.mlp.forward(&h2, ctx.spec.mlp, self.index, ctx.run)
+            let x = x + normed(&self.post_attn_norm, &attn);
+            let h2 = normed(&self.norm2, &x);
+            let mlp = self.mlp.forward(&h2, ctx.spec.mlp, self.index, ctx.run);
+            &x + normed(&self.post_mlp_norm, &mlp)
         }
+    }
+
+    /// The norm at `module` of this block, created empty when it has none yet.
+    pub(super) fn norm_slot(&mut self, module: Module, spec: &ModelSpec) -> &mut Norm {
+        let norm = match module {
+            Module::Norm1(_) => &mut self.norm1,
+            Module::Norm2(_) => &mut self.norm2,
+            Module::PostAttnNorm(_) => &mut self.post_attn_norm,
+            Module::PostMlpNorm(_) => &mut self.post_mlp_norm,
+            Module::QNorm(_) => &mut self.q_norm,
+            Module::KNorm(_) => &mut self.k_norm,
+            other => unreachable!("{other:?} is not a block's norm"),
+        };
+        norm.get_or_insert_with(|| Norm::empty(spec))
     }
 
     pub(super) fn linear(&mut self, proj: Proj) -> &mut Linear {
@@ -144,10 +190,20 @@ impl Block {
     }
 }
 
+/// `x` through `norm`, or `x` itself where there is none.
+fn normed(norm: &Option<Norm>, x: &Tensor) -> Tensor {
+    match norm {
+        Some(n) => n.forward(x),
+        None => x.shallow_clone(),
+    }
+}
+
 impl Walk<'_> {
     /// [`Block::forward`] of layer `i`.
     pub(super) fn block(&mut self, i: usize, x: Val) -> Val {
-        let h1 = self.norm(x, Module::Norm1(i));
+        let (pre, post) =
+            (self.spec.norm_placement != NormPlacement::Post, self.spec.norm_placement != NormPlacement::Pre);
+        let h1 = if pre { self.norm(x, Module::Norm1(i)) } else { x };
         let attn = self.attention(i, h1);
         if self.spec.parallel_residual {
             let h2 = if self.spec.shared_attention_norm { h1 } else { self.norm(x, Module::Norm2(i)) };
@@ -155,9 +211,11 @@ impl Walk<'_> {
             let x2 = self.sum(x, attn);
             self.sum(x2, mlp)
         } else {
+            let attn = if post { self.norm(attn, Module::PostAttnNorm(i)) } else { attn };
             let x2 = self.sum(x, attn);
-            let h2 = self.norm(x2, Module::Norm2(i));
+            let h2 = if pre { self.norm(x2, Module::Norm2(i)) } else { x2 };
             let mlp = self.mlp(i, h2);
+            let mlp = if post { self.norm(mlp, Module::PostMlpNorm(i)) } else { mlp };
             self.sum(x2, mlp)
         }
     }

@@ -12,6 +12,8 @@ use serde_json::Value;
 enum Known {
     /// Any value: read by ftexp, or not about the computation.
     Any,
+    /// A family's key that does not touch the computation and ftexp does not read (the plan lists it).
+    Skipped,
     /// Changes the computation; ftexp's equals it at the values this accepts (given the whole file).
     Neutral(fn(&Value, &Value) -> bool),
 }
@@ -35,6 +37,11 @@ fn silu(v: &Value, _: &Value) -> bool {
 
 fn gelu(v: &Value, _: &Value) -> bool {
     v.as_str() == Some("gelu")
+}
+
+/// Gemma's `hidden_act`, which transformers ≥ 5 no longer reads (`hidden_activation` decides).
+fn gelu_tanh(v: &Value, _: &Value) -> bool {
+    matches!(v.as_str(), Some("gelu_pytorch_tanh" | "gelu_new" | "gelu_fast"))
 }
 
 fn nothing(v: &Value, _: &Value) -> bool {
@@ -161,6 +168,61 @@ const QWEN2: &[(&str, Known)] = &[
     ("hidden_act", Neutral(silu)),
 ];
 
+/// Qwen2's keys; Qwen3's `attention_bias` puts a bias on q, k, v and o.
+const QWEN3: &[(&str, Known)] = &[
+    ("num_key_value_heads", Any),
+    ("intermediate_size", Any),
+    ("head_dim", Any),
+    ("rms_norm_eps", Any),
+    ("attention_bias", Any),
+    ("use_sliding_window", Any),
+    ("sliding_window", Any),
+    ("max_window_layers", Any),
+    ("layer_types", Any),
+    ("hidden_act", Neutral(silu)),
+];
+
+const GEMMA: &[(&str, Known)] = &[
+    ("num_key_value_heads", Any),
+    ("intermediate_size", Any),
+    ("head_dim", Any),
+    ("rms_norm_eps", Any),
+    ("attention_bias", Any),
+    ("hidden_activation", Any),
+    ("query_pre_attn_scalar", Any),
+    ("sliding_window", Any),
+    ("sliding_window_pattern", Any),
+    ("_sliding_window_pattern", Any),
+    ("layer_types", Any),
+    ("final_logit_softcapping", Any),
+    ("attn_logit_softcapping", Any),
+    ("rope_local_base_freq", Any),
+    ("cache_implementation", Skipped), // transformers' KV cache class in generate
+    ("hidden_act", Neutral(gelu_tanh)),
+    ("use_bidirectional_attention", Neutral(off)),
+];
+
+const PHI3: &[(&str, Known)] = &[
+    ("num_key_value_heads", Any),
+    ("intermediate_size", Any),
+    ("rms_norm_eps", Any),
+    ("sliding_window", Any),
+    ("original_max_position_embeddings", Any),
+    ("partial_rotary_factor", Any),
+    ("hidden_act", Neutral(silu)),
+    ("attention_bias", Neutral(off)),
+    ("resid_pdrop", Neutral(zero)),
+    ("embd_pdrop", Neutral(zero)),
+];
+
+const OLMO2: &[(&str, Known)] = &[
+    ("num_key_value_heads", Any),
+    ("intermediate_size", Any),
+    ("rms_norm_eps", Any),
+    ("attention_bias", Any),
+    ("hidden_act", Neutral(silu)),
+];
+
 const FALCON: &[(&str, Known)] = &[
     ("n_embed", Any),
     ("n_head", Any),
@@ -200,6 +262,10 @@ fn family_keys(model_type: &str) -> &'static [(&'static str, Known)] {
         "llama" => LLAMA,
         "mistral" => MISTRAL,
         "qwen2" => QWEN2,
+        "qwen3" => QWEN3,
+        "gemma2" | "gemma3_text" => GEMMA,
+        "phi3" => PHI3,
+        "olmo2" => OLMO2,
         "falcon" | "RefinedWeb" | "RefinedWebModel" => FALCON,
         "gpt_neox" => GPT_NEOX,
         _ => &[],
@@ -209,43 +275,82 @@ fn family_keys(model_type: &str) -> &'static [(&'static str, Known)] {
 /// `key = value` of each key of `json` (a `config.json` of `model_type`) that ftexp does not account
 /// for, in the file's order.
 pub fn unaccounted(json: &Value, model_type: &str) -> Vec<String> {
-    let Some(object) = json.as_object() else { return Vec::new() };
-    let mut found = Vec::new();
+    sorted(json, model_type).0
+}
+
+/// `key = value` of each key of `json` that ftexp skips as harmless: a family's key it does not read
+/// and that does not touch the computation, or one at a value whose computation is ftexp's.
+pub fn skipped(json: &Value, model_type: &str) -> Vec<String> {
+    sorted(json, model_type).1
+}
+
+/// The keys of `json` ftexp does not account for, and those it skips as harmless.
+fn sorted(json: &Value, model_type: &str) -> (Vec<String>, Vec<String>) {
+    let (mut unknown, mut harmless) = (Vec::new(), Vec::new());
+    let Some(object) = json.as_object() else { return (unknown, harmless) };
     for (key, value) in object {
         let known =
             EVERY_FAMILY.iter().chain(family_keys(model_type)).find(|(k, _)| *k == key.as_str()).map(|(_, how)| *how);
-        let fine = value.is_null()
-            || match known {
-                Some(Any) => true,
-                Some(Neutral(accepts)) => accepts(value, json),
-                None => false,
-            };
-        if !fine {
-            found.push(shown(key, value));
+        match known {
+            _ if value.is_null() => {}
+            Some(Any) => {}
+            Some(Skipped) => harmless.push(shown(key, value)),
+            Some(Neutral(accepts)) if accepts(value, json) => {
+                if !EVERY_FAMILY.iter().any(|(k, _)| *k == key.as_str()) {
+                    harmless.push(shown(key, value));
+                }
+            }
+            _ => unknown.push(shown(key, value)),
         }
     }
     for table in ["rope_parameters", "rope_scaling"] {
         if let Some(Value::Object(entries)) = object.get(table) {
-            found.extend(rope_entries(table, entries, model_type));
+            let nested = model_type == "gemma3_text" && entries.values().any(Value::is_object);
+            if nested {
+                for (kind, inner) in entries {
+                    if let Value::Object(inner) = inner {
+                        unknown.extend(rope_entries(&format!("{table}.{kind}"), inner, model_type));
+                    } else if !inner.is_null() {
+                        unknown.push(shown(&format!("{table}.{kind}"), inner));
+                    }
+                }
+            } else {
+                unknown.extend(rope_entries(table, entries, model_type));
+            }
         }
     }
-    found
+    (unknown, harmless)
 }
 
-/// The entries of a rotary table ftexp does not implement: any but the type and theta, Llama 3
-/// scaling's four (Llama-family checkpoints), and a partial rotary factor (GPT-NeoX, or 1 elsewhere).
+/// The entries of a rotary table ftexp does not implement: any but its kind, theta and that kind's
+/// own settings ([`super::rope`] refuses a kind it does not implement), and a partial rotary factor
+/// other than 1 where the family rotates whole heads.
 fn rope_entries(table: &str, entries: &serde_json::Map<String, Value>, model_type: &str) -> Vec<String> {
-    let llama_family = matches!(model_type, "llama" | "mistral" | "qwen2");
     let kind = entries.get("rope_type").or_else(|| entries.get("type")).and_then(Value::as_str).unwrap_or("default");
-    let llama3 = ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"];
+    let own: &[&str] = match kind {
+        "linear" | "dynamic" => &["factor", "original_max_position_embeddings"],
+        "yarn" => &[
+            "factor",
+            "original_max_position_embeddings",
+            "beta_fast",
+            "beta_slow",
+            "mscale",
+            "mscale_all_dim",
+            "attention_factor",
+            "truncate",
+        ],
+        "longrope" | "su" => {
+            &["short_factor", "long_factor", "factor", "attention_factor", "original_max_position_embeddings"]
+        }
+        "llama3" => &["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"],
+        _ => &[],
+    };
     let mut found = Vec::new();
     for (key, value) in entries {
         let fine = match key.as_str() {
-            // Llama-family types are checked by the spec, which refuses what it does not implement.
-            "rope_type" | "type" => llama_family || kind == "default",
-            "rope_theta" => true,
-            "partial_rotary_factor" => model_type == "gpt_neox" || one(value, value),
-            k => llama_family && kind == "llama3" && llama3.contains(&k),
+            "rope_type" | "type" | "rope_theta" => true,
+            "partial_rotary_factor" => matches!(model_type, "gpt_neox" | "phi3") || one(value, value),
+            k => own.contains(&k),
         };
         if !fine && !value.is_null() {
             found.push(shown(&format!("{table}.{key}"), value));

@@ -5,9 +5,9 @@
 use tch::{Kind, Tensor};
 
 use super::adapter::Adapter;
-use super::block::{Block, BlockCtx, KvCache, Mask, Rope};
+use super::block::{Block, BlockCtx, KvCache, Mask, Rope, Ropes};
 use super::footprint::{Val, Walk};
-use super::layout::{self, At, Module, Param, Proj, TensorSpec};
+use super::layout::{self, At, Fusion, Module, Param, Proj, TensorSpec};
 use super::linear::{Ctx, Linear};
 use super::lora::{Input, LoraScaling, RowSeeds, Site};
 use super::norm::Norm;
@@ -35,7 +35,10 @@ pub struct Gpt {
     pub head: Linear,
     /// The tensors this model holds (the checkpoint's, and those of the method applied to it).
     pub layout: Vec<TensorSpec>,
-    inv_freq: Tensor,
+    /// The rotary inverse frequencies and the factor on cos and sin, of every layer and of the
+    /// sliding layers where they differ ([`ModelSpec::rope_local`]), when they do not depend on the
+    /// length (computed once).
+    rope_freqs: Vec<(Tensor, f64)>,
     /// The kind activations are computed in.
     pub compute_kind: Kind,
     /// Dropout is active only while training.
@@ -57,11 +60,11 @@ impl Gpt {
         let layout = layout::tensors(&spec, None);
         let mut model = Gpt {
             embed: Tensor::new(),
-            blocks: (0..spec.n_layer as usize).map(|i| Block::empty(&spec, i)).collect(),
+            blocks: (0..spec.n_layer as usize).map(Block::empty).collect(),
             final_norm: Norm::empty(&spec),
             head: Linear::empty(),
             layout: Vec::new(),
-            inv_freq: Tensor::new(),
+            rope_freqs: Vec::new(),
             compute_kind: Kind::Float,
             training: false,
             lora: LoraScaling::default(),
@@ -78,7 +81,14 @@ impl Gpt {
             }
         }
         model.layout = layout;
-        model.inv_freq = inverse_frequencies(&model.spec).to_device(model.embed.device());
+        let device = model.embed.device();
+        let ropes = std::iter::once(&model.spec.rope).chain(model.spec.rope_local.as_ref());
+        model.rope_freqs = ropes
+            .map(|r| {
+                let (inv, factor) = r.inverse_frequencies(0);
+                (inv.to_device(device), factor)
+            })
+            .collect();
         model.compute_kind = model.embed.kind();
         model.retie();
         model
@@ -88,11 +98,12 @@ impl Gpt {
     pub fn slot(&mut self, at: At) -> &mut Tensor {
         match at.module {
             Module::Embed => &mut self.embed,
-            Module::Norm1(i) => self.blocks[i].norm1.slot(at.param),
-            Module::Norm2(i) => {
-                let norm = &mut self.blocks[i].norm2;
-                norm.get_or_insert_with(|| Norm::empty(&self.spec)).slot(at.param)
-            }
+            Module::Norm1(i)
+            | Module::Norm2(i)
+            | Module::PostAttnNorm(i)
+            | Module::PostMlpNorm(i)
+            | Module::QNorm(i)
+            | Module::KNorm(i) => self.blocks[i].norm_slot(at.module, &self.spec).slot(at.param),
             Module::Linear(i, proj) => self.blocks[i].linear(proj).slot(at.param),
             Module::Adapter(i) => {
                 let adapter = self.blocks[i].adapter.get_or_insert_with(Adapter::empty);
@@ -148,14 +159,18 @@ impl Gpt {
         let mut out = Vec::new();
         for t in layout::tensors(&spec, None) {
             let Some(hub) = t.hub_name(&spec) else { continue };
-            let tensor = match (hub.fused_part, t.at.module) {
+            let tensor = match (hub.fused, t.at.module) {
                 (None, _) => self.slot(t.at).shallow_clone(),
-                (Some(0), Module::Linear(i, _)) => {
-                    let part = |model: &mut Gpt, proj| {
-                        model.slot(At { module: Module::Linear(i, proj), param: t.at.param }).shallow_clone()
-                    };
-                    let (q, k, v) = (part(self, Proj::Q), part(self, Proj::K), part(self, Proj::V));
-                    fuse(&spec, &q, &k, &v)
+                (Some((fusion, 0)), Module::Linear(i, _)) => {
+                    let projs: &[Proj] =
+                        if fusion == Fusion::GateUp { &[Proj::Gate, Proj::Up] } else { &[Proj::Q, Proj::K, Proj::V] };
+                    let parts: Vec<Tensor> = projs
+                        .iter()
+                        .map(|&proj| {
+                            self.slot(At { module: Module::Linear(i, proj), param: t.at.param }).shallow_clone()
+                        })
+                        .collect();
+                    fuse(&spec, fusion, &parts)
                 }
                 _ => continue,
             };
@@ -200,11 +215,32 @@ impl Gpt {
     }
 
     /// Rotary angles for positions `start .. start + len`, in fp32 as transformers computes them.
-    pub fn rope(&self, start: i64, len: i64) -> Rope {
+    pub fn rope(&self, start: i64, len: i64) -> Ropes {
         let positions = Tensor::arange_start(start, start + len, (Kind::Float, self.device()));
-        let freqs = positions.outer(&self.inv_freq);
-        let angles = Tensor::cat(&[&freqs, &freqs], -1);
-        Rope { cos: angles.cos().to_kind(self.compute_kind), sin: angles.sin().to_kind(self.compute_kind) }
+        self.angles(&positions, start + len)
+    }
+
+    /// The angles of `positions` (any shape; the angles add a last axis) in a forward pass whose
+    /// largest position is `seq_len - 1`.
+    fn angles(&self, positions: &Tensor, seq_len: i64) -> Ropes {
+        let angles = |which: usize| {
+            let rope = if which == 0 { &self.spec.rope } else { self.spec.rope_local.as_ref().expect("a local rope") };
+            let (inv, factor) = if rope.depends_on_length() {
+                let (inv, factor) = rope.inverse_frequencies(seq_len);
+                (inv.to_device(self.device()), factor)
+            } else {
+                (self.rope_freqs[which].0.shallow_clone(), self.rope_freqs[which].1)
+            };
+            let freqs = positions.unsqueeze(-1) * inv; // (…, dims / 2)
+            let angles = Tensor::cat(&[&freqs, &freqs], -1);
+            let (cos, sin) = if factor == 1.0 {
+                (angles.cos(), angles.sin())
+            } else {
+                (angles.cos() * factor, angles.sin() * factor)
+            };
+            Rope { cos: cos.to_kind(self.compute_kind), sin: sin.to_kind(self.compute_kind) }
+        };
+        Ropes { global: angles(0), local: self.spec.rope_local.as_ref().map(|_| angles(1)) }
     }
 
     /// Final-norm hidden states `(batch, time, hidden)` for `ids` `(batch, time)`, continuing `cache`.
@@ -232,10 +268,13 @@ impl Gpt {
     }
 
     /// The rotary angles and attention mask of packed rows ([`Gpt::hidden_packed`]).
-    pub(super) fn packed_rope_mask(&self, ids: &Tensor, positions: &Tensor, segments: &Tensor) -> (Rope, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq; // (batch, time, dims / 2)
-        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // (batch, 1, time, dims)
-        let rope = Rope { cos: angles.cos().to_kind(self.compute_kind), sin: angles.sin().to_kind(self.compute_kind) };
+    pub(super) fn packed_rope_mask(&self, ids: &Tensor, positions: &Tensor, segments: &Tensor) -> (Ropes, Tensor) {
+        let length_dependent =
+            self.spec.rope.depends_on_length() || self.spec.rope_local.as_ref().is_some_and(|r| r.depends_on_length());
+        let seq_len = if length_dependent { positions.max().int64_value(&[]) + 1 } else { 0 };
+        let heads = |r: Rope| Rope { cos: r.cos.unsqueeze(1), sin: r.sin.unsqueeze(1) }; // (batch, 1, time, dims)
+        let ropes = self.angles(&positions.to_kind(Kind::Float), seq_len);
+        let rope = Ropes { global: heads(ropes.global), local: ropes.local.map(heads) };
         let t = ids.size()[1];
         let same = segments.unsqueeze(2).eq_tensor(&segments.unsqueeze(1)); // (batch, time, time)
         let causal = Tensor::ones([t, t], (Kind::Bool, ids.device())).tril(0);
@@ -243,14 +282,30 @@ impl Gpt {
     }
 
     /// A training forward's context from position 0: causal, or the packed rows' `mask`.
-    pub(super) fn training_ctx<'a>(&'a self, rope: &'a Rope, mask: Option<&'a Tensor>) -> BlockCtx<'a> {
+    pub(super) fn training_ctx<'a>(&'a self, rope: &'a Ropes, mask: Option<&'a Tensor>) -> BlockCtx<'a> {
         let mask = mask.map_or(Mask::Causal, Mask::Packed);
         BlockCtx { spec: &self.spec, rope, mask, cache: None, start: 0, run: self.ctx() }
     }
 
-    /// The embedding of `ids` in the compute dtype.
+    /// The embedding of `ids` in the compute dtype; times √hidden_size, rounded to the embedding's
+    /// dtype as transformers rounds it, where the family scales it (Gemma).
     pub(super) fn embed_ids(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.embed, ids, -1, false, false).to_kind(self.compute_kind)
+        let x = Tensor::embedding(&self.embed, ids, -1, false, false);
+        let x = if self.spec.scale_embeddings {
+            let scale = Tensor::from((self.spec.hidden_size as f64).sqrt() as f32).to_kind(x.kind());
+            x * scale.double_value(&[])
+        } else {
+            x
+        };
+        x.to_kind(self.compute_kind)
+    }
+
+    /// `cap · tanh(logits / cap)` where the family caps its logits (Gemma 2).
+    fn capped(&self, logits: Tensor) -> Tensor {
+        match self.spec.final_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
     }
 
     /// The embedding of `ids`, every block, then the final norm.
@@ -266,7 +321,7 @@ impl Gpt {
     /// mask ([`Gpt::head_mask`]).
     pub(super) fn logits_masked(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Tensor {
         match mask {
-            Some(m) => self.head.forward(&Input::masked(hidden, m), self.ctx()),
+            Some(m) => self.capped(self.head.forward(&Input::masked(hidden, m), self.ctx())),
             None => self.logits(hidden),
         }
     }
@@ -280,7 +335,7 @@ impl Gpt {
 
     /// Token scores for hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        self.head.forward(&Input::new(hidden, Site::Head, 0), self.ctx())
+        self.capped(self.head.forward(&Input::new(hidden, Site::Head, 0), self.ctx()))
     }
 
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
@@ -288,12 +343,18 @@ impl Gpt {
     }
 }
 
-/// Part `part` (0 q, 1 k, 2 v) of a fused q/k/v weight or bias: its rows are grouped per key/value
-/// group, each group holding its query heads, then its key, then its value.
-pub fn fused_part(spec: &ModelSpec, fused: &Tensor, part: usize) -> Tensor {
+/// Part `part` (0 q, 1 k, 2 v; or 0 gate, 1 up) of a fused weight or bias. Interleaved q/k/v rows
+/// are grouped per key/value group, each group holding its query heads, then its key, then its value;
+/// the others are the parts' rows one after the other.
+pub fn fused_part(spec: &ModelSpec, fusion: Fusion, fused: &Tensor, part: usize) -> Tensor {
+    let trailing: Vec<i64> = fused.size()[1..].to_vec();
+    if fusion != Fusion::QkvInterleaved {
+        let rows = fusion.part_rows(spec);
+        let start: i64 = rows[..part].iter().sum();
+        return fused.narrow(0, start, rows[part]).contiguous();
+    }
     let (groups, hs) = (spec.n_query_groups, spec.head_size);
     let per_group = spec.n_head / groups;
-    let trailing: Vec<i64> = fused.size()[1..].to_vec();
     // (rows, …) → (groups, per_group + 2, head, …)
     let grouped = fused.view(&*[&[groups, per_group + 2, hs][..], &trailing].concat());
     let (from, n, rows) = match part {
@@ -304,8 +365,12 @@ pub fn fused_part(spec: &ModelSpec, fused: &Tensor, part: usize) -> Tensor {
     grouped.narrow(1, from, n).reshape(&*[&[rows][..], &trailing].concat()).contiguous()
 }
 
-/// The inverse of [`fused_part`]: per key/value group, its query heads, its key, its value.
-pub fn fuse(spec: &ModelSpec, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+/// The inverse of [`fused_part`]: `parts` (q, k, v; or gate, up) as the checkpoint's one tensor.
+pub fn fuse(spec: &ModelSpec, fusion: Fusion, parts: &[Tensor]) -> Tensor {
+    if fusion != Fusion::QkvInterleaved {
+        return Tensor::cat(parts, 0);
+    }
+    let (q, k, v) = (&parts[0], &parts[1], &parts[2]);
     let (groups, hs) = (spec.n_query_groups, spec.head_size);
     let per_group = spec.n_head / groups;
     let trailing: Vec<i64> = q.size()[1..].to_vec();
@@ -314,33 +379,6 @@ pub fn fuse(spec: &ModelSpec, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     // (groups, per_group | 1 | 1, head, …) joined on the second axis, then flattened to (rows, …)
     Tensor::cat(&[q.view(&*shape(per_group)), k.view(&*shape(1)), v.view(&*shape(1))], 1)
         .reshape(&*[&[rows][..], &trailing].concat())
-}
-
-/// 1 / theta^(2i/d) in fp32, with Llama 3 frequency scaling when the checkpoint asks for it.
-fn inverse_frequencies(spec: &ModelSpec) -> Tensor {
-    let d = spec.rope_dims;
-    let exponents = Tensor::arange_start_step(0, d, 2, (Kind::Int64, tch::Device::Cpu)).to_kind(Kind::Float) / d as f64;
-    let inv = Tensor::from(spec.rope_theta as f32).pow(&exponents).reciprocal();
-    let Some(s) = spec.rope_llama3 else { return inv };
-    let values: Vec<f32> = Vec::try_from(&inv).expect("a float vector");
-    let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
-    let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
-    let scaled: Vec<f32> = values
-        .iter()
-        .map(|&f| {
-            let f = f as f64;
-            let wavelen = 2.0 * std::f64::consts::PI / f;
-            let g = if wavelen > low_wavelen { f / s.factor } else { f };
-            if wavelen < high_wavelen || wavelen > low_wavelen {
-                g as f32
-            } else {
-                let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
-                    / (s.high_freq_factor - s.low_freq_factor);
-                ((1.0 - smooth) * g / s.factor + smooth * g) as f32
-            }
-        })
-        .collect();
-    Tensor::from_slice(&scaled)
 }
 
 impl Walk<'_> {

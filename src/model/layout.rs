@@ -1,7 +1,7 @@
 //! The one tensor layout: every tensor of a model (and of the method applied to it) with its address
 //! in the model, its ftexp name, its hub name, its shape and its role. Loading, export, visiting,
 //! parameter counts, trainability and weight decay all derive from this table.
-use super::spec::{Mlp, ModelSpec, Norm, Qkv};
+use super::spec::{ModelSpec, Norm, NormPlacement, QkNorm, Qkv};
 use crate::config::{MethodConfig, MethodKind};
 
 /// A module of the model that holds tensors.
@@ -12,6 +12,13 @@ pub enum Module {
     Norm1(usize),
     /// The MLP's own norm of block `i`.
     Norm2(usize),
+    /// The norm of attention's output of block `i` (Gemma, OLMo 2).
+    PostAttnNorm(usize),
+    /// The norm of the MLP's output of block `i` (Gemma, OLMo 2).
+    PostMlpNorm(usize),
+    /// The RMSNorm of the queries, and of the keys, of block `i` (Qwen3, Gemma 3, OLMo 2).
+    QNorm(usize),
+    KNorm(usize),
     Linear(usize, Proj),
     /// The LLaMA-Adapter prompt of block `i`.
     Adapter(usize),
@@ -108,11 +115,34 @@ pub struct At {
     pub param: Param,
 }
 
-/// A tensor's hub name; for fused q/k/v, which part of the fused matrix it is (0 q, 1 k, 2 v).
+/// How several of ftexp's tensors share one checkpoint tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fusion {
+    /// q/k/v rows interleaved per key/value group: its query heads, its key, its value (Falcon, GPT-NeoX).
+    QkvInterleaved,
+    /// The rows of q, then k, then v (Phi-3).
+    QkvConcat,
+    /// The rows of the gate, then up (Phi-3).
+    GateUp,
+}
+
+impl Fusion {
+    /// The rows of each part (q, k, v; or gate, up).
+    pub fn part_rows(self, spec: &ModelSpec) -> Vec<i64> {
+        let (q, kv) = (spec.n_head * spec.head_size, spec.n_query_groups * spec.head_size);
+        match self {
+            Fusion::QkvInterleaved | Fusion::QkvConcat => vec![q, kv, kv],
+            Fusion::GateUp => vec![spec.intermediate_size; 2],
+        }
+    }
+}
+
+/// A tensor's hub name; for a fused tensor, how it is fused and which part it is (0 q, 1 k, 2 v; or
+/// 0 gate, 1 up).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubName {
     pub name: String,
-    pub fused_part: Option<usize>,
+    pub fused: Option<(Fusion, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +159,10 @@ impl TensorSpec {
             Module::Embed => "embed".into(),
             Module::Norm1(i) => format!("layers.{i}.norm1.{param}"),
             Module::Norm2(i) => format!("layers.{i}.norm2.{param}"),
+            Module::PostAttnNorm(i) => format!("layers.{i}.post_attn_norm.{param}"),
+            Module::PostMlpNorm(i) => format!("layers.{i}.post_mlp_norm.{param}"),
+            Module::QNorm(i) => format!("layers.{i}.q_norm.{param}"),
+            Module::KNorm(i) => format!("layers.{i}.k_norm.{param}"),
             Module::Linear(i, p) => format!("layers.{i}.{}.{param}", p.name()),
             Module::Adapter(i) => format!("layers.{i}.{param}"),
             Module::FinalNorm => format!("final_norm.{param}"),
@@ -145,7 +179,8 @@ impl TensorSpec {
             (Param::AdapterScale, _) => Role::AdapterScale,
             (Param::AdapterBias, _) => Role::AdapterBias,
             (_, Module::Embed) => Role::Embedding,
-            (_, Module::Norm1(_) | Module::Norm2(_) | Module::FinalNorm) => Role::Norm,
+            (_, Module::Norm1(_) | Module::Norm2(_) | Module::PostAttnNorm(_) | Module::PostMlpNorm(_)) => Role::Norm,
+            (_, Module::QNorm(_) | Module::KNorm(_) | Module::FinalNorm) => Role::Norm,
             (_, Module::Linear(_, p)) if p.is_mlp() => Role::Mlp,
             (_, Module::Linear(..) | Module::Adapter(_)) => Role::Attention,
             (_, Module::Head) => Role::Head,
@@ -168,29 +203,38 @@ impl TensorSpec {
             _ => return None,
         };
         let names = spec.names();
-        let plain = |module: String| Some(HubName { name: format!("{module}.{suffix}"), fused_part: None });
+        let plain = |module: String| Some(HubName { name: format!("{module}.{suffix}"), fused: None });
         let layer = |i: usize, local: &str| format!("{}.{i}.{local}", names.layers);
         match self.at.module {
             Module::Embed => plain(names.embed.into()),
             Module::Norm1(i) => plain(layer(i, names.norm1)),
             Module::Norm2(i) => plain(layer(i, names.norm2)),
+            Module::PostAttnNorm(i) => plain(layer(i, names.post_attn_norm)),
+            Module::PostMlpNorm(i) => plain(layer(i, names.post_mlp_norm)),
+            Module::QNorm(i) => plain(layer(i, names.q_norm)),
+            Module::KNorm(i) => plain(layer(i, names.k_norm)),
             Module::FinalNorm => plain(names.final_norm.into()),
             Module::Head => plain(names.head.into()),
             Module::Adapter(_) => None,
             Module::Linear(i, proj) => {
-                let (local, fused_part) = match (proj, names.qkv) {
-                    (Proj::Q, Qkv::Fused(n)) => (n, Some(0)),
-                    (Proj::K, Qkv::Fused(n)) => (n, Some(1)),
-                    (Proj::V, Qkv::Fused(n)) => (n, Some(2)),
+                let part = |p: usize| match proj {
+                    Proj::Q => p,
+                    Proj::K => p + 1,
+                    _ => p + 2,
+                };
+                let gate_up = if names.gate_up_fused { Some(Fusion::GateUp) } else { None };
+                let (local, fused) = match (proj, names.qkv) {
+                    (Proj::Q | Proj::K | Proj::V, Qkv::Fused(n)) => (n, Some((Fusion::QkvInterleaved, part(0)))),
+                    (Proj::Q | Proj::K | Proj::V, Qkv::Concat(n)) => (n, Some((Fusion::QkvConcat, part(0)))),
                     (Proj::Q, Qkv::Split(q, _, _)) => (q, None),
                     (Proj::K, Qkv::Split(_, k, _)) => (k, None),
                     (Proj::V, Qkv::Split(_, _, v)) => (v, None),
                     (Proj::O, _) => (names.attn_out, None),
-                    (Proj::Gate, _) => (names.mlp_gate, None),
-                    (Proj::Up, _) => (names.mlp_up, None),
+                    (Proj::Gate, _) => (names.mlp_gate, gate_up.map(|f| (f, 0))),
+                    (Proj::Up, _) => (names.mlp_up, gate_up.map(|f| (f, 1))),
                     (Proj::Down, _) => (names.mlp_down, None),
                 };
-                Some(HubName { name: format!("{}.{suffix}", layer(i, local)), fused_part })
+                Some(HubName { name: format!("{}.{suffix}", layer(i, local)), fused })
             }
         }
     }
@@ -204,13 +248,13 @@ fn projections(spec: &ModelSpec) -> Vec<(Proj, i64, i64, bool)> {
         (Proj::Q, q, h, spec.qkv_bias),
         (Proj::K, kv, h, spec.qkv_bias),
         (Proj::V, kv, h, spec.qkv_bias),
-        (Proj::O, h, q, spec.proj_bias),
+        (Proj::O, h, q, spec.o_bias),
     ];
-    if spec.mlp == Mlp::SwiGlu {
-        out.push((Proj::Gate, ff, h, spec.proj_bias));
+    if spec.mlp.gated() {
+        out.push((Proj::Gate, ff, h, spec.mlp_bias));
     }
-    out.push((Proj::Up, ff, h, spec.proj_bias));
-    out.push((Proj::Down, h, ff, spec.proj_bias));
+    out.push((Proj::Up, ff, h, spec.mlp_bias));
+    out.push((Proj::Down, h, ff, spec.mlp_bias));
     out
 }
 
@@ -279,7 +323,7 @@ pub fn tensors(spec: &ModelSpec, method: Option<&MethodConfig>) -> Vec<TensorSpe
     let mut push =
         |module: Module, param: Param, shape: Vec<i64>| out.push(TensorSpec { at: At { module, param }, shape });
     let norm = |push: &mut dyn FnMut(Module, Param, Vec<i64>), module: Module| {
-        push(module, Param::Weight, vec![h]);
+        push(module, Param::Weight, vec![norm_width(spec, module)]);
         if spec.norm == Norm::LayerNorm {
             push(module, Param::Bias, vec![h]);
         }
@@ -299,9 +343,8 @@ pub fn tensors(spec: &ModelSpec, method: Option<&MethodConfig>) -> Vec<TensorSpe
     };
     push(Module::Embed, Param::Weight, vec![spec.vocab_size, h]);
     for i in 0..spec.n_layer as usize {
-        norm(&mut push, Module::Norm1(i));
-        if !spec.shared_attention_norm {
-            norm(&mut push, Module::Norm2(i));
+        for module in block_norms(spec, i) {
+            norm(&mut push, module);
         }
         for (proj, rows, cols, bias) in projections(spec) {
             linear(&mut push, Module::Linear(i, proj), rows, cols, bias);
@@ -316,15 +359,43 @@ pub fn tensors(spec: &ModelSpec, method: Option<&MethodConfig>) -> Vec<TensorSpe
     out
 }
 
+/// The norms of block `i`, in the layout's order.
+pub fn block_norms(spec: &ModelSpec, i: usize) -> Vec<Module> {
+    let mut out = Vec::new();
+    if spec.norm_placement != NormPlacement::Post {
+        out.push(Module::Norm1(i));
+        if !spec.shared_attention_norm {
+            out.push(Module::Norm2(i));
+        }
+    }
+    if spec.norm_placement != NormPlacement::Pre {
+        out.extend([Module::PostAttnNorm(i), Module::PostMlpNorm(i)]);
+    }
+    if spec.qk_norm.is_some() {
+        out.extend([Module::QNorm(i), Module::KNorm(i)]);
+    }
+    out
+}
+
+/// The width a norm at `module` normalises.
+fn norm_width(spec: &ModelSpec, module: Module) -> i64 {
+    match (module, spec.qk_norm) {
+        (Module::QNorm(_) | Module::KNorm(_), Some(QkNorm::PerHead)) => spec.head_size,
+        (Module::QNorm(_), _) => spec.n_head * spec.head_size,
+        (Module::KNorm(_), _) => spec.n_query_groups * spec.head_size,
+        _ => spec.hidden_size,
+    }
+}
+
 /// The checkpoint's tensors by hub name with their shapes, a fused q/k/v matrix once.
 pub fn hub_tensors(spec: &ModelSpec) -> Vec<(String, Vec<i64>)> {
     let mut out = Vec::new();
     for t in tensors(spec, None) {
         let Some(hub) = t.hub_name(spec) else { continue };
-        match hub.fused_part {
+        match hub.fused {
             None => out.push((hub.name, t.shape.clone())),
-            Some(0) => {
-                let rows = (spec.n_head + 2 * spec.n_query_groups) * spec.head_size;
+            Some((fusion, 0)) => {
+                let rows = fusion.part_rows(spec).iter().sum::<i64>();
                 out.push((hub.name, [&[rows][..], &t.shape[1..]].concat()));
             }
             Some(_) => {}

@@ -7,7 +7,7 @@ use super::linear::{Ctx, Linear};
 use super::lora::{Input, Site};
 use super::spec::Mlp as MlpKind;
 
-/// `down(act(up(x)))`, or `down(silu(gate(x)) · up(x))` for SwiGLU.
+/// `down(act(up(x)))`, or `down(act(gate(x)) · up(x))` for SwiGLU (silu) and GeGLU (tanh GELU).
 #[derive(Debug)]
 pub struct Mlp {
     pub gate: Option<Linear>,
@@ -22,6 +22,7 @@ impl Mlp {
         let input = Input::new(x, Site::Mlp, block);
         let hidden = match (kind, &self.gate) {
             (MlpKind::SwiGlu, Some(gate)) => gate.forward(&input, run).silu() * self.up.forward(&input, run),
+            (MlpKind::GeGlu, Some(gate)) => gate.forward(&input, run).gelu("tanh") * self.up.forward(&input, run),
             (MlpKind::GeluTanh, _) => self.up.forward(&input, run).gelu("tanh"),
             _ => self.up.forward(&input, run).gelu("none"),
         };
@@ -35,10 +36,10 @@ impl Walk<'_> {
     pub(super) fn mlp(&mut self, i: usize, h: Val) -> Val {
         let up = self.linear(h, Module::Linear(i, Proj::Up));
         let hidden = match self.spec.mlp {
-            MlpKind::SwiGlu => {
+            MlpKind::SwiGlu | MlpKind::GeGlu => {
                 let gate = self.linear(h, Module::Linear(i, Proj::Gate));
                 if gate.grad {
-                    self.save(gate); // silu's input
+                    self.save(gate); // the activation's input
                 }
                 let act = self.val(gate.rows, gate.width, gate.elem_bytes, gate.grad);
                 self.product(act, up)

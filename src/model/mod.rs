@@ -13,6 +13,8 @@ pub mod lora;
 pub mod mlp;
 pub mod norm;
 pub mod quant;
+mod read_config;
+pub mod rope;
 pub mod spec;
 pub mod staged;
 pub mod weight;
@@ -81,9 +83,9 @@ pub fn load_spec(dir: &Path, spec: spec::ModelSpec, kind: Kind, device: Device, 
                     }
                 }
                 let name = t.hub_name(&spec).expect("checkpoint tensors have hub names");
-                let dense = match name.fused_part {
+                let dense = match name.fused {
                     None => hub.remove(&name.name).expect("weights::load checked every tensor is present"),
-                    Some(part) => gpt::fused_part(&spec, &hub[&name.name], part),
+                    Some((fusion, part)) => gpt::fused_part(&spec, fusion, &hub[&name.name], part),
                 }
                 .to_device(device);
                 match &held {

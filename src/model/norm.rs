@@ -1,4 +1,5 @@
-//! LayerNorm and RMSNorm, and what each keeps for the backward pass.
+//! LayerNorm and the RMSNorms (Llama's, OLMo 2's scaled in fp32, Gemma's `1 + w`), and what each keeps
+//! for the backward pass.
 use tch::{Kind, Tensor};
 
 use super::footprint::{Val, Walk};
@@ -26,13 +27,21 @@ impl Norm {
                 let bias = self.bias.as_ref().map(|b| cast(b, x));
                 x.layer_norm([weight.size()[0]], Some(&weight), bias.as_ref(), self.eps, true)
             }
-            // As transformers does it: normalise in fp32, cast back, then scale.
-            NormKind::RmsNorm => {
-                let xf = x.to_kind(Kind::Float);
-                let inv_rms = (xf.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
-                (xf * inv_rms).to_kind(x.kind()) * weight
+            // As transformers does each: normalise in fp32, then cast back and scale (Llama), or scale
+            // in fp32 and cast back (OLMo 2, Gemma).
+            NormKind::RmsNorm => self.normalised(x).to_kind(x.kind()) * weight,
+            NormKind::RmsNormScaledInFp32 => (self.weight.to_kind(Kind::Float) * self.normalised(x)).to_kind(x.kind()),
+            NormKind::RmsNormPlusOne => {
+                (self.normalised(x) * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(x.kind())
             }
         }
+    }
+
+    /// `x / rms(x)` in fp32.
+    fn normalised(&self, x: &Tensor) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        let inv_rms = (xf.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
+        xf * inv_rms
     }
 
     pub(super) fn slot(&mut self, param: Param) -> &mut Tensor {
@@ -58,15 +67,17 @@ impl Walk<'_> {
                     self.save(stats);
                 }
             }
-            NormKind::RmsNorm => {
+            kind => {
                 let xf = if x.elem_bytes == 4 { x } else { self.val(x.rows, x.width, 4, x.grad) };
                 if xf.grad {
                     self.save(xf);
                     let inv_rms = self.val(x.rows, 1, 4, true);
                     self.save(inv_rms);
                 }
-                let normed = self.val(x.rows, x.width, x.elem_bytes, xf.grad); // back in the compute dtype
-                if weight_trains {
+                // Scaled in the compute dtype (Llama) or in fp32 (OLMo 2, Gemma).
+                let bytes = if kind == NormKind::RmsNorm { x.elem_bytes } else { 4 };
+                let normed = self.val(x.rows, x.width, bytes, xf.grad);
+                if weight_trains || (xf.grad && kind != NormKind::RmsNorm) {
                     self.save(normed);
                 }
             }

@@ -47,6 +47,10 @@ pub struct Architecture {
     /// is on (`key = value`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ignored_config_keys: Vec<String>,
+    /// `config.json` keys of the family that ftexp skips as harmless: not about the computation, or at
+    /// a value whose computation is ftexp's (`key = value`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_config_keys: Vec<String>,
 }
 
 /// How the run keeps its memory down. Each slot names the strategy the run uses (quantization and
@@ -495,5 +499,6 @@ fn summarize(spec: &ModelSpec, method: &MethodConfig) -> Architecture {
         trainable_parameters: counts.trainable,
         sliding_window: spec.sliding_window.as_ref().map(|w| (w.size, w.layers.iter().filter(|l| **l).count())),
         ignored_config_keys: spec.ignored_config_keys.clone(),
+        skipped_config_keys: spec.skipped_config_keys.clone(),
     }
 }

@@ -145,6 +145,10 @@ fn write_model(out: &mut String, plan: &Plan, r: &Resolved) {
                 let keys = a.ignored_config_keys.join(", ");
                 let _ = writeln!(out, "ignored config.json keys:   {keys} (model.allow_unknown_config_keys)");
             }
+            if !a.skipped_config_keys.is_empty() {
+                let keys = a.skipped_config_keys.join(", ");
+                let _ = writeln!(out, "harmless config.json keys:  {keys} (skipped)");
+            }
         }
         (None, Some(why)) => {
             let _ = writeln!(out, "not read: {why}");

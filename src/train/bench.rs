@@ -18,7 +18,7 @@ use crate::experiment::ParamCount;
 use crate::methods;
 use crate::methods::memory::{MemoryPlan, Shape};
 use crate::methods::Built;
-use crate::model::spec::{Mlp, ModelSpec};
+use crate::model::spec::ModelSpec;
 use crate::model::staged::HEAD_CHUNK_BYTES;
 use crate::native::collectives::cuda_memory;
 use crate::plan::steps::Schedule;
@@ -99,7 +99,7 @@ fn synthetic(n: usize, len: usize, vocab: i64, seed: u64) -> Vec<Sample> {
 fn trunk_flops_per_token(spec: &ModelSpec, context: f64) -> f64 {
     let (d, hs) = (spec.hidden_size as f64, spec.head_size as f64);
     let (q, kv) = (spec.n_head as f64 * hs, spec.n_query_groups as f64 * hs);
-    let mlp_matrices = if spec.mlp == Mlp::SwiGlu { 3.0 } else { 2.0 };
+    let mlp_matrices = if spec.mlp.gated() { 3.0 } else { 2.0 };
     let weights = d * q + 2.0 * d * kv + q * d + mlp_matrices * spec.intermediate_size as f64 * d;
     spec.n_layer as f64 * (2.0 * weights + 4.0 * q * context)
 }
