@@ -90,14 +90,19 @@ fn neutral_values_load_and_others_are_refused() {
     }
     let mut rope = llama["rope_parameters"].clone();
     rope["partial_rotary_factor"] = json!(0.5);
+    // Every family's rotary embeddings take every scaling kind; an entry the kind has not is refused.
     let linear = json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0});
+    let spec = ModelSpec::from_json(&with(falcon.clone(), "rope_parameters", linear.clone())).unwrap();
+    assert!(matches!(spec.rope.scaling, ftexp::model::rope::RopeScaling::Linear { factor } if factor == 2.0));
+    let mut linear_extra = linear;
+    linear_extra["beta_fast"] = json!(3);
     let refused = [
         (with(llama.clone(), "sliding_window", json!(8)), "`sliding_window = 8`"),
         (with(llama.clone(), "hidden_act", json!("gelu")), "`hidden_act = \"gelu\"`"),
         (with(llama.clone(), "mlp_bias", json!(true)), "`mlp_bias = true`"),
         (with(llama.clone(), "rope_parameters", rope), "`rope_parameters.partial_rotary_factor = 0.5`"),
         (with(falcon.clone(), "activation", json!("relu")), "`activation = \"relu\"`"),
-        (with(falcon.clone(), "rope_parameters", linear), "`rope_parameters.rope_type = \"linear\"`"),
+        (with(falcon.clone(), "rope_parameters", linear_extra), "`rope_parameters.beta_fast = 3`"),
         (with(neox.clone(), "hidden_dropout", json!(0.1)), "`hidden_dropout = 0.1`"),
         (with(qwen.clone(), "attention_bias", json!(true)), "`attention_bias = true`"),
         (with(llama.clone(), "quantization_config", json!({"quant_method": "gptq"})), "`quantization_config = "),

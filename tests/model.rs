@@ -287,7 +287,11 @@ fn out_of_range_numbers_are_refused() {
         ("num_hidden_layers", (-1).into(), "`num_hidden_layers` is -1"),
         ("hidden_size", (1i64 << 40).into(), "too large to build"),
         ("rope_parameters", serde_json::json!({"partial_rotary_factor": 0.1875}), "rotary embeddings on 3 of the 16"),
-        ("rope_parameters", serde_json::json!({"partial_rotary_factor": 0.25, "rope_theta": 0.0}), "rope_theta is 0"),
+        (
+            "rope_parameters",
+            serde_json::json!({"partial_rotary_factor": 0.25, "rope_theta": 0.0}),
+            "rope_theta must be a finite positive number, got 0",
+        ),
     ];
     for (key, value, want) in cases {
         let mut json = base.clone();

@@ -26,6 +26,25 @@ fn trainable_counts_match_litgpt_for_llama_2_7b() {
     assert_eq!(count(&spec, &method("full", &[])).trainable, 6_738_415_616);
 }
 
+/// litgpt 0.5.9's counts for the same published configs (scripts/litgpt_counts.py), but where litgpt
+/// builds Gemma's head apart from its embedding: transformers (and ftexp) tie them, so `full` is
+/// transformers' parameter count there.
+#[test]
+fn trainable_counts_match_litgpt_for_the_newer_families() {
+    let table: [(&str, [i64; 4]); 5] = [
+        ("qwen3-8b.json", [1_393_728, 4_798_272, 3_833_856, 8_190_735_360]),
+        ("gemma-2-9b.json", [1_434_240, 5_949_568, 4_472_832, 9_241_705_984]),
+        ("gemma-3-1b-pt.json", [276_576, 1_780_448, 745_472, 999_885_952]),
+        ("phi-3-mini-4k-instruct.json", [922_560, 3_217_984, 3_145_728, 3_821_079_552]),
+        ("olmo-2-1124-7b.json", [1_229_760, 4_154_304, 4_194_304, 7_298_617_344]),
+    ];
+    for (file, [adapter, adapter_v2, lora, full]) in table {
+        let spec = ModelSpec::from_file(&fixtures().join("hub-configs").join(file)).unwrap();
+        let got = ["adapter", "adapter_v2", "lora", "full"].map(|kind| count(&spec, &method(kind, &[])).trainable);
+        assert_eq!(got, [adapter, adapter_v2, lora, full], "{file}: adapter, adapter_v2, lora, full");
+    }
+}
+
 /// A project whose config trains a fixture on repeated small data.
 fn project(family: &str, kind: &str, extra: &str) -> tempfile::TempDir {
     let config = format!(
@@ -51,7 +70,9 @@ fn metrics(dir: &Path) -> Vec<Vec<String>> {
 #[test]
 fn step_zero_equals_the_base_model_for_every_method() {
     let ids = Tensor::from_slice(&[3i64, 17, 42, 99, 7, 250]).unsqueeze(0);
-    for family in ["llama", "falcon-7b-style", "gpt-neox", "qwen2", "llama3"] {
+    let families =
+        ["llama", "falcon-7b-style", "gpt-neox", "qwen2", "llama3", "qwen3", "gemma2", "gemma3", "phi3", "olmo2"];
+    for family in families {
         let base = ftexp::model::load(&fixtures().join("models").join(family), Kind::Float, tch::Device::Cpu).unwrap();
         let want = tch::no_grad(|| base.forward(&ids, None));
         for kind in ["full", "lora", "adapter", "adapter_v2"] {
@@ -87,9 +108,16 @@ fn step_zero_equals_the_base_model_for_every_method() {
 
 #[test]
 fn every_method_learns_and_writes_its_outputs() {
-    for (family, kind) in
-        [("llama", "lora"), ("gpt-neox", "adapter"), ("falcon-7b-style", "adapter_v2"), ("qwen2", "full")]
-    {
+    let runs = [
+        ("llama", "lora"),
+        ("gpt-neox", "adapter"),
+        ("falcon-7b-style", "adapter_v2"),
+        ("qwen2", "full"),
+        ("gemma2", "adapter_v2"),
+        ("phi3", "lora"),
+        ("olmo2", "full"),
+    ];
+    for (family, kind) in runs {
         let p = project(family, kind, "");
         let out = ftexp(p.path(), &["run", "exp.toml"], &[]);
         assert!(out.status.success(), "{family} {kind}: {}", stderr(&out));

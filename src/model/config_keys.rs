@@ -198,6 +198,7 @@ const GEMMA: &[(&str, Known)] = &[
     ("attn_logit_softcapping", Any),
     ("rope_local_base_freq", Any),
     ("cache_implementation", Skipped), // transformers' KV cache class in generate
+    ("sliding_window_size", Skipped),  // early Gemma 2 files; transformers reads `sliding_window`
     ("hidden_act", Neutral(gelu_tanh)),
     ("use_bidirectional_attention", Neutral(off)),
 ];

@@ -96,7 +96,10 @@ impl Param {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Embedding,
+    /// The norms before attention and the MLP, and the final norm (which adapter v2 trains, as litgpt).
     Norm,
+    /// The norms after attention and the MLP, and those of the queries and keys.
+    InnerNorm,
     Attention,
     Mlp,
     Head,
@@ -179,8 +182,10 @@ impl TensorSpec {
             (Param::AdapterScale, _) => Role::AdapterScale,
             (Param::AdapterBias, _) => Role::AdapterBias,
             (_, Module::Embed) => Role::Embedding,
-            (_, Module::Norm1(_) | Module::Norm2(_) | Module::PostAttnNorm(_) | Module::PostMlpNorm(_)) => Role::Norm,
-            (_, Module::QNorm(_) | Module::KNorm(_) | Module::FinalNorm) => Role::Norm,
+            (_, Module::Norm1(_) | Module::Norm2(_) | Module::FinalNorm) => Role::Norm,
+            (_, Module::PostAttnNorm(_) | Module::PostMlpNorm(_) | Module::QNorm(_) | Module::KNorm(_)) => {
+                Role::InnerNorm
+            }
             (_, Module::Linear(_, p)) if p.is_mlp() => Role::Mlp,
             (_, Module::Linear(..) | Module::Adapter(_)) => Role::Attention,
             (_, Module::Head) => Role::Head,

@@ -314,12 +314,9 @@ fn with_rope(j: &Json, spec: ModelSpec) -> Result<ModelSpec, String> {
         let local = rope::parse(&local, theta(&local, "rope_local_base_freq", 1e4), dims, max)?;
         return Ok(ModelSpec { rope, rope_local: Some(local), ..spec });
     }
-    let mut table = if j.rope.is_object() { j.rope.clone() } else { classic() };
-    // Phi-3 keeps `original_max_position_embeddings` at the top, and transformers prefers it there.
-    if let (Some(t), Some(original)) = (table.as_object_mut(), get(j.json, &["original_max_position_embeddings"])) {
-        t.insert("original_max_position_embeddings".into(), original.clone());
-    }
-    let theta = j.rope_float(&["rope_theta", "rotary_emb_base"]).unwrap_or(10000.0);
+    let table = rope::rope_dictionary(j.json);
+    let theta = table.get("rope_theta").and_then(Value::as_f64);
+    let theta = theta.or_else(|| j.rope_float(&["rope_theta", "rotary_emb_base"])).unwrap_or(10000.0);
     Ok(ModelSpec { rope: rope::parse(&table, theta, dims, max)?, ..spec })
 }
 
