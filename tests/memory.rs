@@ -57,16 +57,18 @@ fn plan_parts_equal_hand_computed_bytes() {
     }
 }
 
-/// A Llama of width 256 and 4 layers on random weights (the fixture tokenizer), bench on synthetic
+/// A Llama, and a Gemma 2 (norms after attention and the MLP, soft-capped attention, which keeps its
+/// scores), of width 256 and 4 layers on random weights (the fixture tokenizer), bench on synthetic
 /// full-length samples; measured against the plan of the same micro-batches.
 #[test]
 fn measured_memory_on_the_cpu_is_within_the_plan() {
-    let body = format!(
-        "name = \"m\"\n[model]\ncheckpoint = \"{0}\"\ntokenizer = \"{0}\"\ninit = \"random\"\ndevice = \"cpu\"\n[model.architecture]\nmodel_type = \"llama\"\nhidden_size = 256\nnum_hidden_layers = 4\nnum_attention_heads = 8\nnum_key_value_heads = 4\nintermediate_size = 688\n[data]\npath = \"data.json\"\nmax_seq_length = 256\n[method]\nkind = \"full\"\n[train]\nbatch_size = 8\nmicro_batch_size = 4\n",
-        fixtures().join("models/llama").display()
-    );
-    let p = tree(&[("exp.toml", &body), ("data.json", "[]")]);
-    for method in ["full", "lora", "adapter_v2"] {
+    for (family, method) in ["llama", "gemma2"].into_iter().flat_map(|f| ["full", "lora", "adapter_v2"].map(|m| (f, m)))
+    {
+        let body = format!(
+            "name = \"m\"\n[model]\ncheckpoint = \"{0}\"\ntokenizer = \"{0}\"\ninit = \"random\"\ndevice = \"cpu\"\n[model.architecture]\nmodel_type = \"{family}\"\nhidden_size = 256\nnum_hidden_layers = 4\nnum_attention_heads = 8\nnum_key_value_heads = 4\nintermediate_size = 688\nhead_dim = 32\n[data]\npath = \"data.json\"\nmax_seq_length = 256\n[method]\nkind = \"full\"\n[train]\nbatch_size = 8\nmicro_batch_size = 4\n",
+            fixtures().join("models/llama").display()
+        );
+        let p = tree(&[("exp.toml", &body), ("data.json", "[]")]);
         let set = format!("method.kind={method}");
         let args = ["bench", "exp.toml", "--synthetic", "--steps", "2", "--json", "--set", &set];
         // glibc keeps freed blocks below its (growing) mmap threshold resident; a fixed threshold returns
@@ -78,12 +80,15 @@ fn measured_memory_on_the_cpu_is_within_the_plan() {
         let mib = |v: &Value| int(v) as f64 / 1048576.0;
         let planned = mib(&m["total"]) - mib(&m["weights"]);
         let rss = d["training_rss_mib"].as_f64().unwrap();
-        assert!((0.75..1.25).contains(&(planned / rss)), "{method}: plan {planned:.1} MiB, resident {rss:.1} MiB");
+        assert!(
+            (0.75..1.25).contains(&(planned / rss)),
+            "{family} {method}: plan {planned:.1} MiB, resident {rss:.1} MiB"
+        );
         let tensors = d["cpu_tensor_peak_mib"].as_f64().expect("ftexp's CPU allocator counts tensors");
         let planned_tensors = planned - mib(&m["overhead"]);
         assert!(
             (0.9..1.1).contains(&(planned_tensors / tensors)),
-            "{method}: plan {planned_tensors:.1} MiB of tensors, counted {tensors:.1} MiB"
+            "{family} {method}: plan {planned_tensors:.1} MiB of tensors, counted {tensors:.1} MiB"
         );
     }
 }

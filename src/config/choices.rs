@@ -133,7 +133,13 @@ choices! {
     /// A model family, as a hub `config.json` names it (`model_type`), for models built from scratch.
     ModelType {
         Llama = "llama",
+        Mistral = "mistral",
         Qwen2 = "qwen2",
+        Qwen3 = "qwen3",
+        Gemma2 = "gemma2",
+        Gemma3Text = "gemma3_text",
+        Phi3 = "phi3",
+        Olmo2 = "olmo2",
         GptNeox = "gpt_neox",
         Falcon = "falcon",
     }

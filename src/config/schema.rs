@@ -99,6 +99,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!("model.architecture.num_attention_heads", Int, None, "With `init = \"random\"`: attention heads per block."),
     key!("model.architecture.num_key_value_heads", Int, None, "With `init = \"random\"`: key/value heads (grouped-query attention). Unset: as many as attention heads."),
     key!("model.architecture.intermediate_size", Int, None, "With `init = \"random\"`: the MLP's width. Unset: 4 × hidden_size (required for llama and qwen2)."),
+    key!("model.architecture.head_dim", Int, None, "With `init = \"random\"`: the width of one attention head. Unset: the family's default (hidden_size / num_attention_heads; 128 for qwen3, 256 for gemma2 and gemma3_text, as transformers)."),
     key!("model.architecture.max_position_embeddings", Int, None, "With `init = \"random\"`: the longest context the model is meant for. Unset: 2048."),
     key!("model.architecture.tie_word_embeddings", Bool, None, "With `init = \"random\"`: share the input embedding with the output head. Unset: the family's default."),
     key!("data.path", Str, None,
@@ -290,6 +291,8 @@ pub struct Architecture {
     pub num_key_value_heads: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intermediate_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_position_embeddings: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

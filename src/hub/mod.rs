@@ -24,11 +24,12 @@ mod fetcher;
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 
 /// Files taken from the root of a repo when it has them (shards named by the index come on top).
-const WANTED: [&str; 7] = [
+const WANTED: [&str; 8] = [
     "config.json",
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
+    "chat_template.jinja",
     "special_tokens_map.json",
     "model.safetensors.index.json",
     "model.safetensors",

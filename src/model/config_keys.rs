@@ -205,6 +205,7 @@ const GEMMA: &[(&str, Known)] = &[
 
 const PHI3: &[(&str, Known)] = &[
     ("num_key_value_heads", Any),
+    ("head_dim", Any),
     ("intermediate_size", Any),
     ("rms_norm_eps", Any),
     ("sliding_window", Any),
@@ -218,6 +219,7 @@ const PHI3: &[(&str, Known)] = &[
 
 const OLMO2: &[(&str, Known)] = &[
     ("num_key_value_heads", Any),
+    ("head_dim", Any),
     ("intermediate_size", Any),
     ("rms_norm_eps", Any),
     ("attention_bias", Any),

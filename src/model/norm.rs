@@ -77,7 +77,7 @@ impl Walk<'_> {
                 // Scaled in the compute dtype (Llama) or in fp32 (OLMo 2, Gemma).
                 let bytes = if kind == NormKind::RmsNorm { x.elem_bytes } else { 4 };
                 let normed = self.val(x.rows, x.width, bytes, xf.grad);
-                if weight_trains || (xf.grad && kind != NormKind::RmsNorm) {
+                if weight_trains {
                     self.save(normed);
                 }
             }

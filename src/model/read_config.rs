@@ -122,7 +122,13 @@ fn parse(json: &Value) -> Result<ModelSpec, String> {
     let j = Json { json, rope: get(json, &["rope_parameters"]).cloned().unwrap_or(Value::Null) };
     let hidden_size = j.int(&["hidden_size", "n_embed", "d_model"])?;
     let n_head = j.int(&["num_attention_heads", "n_head"])?;
-    let head_size = match j.opt_int(&["head_dim"]) {
+    // transformers' Qwen3 and Gemma configs default `head_dim` to a number of their own, not hidden / heads.
+    let own_default = match family {
+        Family::Qwen3 => Some(128),
+        Family::Gemma2 | Family::Gemma3 => Some(256),
+        _ => None,
+    };
+    let head_size = match j.opt_int(&["head_dim"]).or(own_default) {
         Some(h) => h,
         None if n_head > 0 && hidden_size % n_head == 0 => hidden_size / n_head,
         None => return Err(format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {n_head}")),
