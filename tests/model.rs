@@ -235,6 +235,12 @@ fn unsupported_architectures_list_what_is_supported() {
     let falcon = serde_json::json!({"model_type": "falcon", "alibi": true, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 10});
     let err = ModelSpec::from_json(&falcon).unwrap_err();
     assert!(err.contains("alibi"), "{err}");
+    // Gemma 3 with its vision tower: the text-only checkpoints are the ones read
+    let err = ModelSpec::from_json(&serde_json::json!({"model_type": "gemma3", "text_config": {}})).unwrap_err();
+    assert!(err.contains("gemma3_text") && err.contains("google/gemma-3-1b-pt"), "{err}");
+    let gemma = serde_json::json!({"model_type": "gemma2", "hidden_activation": "relu", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 10, "intermediate_size": 8});
+    let err = ModelSpec::from_json(&gemma).unwrap_err();
+    assert!(err.contains("hidden_activation \"relu\" is not supported"), "{err}");
 }
 
 /// transformers ≥ 5 nests rotary settings in `rope_parameters`; hub checkpoints made before keep them at

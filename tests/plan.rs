@@ -254,3 +254,23 @@ fn a_plan_that_does_not_fit_lists_what_would_cheapest_first_and_never_what_the_c
     assert!(text.lines().any(|l| l.starts_with("total:")), "{text}");
     assert_eq!(text.lines().nth(fits + 1), Some("to fit, change (each line planned with the ones above it):"));
 }
+
+/// The plan of a published Gemma 2 config lists the family's keys it skipped as harmless, and its
+/// JSON (so run.json) holds them.
+#[test]
+fn the_plan_lists_the_config_json_keys_skipped_as_harmless() {
+    let config_json = std::fs::read_to_string(fixtures().join("hub-configs/gemma-2-9b.json")).unwrap();
+    let body = "[model]\ncheckpoint = \"checkpoints/google/gemma-2-9b\"\n[data]\npath = \"rows.json\"\n";
+    let rows = alpaca_rows(100);
+    let dir =
+        tree(&[("exp.toml", body), ("rows.json", &rows), ("checkpoints/google/gemma-2-9b/config.json", &config_json)]);
+    let out = ftexp(dir.path(), &["plan", "exp.toml"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    let want = "harmless config.json keys:  cache_implementation = \"hybrid\", hidden_act = \"gelu_pytorch_tanh\", sliding_window_size = 4096 (skipped)";
+    assert!(text.contains(want), "{text}");
+    let out = ftexp(dir.path(), &["plan", "exp.toml", "--json"], &[]);
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let skipped = plan["plan"]["architecture"]["skipped_config_keys"].as_array().map(Vec::len);
+    assert_eq!(skipped, Some(3), "{plan}");
+}

@@ -91,6 +91,16 @@ fn the_window_is_read_as_transformers_reads_it() {
     assert_eq!(qwen(types), Some((5, vec![true, false, true, false])));
     let err = spec(config("qwen2", json!({"layer_types": ["full_attention"]}))).unwrap_err();
     assert!(err.contains("`layer_types` must name"), "{err}");
+    // Gemma 2: every other layer from the first; Gemma 3: all but every `sliding_window_pattern`th (6);
+    // Phi-3: every layer, and no window unless the file gives one
+    let gemma2 = spec(config("gemma2", json!({"sliding_window": 8, "head_dim": 4}))).unwrap();
+    assert_eq!(window(gemma2), Some((8, vec![true, false, true, false])));
+    let gemma3 = json!({"sliding_window": 8, "head_dim": 4, "sliding_window_pattern": 2});
+    assert_eq!(window(spec(config("gemma3_text", gemma3)).unwrap()), Some((8, vec![true, false, true, false])));
+    let six = window(spec(config("gemma3_text", json!({"head_dim": 4}))).unwrap());
+    assert_eq!(six, Some((4096, vec![true; 4])), "no sixth layer among four");
+    assert_eq!(window(spec(config("phi3", json!({}))).unwrap()), None);
+    assert_eq!(window(spec(config("phi3", json!({"sliding_window": 5}))).unwrap()), Some((5, vec![true; 4])));
     let err = spec(config("mistral", json!({"sliding_window": 0}))).unwrap_err();
     assert!(err.contains("`sliding_window` is 0"), "{err}");
 }
