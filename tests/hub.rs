@@ -436,6 +436,71 @@ fn sharded_weights_follow_the_index() {
     }
 }
 
+/// The hub layouts of the newer families (a Qwen3-, Gemma-3- and Phi-3-style repo): the configs, the
+/// tokenizer with a `chat_template.jinja` beside it, and the safetensors; never the SentencePiece
+/// model, the remote code or the extra vocab files transformers alone reads.
+#[test]
+fn the_newer_families_layouts_download_what_ftexp_reads() {
+    let common = |extra: &[(&'static str, &[u8])]| {
+        let mut files: Vec<(&str, Vec<u8>)> = vec![
+            ("config.json", b"{}".to_vec()),
+            ("generation_config.json", b"{}".to_vec()),
+            ("tokenizer.json", b"{\"t\":1}".to_vec()),
+            ("tokenizer_config.json", b"{}".to_vec()),
+            ("model.safetensors", tiny_safetensors(3.0)),
+            ("LICENSE", b"license".to_vec()),
+        ];
+        files.extend(extra.iter().map(|(n, b)| (*n, b.to_vec())));
+        files
+    };
+    let repos = [
+        (
+            "qwen/qwen3-like",
+            common(&[("chat_template.jinja", b"{{ messages }}"), ("merges.txt", b"m"), ("vocab.json", b"{}")]),
+        ),
+        (
+            "google/gemma-3-like",
+            common(&[("tokenizer.model", b"spm"), ("special_tokens_map.json", b"{}"), ("added_tokens.json", b"{}")]),
+        ),
+        (
+            "microsoft/phi-3-like",
+            common(&[
+                ("modeling_phi3.py", b"code"),
+                ("configuration_phi3.py", b"code"),
+                ("sample_finetune.py", b"code"),
+            ]),
+        ),
+    ];
+    let hub = FakeHub::start(repos.iter().map(|(name, files)| FakeRepo::new(name, files)).collect());
+    let wanted: [&[&str]; 3] = [
+        &[
+            "chat_template.jinja",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ],
+        &[
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "special_tokens_map.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ],
+        &["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"],
+    ];
+    for ((name, files), want) in repos.iter().zip(wanted) {
+        let d = dirs();
+        let dir = download_with(&settings(&hub.endpoint, &d.cache, None), name, None, &d.out).unwrap();
+        assert_eq!(visible_files(&dir), want, "{name}");
+        for (file, bytes) in files.iter().filter(|(f, _)| want.contains(f)) {
+            assert_eq!(&std::fs::read(dir.join(file)).unwrap(), bytes, "{name}: {file}");
+        }
+    }
+}
+
 #[test]
 fn second_download_transfers_nothing_and_truncated_files_are_refetched() {
     let hub = FakeHub::start(vec![FakeRepo::new("test-org/tiny", &tiny_files())]);
