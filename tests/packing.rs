@@ -26,7 +26,20 @@ fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn a_packed_micro_batch_gives_the_logits_and_per_sample_losses_of_the_unpacked_samples() {
-    for family in ["llama", "qwen2", "gpt-neox", "falcon-7b-style", "mistral", "qwen2-sliding"] {
+    let families = [
+        "llama",
+        "qwen2",
+        "gpt-neox",
+        "falcon-7b-style",
+        "mistral",
+        "qwen2-sliding",
+        "qwen3",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "olmo2",
+    ];
+    for family in families {
         let model = load(&fixtures().join("models").join(family), Kind::Float, Device::Cpu).unwrap();
         let samples = samples();
         let refs: Vec<&Sample> = samples.iter().collect();

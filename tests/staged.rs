@@ -76,7 +76,7 @@ fn checkpointed_and_chunked_backward_passes_give_the_plain_loss_and_gradients() 
     let refs: Vec<&Sample> = samples.iter().collect();
     let padded = make(&refs, Device::Cpu);
     let packed = make_packed(&pack(&refs, 64), Device::Cpu);
-    for family in ["llama", "gpt-neox", "mistral"] {
+    for family in ["llama", "gpt-neox", "mistral", "gemma2", "olmo2"] {
         for kind in ["full", "lora", "adapter", "adapter_v2"] {
             let mut b = built(family, kind);
             for (layout, batch) in [("padded", &padded), ("packed", &packed)] {
