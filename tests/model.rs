@@ -280,6 +280,33 @@ fn classic_and_rope_parameters_config_forms_agree() {
         m.insert("rope_theta".into(), rope["rope_theta"].clone());
     });
     assert_eq!(ModelSpec::from_json(&qwen).unwrap(), ModelSpec::from_json(&classic).unwrap());
+
+    // Phi-3 as the hub keeps it: longrope under its old name "su", theta and the rotary share at the top
+    let phi3 = read("phi3");
+    let classic = to_classic(phi3.clone(), &|m, rope| {
+        m.insert("rope_theta".into(), rope["rope_theta"].clone());
+        m.insert("partial_rotary_factor".into(), rope["partial_rotary_factor"].clone());
+        let scaling =
+            serde_json::json!({"type": "su", "short_factor": rope["short_factor"], "long_factor": rope["long_factor"]});
+        m.insert("rope_scaling".into(), scaling);
+    });
+    let (a, b) = (ModelSpec::from_json(&phi3).unwrap(), ModelSpec::from_json(&classic).unwrap());
+    assert_eq!(a, b);
+    assert!(matches!(a.rope.scaling, ftexp::model::rope::RopeScaling::LongRope { .. }) && a.rope.dims == 8);
+
+    // Gemma 3: the global theta and its scaling, and the sliding layers' `rope_local_base_freq`
+    let gemma3 = read("gemma3");
+    let classic = to_classic(gemma3.clone(), &|m, rope| {
+        m.insert("rope_theta".into(), rope["full_attention"]["rope_theta"].clone());
+        m.insert("rope_local_base_freq".into(), rope["sliding_attention"]["rope_theta"].clone());
+        m.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "linear", "factor": rope["full_attention"]["factor"]}),
+        );
+    });
+    let (a, b) = (ModelSpec::from_json(&gemma3).unwrap(), ModelSpec::from_json(&classic).unwrap());
+    assert_eq!(a, b);
+    assert_eq!((a.rope.theta, a.rope_local.as_ref().map(|r| r.theta)), (1e6, Some(1e4)));
 }
 
 /// Numbers without a sensible range are refused before any tensor is made: config.json sizes, rotary
