@@ -16,8 +16,33 @@ fn family(name: &str) -> PathBuf {
     fixtures().join("chat").join(name)
 }
 
-/// The end-of-turn marker each family's template writes after an assistant's answer.
-const FAMILIES: [(&str, &str); 3] = [("llama3", "<|eot_id|>"), ("qwen2", "<|im_end|>"), ("mistral", "</s>")];
+/// The end-of-turn marker each family's template writes after an assistant's answer (OLMo 2's is its
+/// EOS; Phi-3's `<|end|>`, before the `\n<|endoftext|>` that closes a conversation).
+const FAMILIES: [(&str, &str); 8] = [
+    ("llama3", "<|eot_id|>"),
+    ("qwen2", "<|im_end|>"),
+    ("mistral", "</s>"),
+    ("qwen3", "<|im_end|>"),
+    ("gemma2", "<end_of_turn>"),
+    ("gemma3", "<end_of_turn>"),
+    ("phi3", "<|end|>"),
+    ("olmo2", "<|endoftext|>"),
+];
+
+/// What a family's template writes of its own before the last assistant's content, which the model
+/// writes after the generation prompt and so learns: Qwen3's empty think block.
+fn lead(name: &str) -> &'static str {
+    if name == "qwen3" {
+        "<think>\n\n</think>\n\n"
+    } else {
+        ""
+    }
+}
+
+/// Gemma 2's template refuses a system turn (Gemma 3's folds it into the first user turn).
+fn takes_system(name: &str) -> bool {
+    name != "gemma2"
+}
 
 pub fn chat_config(path: &Path) -> DataConfig {
     let split = SplitRatios { train: 1.0, val: 0.0, test: 0.0 };
@@ -34,7 +59,8 @@ fn expected() -> Value {
 
 /// Text and ids of every conversation (with and without a system turn, one and two exchanges, with and
 /// without the generation prompt) equal what transformers' `apply_chat_template` gives
-/// (`scripts/make_chat_fixtures.py` recorded it).
+/// (`scripts/make_chat_fixtures.py` recorded it), and where the template raises there (Gemma 2 and a
+/// system turn), rendering fails with its message.
 #[test]
 fn templates_render_and_tokenize_as_transformers_does() {
     let expected = expected();
@@ -47,6 +73,12 @@ fn templates_render_and_tokenize_as_transformers_does() {
         for case in cases {
             let m = messages(&case["messages"]);
             let gen = case["add_generation_prompt"].as_bool().unwrap();
+            if let Some(error) = case["error"].as_str() {
+                assert!(!takes_system(name) && m[0].role == "system", "{name}: {error}");
+                let err = template.render(&m, gen).unwrap_err();
+                assert!(err.contains(error), "{name}: want {error:?} in {err}");
+                continue;
+            }
             let text = template.render(&m, gen).unwrap();
             assert_eq!(text, case["text"].as_str().unwrap(), "{name}: {m:?}");
             let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
@@ -56,14 +88,18 @@ fn templates_render_and_tokenize_as_transformers_does() {
 }
 
 /// The prepared samples of those conversations: the same ids, and labels that count exactly the
-/// assistants' contents and each one's end-of-turn marker.
+/// assistants' contents and each one's end-of-turn marker (and Qwen3's think block before the last).
 #[test]
 fn only_assistant_turns_and_their_end_of_turn_are_supervised() {
     let expected = expected();
     for (name, eot) in FAMILIES {
         let dir = tempfile::tempdir().unwrap();
-        let cases: Vec<&Value> =
-            expected[name].as_array().unwrap().iter().filter(|c| c["add_generation_prompt"] == false).collect();
+        let cases: Vec<&Value> = expected[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["add_generation_prompt"] == false && c.get("error").is_none())
+            .collect();
         let rows: Vec<String> = cases.iter().map(|c| json!({"messages": c["messages"]}).to_string()).collect();
         let path = dir.path().join("chats.jsonl");
         std::fs::write(&path, rows.join("\n")).unwrap();
@@ -87,13 +123,30 @@ fn only_assistant_turns_and_their_end_of_turn_are_supervised() {
                 messages(&case["messages"]).into_iter().filter(|m| m.role == "assistant").map(|m| m.content).collect();
             let runs = supervised(&s.labels);
             assert_eq!(runs.len(), answers.len(), "{name}: {}", case["text"]);
-            for ((a, b), answer) in runs.into_iter().zip(&answers) {
+            for (k, ((a, b), answer)) in runs.into_iter().zip(&answers).enumerate() {
                 let text = tokenizer.inner.decode(&s.input_ids[a..b], false).unwrap();
-                // The template writes the answer as it is (Qwen2, Mistral) or trimmed (Llama-3).
-                let written = [format!("{}{eot}", answer.trim_start()), format!("{}{eot}", answer.trim())];
+                // The template writes the answer as it is (Qwen2, Mistral, Qwen3, Phi-3, OLMo 2) or
+                // trimmed (Llama-3, Gemma), after Qwen3's think block on the last turn.
+                let lead = if k + 1 == answers.len() { lead(name) } else { "" };
+                let written = [answer.as_str(), answer.trim_start(), answer.trim()].map(|a| format!("{lead}{a}{eot}"));
                 assert!(written.contains(&text.trim_start().to_string()), "{name}: {text:?} for {answer:?}");
             }
             assert_eq!(s.output, answers.last().unwrap().as_str());
+            // The prompt is what the template renders for generation (and any whitespace the answer
+            // starts with): the model learns what it writes after.
+            let turns = case["messages"].as_array().unwrap();
+            let prompt = expected[name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| {
+                    c["add_generation_prompt"] == true
+                        && c["messages"].as_array().unwrap()[..] == turns[..turns.len() - 1]
+                })
+                .unwrap();
+            let decoded = tokenizer.inner.decode(&s.input_ids_no_response, false).unwrap();
+            let rest = decoded.strip_prefix(prompt["text"].as_str().unwrap());
+            assert!(rest.is_some_and(|r| r.trim().is_empty()), "{name}: {decoded:?} for {}", prompt["text"]);
         }
         // train_on = "all": every token counts.
         let all = DataConfig { train_on: TrainOn::All, ..data.clone() };
@@ -226,14 +279,23 @@ fn bad_conversations_are_one_line_each_and_nothing_is_cached() {
             "chat_template = \"tpl.jinja\"\n",
             "chats.jsonl: record 3 (line 3): the chat template (tpl.jinja) failed: After the optional system message, conversation roles must alternate",
         ),
+        (
+            json!({"messages": [turn("system", "s"), turn("user", "a"), turn("assistant", "c")]}).to_string(),
+            "chat_template = \"gemma2.jinja\"\n",
+            "chats.jsonl: record 3 (line 3): the chat template (gemma2.jinja) failed: System role not supported",
+        ),
     ];
     let mistral: Value =
         serde_json::from_str(&std::fs::read_to_string(family("mistral").join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let gemma2: Value =
+        serde_json::from_str(&std::fs::read_to_string(family("gemma2").join("tokenizer_config.json")).unwrap())
             .unwrap();
     for (bad, extra, want) in cases {
         let rows = format!("{ok}\n{ok}\n{bad}\n{ok}\n");
         let p = project(extra, &rows);
         std::fs::write(p.path().join("tpl.jinja"), mistral["chat_template"].as_str().unwrap()).unwrap();
+        std::fs::write(p.path().join("gemma2.jinja"), gemma2["chat_template"].as_str().unwrap()).unwrap();
         let out = ftexp(p.path(), &["prepare", "exp.toml"], &[]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{err}");
@@ -324,7 +386,11 @@ fn one_letter_answers_are_supervised_where_the_template_put_them() {
         let rows: Vec<String> = answers
             .iter()
             .map(|a| {
-                json!({"messages": [turn("system", "Be brief."), turn("user", a), turn("assistant", a)]}).to_string()
+                let mut turns = vec![turn("user", a), turn("assistant", a)];
+                if takes_system(name) {
+                    turns.insert(0, turn("system", "Be brief."));
+                }
+                json!({ "messages": turns }).to_string()
             })
             .collect();
         let path = dir.path().join("chats.jsonl");
@@ -343,7 +409,7 @@ fn one_letter_answers_are_supervised_where_the_template_put_them() {
             let runs = supervised(&s.labels);
             assert_eq!(runs.len(), 1, "{name}: {}", s.output);
             let text = tokenizer.inner.decode(&s.input_ids[runs[0].0..runs[0].1], false).unwrap();
-            assert_eq!(text.trim_start(), format!("{}{eot}", s.output), "{name}");
+            assert_eq!(text.trim_start(), format!("{}{}{eot}", lead(name), s.output), "{name}");
         }
     }
 }

@@ -294,7 +294,16 @@ impl ChatTemplate {
             return Err(format!("{}: the chat template does not write an assistant's content as it is", self.origin));
         };
         let before_next = before_next.find(u2).map_or(before_next.as_str(), |i| &before_next[..i]).to_string();
-        let common: String = end.chars().zip(before_next.chars()).take_while(|(a, b)| a == b).map(|(a, _)| a).collect();
+        let mut common: String =
+            end.chars().zip(before_next.chars()).take_while(|(a, b)| a == b).map(|(a, _)| a).collect();
+        // Where both go on past what they share, they part inside what follows the marker (Phi-3:
+        // `<|end|>\n<|endoftext|>` and `<|end|>\n<|user|>` share `<|end|>\n<|`): the marker ends
+        // before the last whitespace they share.
+        if common.len() < end.len() && common.len() < before_next.len() {
+            if let Some(i) = common.rfind(char::is_whitespace) {
+                common.truncate(i);
+            }
+        }
         let marker = if common.trim_end().is_empty() { common } else { common.trim_end().to_string() };
         if marker.is_empty() {
             return Err(format!(
@@ -306,7 +315,8 @@ impl ChatTemplate {
     }
 
     /// The byte ranges of `text` (the rendering of `messages`) that hold each assistant's content and
-    /// the end-of-turn marker after it. Turns are found in order; a system turn may be placed anywhere.
+    /// the end-of-turn marker after it, from where the model writes the turn (`answer_start`).
+    /// Turns are found in order; a system turn may be placed anywhere.
     pub fn assistant_spans(&self, text: &str, messages: &[Message]) -> Result<Vec<Range<usize>>, String> {
         let starts = self.content_starts(text, messages);
         let mut cursor = 0;
@@ -337,7 +347,7 @@ impl ChatTemplate {
                             self.end_of_turn
                         ));
                     }
-                    spans.push(start..end + self.end_of_turn.len());
+                    spans.push(self.answer_start(text, &messages[..i], cursor, start)..end + self.end_of_turn.len());
                     cursor = end + self.end_of_turn.len();
                 }
                 ("user", Some(start)) => cursor = start + needle.len(),
@@ -349,6 +359,27 @@ impl ChatTemplate {
 }
 
 impl ChatTemplate {
+    /// Where the model's writing of an assistant turn starts in `text`, the rendering of a conversation
+    /// whose earlier turns are `before`: at `content` (where the turn's content starts), unless the
+    /// template writes text of its own between the generation prompt and the content (Qwen3's empty
+    /// `<think>\n\n</think>\n\n` on the last turn). The model must learn to write that text, since a
+    /// prompt rendered for generation stops before it: then the turn starts where the generation
+    /// prompt of `before` ends, when `text` starts with that prompt and it ends after `from` (the end
+    /// of the turns found so far). Whitespace alone there (Mistral's space after `[/INST]`) is left as
+    /// it was: the content's first token holds it.
+    fn answer_start(&self, text: &str, before: &[Message], from: usize, content: usize) -> usize {
+        match self.render(before, true) {
+            Ok(prompt)
+                if (from..content).contains(&prompt.len())
+                    && text.starts_with(&prompt)
+                    && !text[prompt.len()..content].trim().is_empty() =>
+            {
+                prompt.len()
+            }
+            _ => content,
+        }
+    }
+
     /// Where each turn's (trimmed) content starts in `text`, the rendering of `messages`: the template
     /// renders the conversation again with a placeholder for each content, and the text between the
     /// placeholders must match `text` around each content (as given, or trimmed). So a short answer
