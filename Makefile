@@ -14,7 +14,9 @@ CUDA_HEADERS := nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
 PYARROW_VERSION := 21.0.0
 # bitsandbytes' NF4 on the CPU is the reference of ftexp's own (scripts/bnb_quantize.py, tests/quant.rs).
 BITSANDBYTES_VERSION := 0.50.2
-TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-transformers-$(TRANSFORMERS_VERSION)-peft-$(PEFT_VERSION)-pyarrow-$(PYARROW_VERSION)-bnb-$(BITSANDBYTES_VERSION)-cuda-headers-13.0
+# TensorBoard's own reader checks the event files ftexp writes (scripts/read_tensorboard.py, tests/track.rs).
+TENSORBOARD_VERSION := 2.21.0
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-transformers-$(TRANSFORMERS_VERSION)-peft-$(PEFT_VERSION)-pyarrow-$(PYARROW_VERSION)-bnb-$(BITSANDBYTES_VERSION)-tensorboard-$(TENSORBOARD_VERSION)-cuda-headers-13.0
 BIN := target/release/ftexp
 
 # torch-sys finds libtorch through the venv's python (`python` on PATH when VIRTUAL_ENV is set).
@@ -30,7 +32,7 @@ $(TORCH_STAMP):
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q torch==$(TORCH_VERSION) \
 		transformers==$(TRANSFORMERS_VERSION) peft==$(PEFT_VERSION) pyarrow==$(PYARROW_VERSION) \
-		bitsandbytes==$(BITSANDBYTES_VERSION) $(CUDA_HEADERS)
+		bitsandbytes==$(BITSANDBYTES_VERSION) tensorboard==$(TENSORBOARD_VERSION) $(CUDA_HEADERS)
 	touch $@
 
 # Gloo's headers (Debian's libgloo-dev), which the torch wheel leaves out: training on several CPU

@@ -24,4 +24,5 @@ mod report;
 mod rope;
 mod sliding_window;
 mod staged;
+mod track;
 mod train;

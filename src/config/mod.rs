@@ -18,8 +18,8 @@ use figment::Figment;
 pub use layers::{parse_literal, Layer, Origin};
 pub use resolved::Resolved;
 pub use schema::{
-    Architecture, Columns, Config, DataConfig, KeyDoc, MethodConfig, ModelConfig, SplitRatios, Switch, TrainConfig,
-    KEYS,
+    Architecture, Columns, Config, DataConfig, KeyDoc, MethodConfig, ModelConfig, SplitRatios, Switch, TrackConfig,
+    TrainConfig, KEYS,
 };
 pub use validate::{check_name, check_run, run_rules};
 

@@ -212,6 +212,8 @@ pub const KEYS: &[KeyDoc] = &[
         "Export the model when the run completes, as `ftexp export` does: `hf`, a hub checkpoint with the method merged in (into `checkpoints/final/model/`, where `model.checkpoint = \"experiment:<name>\"` finds it), or `peft`, a LoRA run's adapter (into `checkpoints/final/peft/`). Unset: `full` runs export as `hf`; a LoRA run exports as `hf` on first use as another run's base."),
     key!("export.dtype", Choice(ExportDtype::NAMES), None,
         "The number format of exported weights. Unset: the base checkpoint's own."),
+    key!("track.tensorboard", Bool, Some("false"),
+        "Write the run's curves for TensorBoard, into `tensorboard/` in the run directory: train loss, learning rate, tokens/s and gradient norm at every logged step, val loss at every evaluation, the final val and test loss, and the resolved config as text. Watch them with `tensorboard --logdir experiments/<name>`. A resumed run adds a file to the same directory and its steps continue. Writing never holds up training: when the directory cannot be written, the run says so once and goes on without it."),
 ];
 
 pub fn find(key: &str) -> Option<&'static KeyDoc> {
@@ -236,6 +238,16 @@ pub struct Config {
     pub train: TrainConfig,
     #[serde(default, skip_serializing_if = "ExportConfig::is_empty")]
     pub export: ExportConfig,
+    #[serde(default)]
+    pub track: TrackConfig,
+}
+
+/// Where a run's curves go besides metrics.csv and loss.png.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrackConfig {
+    /// TensorBoard event files in the run's `tensorboard/`.
+    #[serde(default)]
+    pub tensorboard: bool,
 }
 
 /// What a run exports when it completes.

@@ -64,7 +64,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
 fn suggestion(key: &str) -> String {
     let leaf = key.rsplit('.').next().unwrap_or(key);
     let same_leaf = KEYS.iter().find(|k| k.key.rsplit('.').next() == Some(leaf)).map(|k| k.key);
-    let tables = ["model", "model.architecture", "data", "data.split", "data.columns", "method", "train", "export"];
+    let tables =
+        ["model", "model.architecture", "data", "data.split", "data.columns", "method", "train", "export", "track"];
     let candidates = KEYS.iter().map(|k| k.key).chain(tables);
     match same_leaf.or_else(|| did_you_mean(key, candidates)) {
         Some(best) => format!("did you mean `{best}`?"),

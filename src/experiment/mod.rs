@@ -1,9 +1,10 @@
 //! Experiment outputs: `experiments/<name>/v<N>/` with the resolved `config.toml`, `run.json`,
-//! `metrics.csv`, `loss.png` and `checkpoints/`.
+//! `metrics.csv`, `loss.png`, `checkpoints/` and `tensorboard/`.
 pub mod checkpoint;
 pub mod metrics;
 pub mod plot;
 pub mod provenance;
+pub mod tensorboard;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -10,6 +10,7 @@ pub mod optimizer;
 pub mod replicas;
 mod run_dir;
 mod run_loop;
+mod track;
 pub mod trainer;
 
 use std::path::{Path, PathBuf};
@@ -183,7 +184,8 @@ pub fn run(plan: &RunPlan, start: Start) -> anyhow::Result<PathBuf> {
         if let Some(exp) = exp {
             run_dir::record_inputs(&plan, exp, &trainer, &data)?;
             exp.update(|i| i.micro_batch = micro_batch)?;
-            observers = observe::for_run(c, exp, (trainer.state.step, trainer.schedule.total))?;
+            let (done, total) = (trainer.state.step, trainer.schedule.total);
+            observers = observe::for_run(c, exp, (done, total), track::observers(c, exp, done))?;
         }
         run_loop::train_loop(&plan, &mut trainer, (exp.map(|e| e.dir.as_path()), &mut observers), &data)
     })

@@ -1,6 +1,7 @@
 //! What a run reports as it trains. The loop only emits events; observers write them down: the
 //! console line, metrics.csv and loss.png, the best checkpoint, early stopping, the final checkpoint
-//! and export, and the results in run.json. They run on rank 0 only, in the order of [`for_run`].
+//! and export, the results in run.json, and what `[track]` asks for (track.rs). They run on rank 0
+//! only, in the order of [`for_run`].
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -82,9 +83,15 @@ impl Observers {
     }
 }
 
-/// The observers of rank 0's run in `exp`, `done` of its `total` steps done before: the best checkpoint is kept
-/// before early stopping reads its patience count, and the final checkpoint written before the results.
-pub fn for_run(c: &Config, exp: &Experiment, (done, total): (u64, u64)) -> Result<Observers, Problems> {
+/// The observers of rank 0's run in `exp`, `done` of its `total` steps done before, with `tracking` (the
+/// `[track]` observers) before the console's done line: the best checkpoint is kept before early stopping
+/// reads its patience count, and the final checkpoint written before the results.
+pub fn for_run(
+    c: &Config,
+    exp: &Experiment,
+    (done, total): (u64, u64),
+    tracking: Vec<Box<dyn RunObserver>>,
+) -> Result<Observers, Problems> {
     let title = title(exp, c);
     let files = MetricsFiles {
         metrics: Metrics::open(&exp.dir, (done > 0).then_some(done))?,
@@ -98,6 +105,7 @@ pub fn for_run(c: &Config, exp: &Experiment, (done, total): (u64, u64)) -> Resul
     list.push(Box::new(files));
     list.push(Box::new(FinalModel { config: c.clone(), dir: exp.dir.clone() }));
     list.push(Box::new(RunRecord { exp: exp.clone() }));
+    list.extend(tracking);
     list.push(Box::new(Console::new(&c.train, exp.dir.clone(), (done, total))));
     Ok(Observers(list))
 }

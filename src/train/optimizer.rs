@@ -31,10 +31,11 @@ impl AdamW {
         }
     }
 
-    /// Scales gradients so their global L2 norm is at most `max_norm` (no host round trip).
-    pub fn clip_grad_norm(&self, max_norm: f64) {
+    /// Scales gradients so their global L2 norm is at most `max_norm` (no host round trip); returns that
+    /// norm before clipping, left on the device (`None` with clipping off, or no gradient).
+    pub fn clip_grad_norm(&self, max_norm: f64) -> Option<Tensor> {
         if max_norm <= 0.0 {
-            return;
+            return None;
         }
         tch::no_grad(|| {
             let norms: Vec<Tensor> = self
@@ -45,23 +46,26 @@ impl AdamW {
                 .map(|g| g.to_kind(Kind::Float).norm())
                 .collect();
             if norms.is_empty() {
-                return;
+                return None;
             }
             let total = Tensor::stack(&norms, 0).norm();
-            let factor = (total + 1e-6).reciprocal().g_mul_scalar(max_norm).clamp_max(1.0);
+            let factor = (&total + 1e-6).reciprocal().g_mul_scalar(max_norm).clamp_max(1.0);
             for (_, p) in &self.params {
                 let mut g = p.grad();
                 if g.defined() {
                     let _ = g.g_mul_(&factor.to_kind(g.kind()));
                 }
             }
-        });
+            Some(total)
+        })
     }
 
-    /// Clips the gradients to `train.max_grad_norm`, then one update with `lr` and `train.weight_decay`.
-    pub fn update(&mut self, lr: f64, t: &TrainConfig) {
-        self.clip_grad_norm(t.max_grad_norm);
+    /// Clips the gradients to `train.max_grad_norm`, then one update with `lr` and `train.weight_decay`;
+    /// returns the gradients' norm before clipping (see [`AdamW::clip_grad_norm`]).
+    pub fn update(&mut self, lr: f64, t: &TrainConfig) -> Option<Tensor> {
+        let norm = self.clip_grad_norm(t.max_grad_norm);
         self.step(lr, t.weight_decay);
+        norm
     }
 
     /// One update with learning rate `lr`, then zeroes the gradients. fp32 tensors go through libtorch's

@@ -46,6 +46,8 @@ pub struct StepStats {
     /// host sync).
     pub loss: Tensor,
     pub lr: f64,
+    /// The gradients' global L2 norm before clipping, left on the device; `None` with clipping off.
+    pub grad_norm: Option<Tensor>,
     /// All micro-batches of the step, over every rank.
     pub micro_batches: Vec<MicroBatch>,
     /// Some rank was asked to stop: every rank learns it at the same step.
@@ -115,10 +117,10 @@ impl<'a> Trainer<'a> {
             (loss, stop) = (exchanged.loss, exchanged.stop);
         }
         let lr = self.schedule.at(step);
-        self.opt.update(lr, &self.t);
+        let grad_norm = self.opt.update(lr, &self.t);
         self.state.step = step;
         self.state.iter += batches.all.len() as u64;
-        let stats = StepStats { step, loss, lr, micro_batches: batches.all, stop };
+        let stats = StepStats { step, loss, lr, grad_norm, micro_batches: batches.all, stop };
         self.state.tokens += stats.real_tokens();
         Ok(stats)
     }

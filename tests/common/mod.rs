@@ -77,6 +77,8 @@ pub enum Need {
     /// The project's Python venv (`.venv`, `make setup`) with torch, transformers and peft, for
     /// `scripts/check_export.py`.
     Python,
+    /// The venv's python with TensorBoard (`make setup` installs it), for `scripts/read_tensorboard.py`.
+    TensorBoard,
 }
 
 /// Whether this machine has `need`. When it does not, prints `skipped: <test>: <why>` (so a skip is
@@ -84,9 +86,11 @@ pub enum Need {
 pub fn needs(need: Need) -> bool {
     static GLOO: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     static PYTHON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    static TENSORBOARD: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let lacking = match need {
         Need::Gloo => GLOO.get_or_init(gloo_missing),
         Need::Python => PYTHON.get_or_init(python_missing),
+        Need::TensorBoard => TENSORBOARD.get_or_init(tensorboard_missing),
     };
     let Some(why) = lacking else { return true };
     let test = std::thread::current().name().unwrap_or("a test").to_string();
@@ -122,6 +126,24 @@ fn python_missing() -> Option<String> {
         Ok(o) => {
             Some(format!("{} cannot import torch, transformers and peft: {}", python.display(), stderr(&o).trim()))
         }
+        Err(e) => Some(format!("{} does not run: {e}", python.display())),
+    }
+}
+
+fn tensorboard_missing() -> Option<String> {
+    let python = python();
+    if !python.exists() {
+        return Some(format!("{} does not exist (`make setup` makes the venv)", python.display()));
+    }
+    let out =
+        Command::new(&python).args(["-c", "import tensorboard.backend.event_processing.event_accumulator"]).output();
+    match out {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "{} cannot import tensorboard (`make setup` installs it): {}",
+            python.display(),
+            stderr(&o).trim().lines().last().unwrap_or_default()
+        )),
         Err(e) => Some(format!("{} does not run: {e}", python.display())),
     }
 }
