@@ -17,6 +17,11 @@ BITSANDBYTES_VERSION := 0.50.2
 # TensorBoard's own reader checks the event files ftexp writes (scripts/read_tensorboard.py, tests/track.rs).
 TENSORBOARD_VERSION := 2.21.0
 TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-transformers-$(TRANSFORMERS_VERSION)-peft-$(PEFT_VERSION)-pyarrow-$(PYARROW_VERSION)-bnb-$(BITSANDBYTES_VERSION)-tensorboard-$(TENSORBOARD_VERSION)-cuda-headers-13.0
+# gguf reads ftexp's GGUF exports and llama-cpp-python (llama.cpp built from its sdist, CPU only, a few
+# minutes) runs them (scripts/check_gguf.py, tests/gguf.rs).
+GGUF_VERSION := 0.17.1
+LLAMA_CPP_PYTHON_VERSION := 0.3.16
+GGUF_STAMP := $(VENV)/.gguf-$(GGUF_VERSION)-llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION)
 BIN := target/release/ftexp
 
 # torch-sys finds libtorch through the venv's python (`python` on PATH when VIRTUAL_ENV is set).
@@ -24,7 +29,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup gloo-headers build test lint demo sweep clean-venv bench bench-train bench-generate bench-data bench-formats bench-packing bench-devices bench-memory
+.PHONY: setup setup-gguf gloo-headers build test lint demo sweep clean-venv bench bench-train bench-generate bench-data bench-formats bench-packing bench-devices bench-memory
 
 setup: $(TORCH_STAMP) gloo-headers
 
@@ -33,6 +38,13 @@ $(TORCH_STAMP):
 	$(VENV)/bin/pip install --disable-pip-version-check -q torch==$(TORCH_VERSION) \
 		transformers==$(TRANSFORMERS_VERSION) peft==$(PEFT_VERSION) pyarrow==$(PYARROW_VERSION) \
 		bitsandbytes==$(BITSANDBYTES_VERSION) tensorboard==$(TENSORBOARD_VERSION) $(CUDA_HEADERS)
+	touch $@
+
+setup-gguf: $(GGUF_STAMP)
+
+$(GGUF_STAMP): $(TORCH_STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(VENV)/bin/pip install --disable-pip-version-check -q gguf==$(GGUF_VERSION) llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION)
 	touch $@
 
 # Gloo's headers (Debian's libgloo-dev), which the torch wheel leaves out: training on several CPU
@@ -48,7 +60,7 @@ gloo-headers:
 build: setup
 	cargo build --release
 
-test: build
+test: build setup-gguf
 	cargo test --release
 
 lint: setup

@@ -1,5 +1,7 @@
 //! `ftexp export`: a run's fine-tuned model leaves ftexp as a hub checkpoint (the method merged into
 //! the base weights) or a PEFT adapter, loadable by transformers, peft, vLLM and `ftexp --checkpoint`.
+pub mod gguf;
+
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;

@@ -10,6 +10,7 @@ mod experiment;
 mod export;
 mod export_hostile;
 mod faults;
+mod gguf;
 mod hub;
 mod hub_data;
 mod hub_headers;
