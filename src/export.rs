@@ -33,7 +33,7 @@ pub struct Exported {
 /// `out` is checked before anything is loaded: it must be new, creatable through its links, and
 /// outside every run directory.
 pub fn export_run(dir: &Path, out: &Path, req: &ExportRequest) -> Result<Exported, Problems> {
-    check_out(out)?;
+    check_out(out, "into a directory")?;
     let load = LoadOptions { step: req.step, allow_changed_base: req.allow_changed_base, ..LoadOptions::default() };
     let mut run = load_run(dir, load)?;
     let src = Source {
@@ -48,12 +48,13 @@ pub fn export_run(dir: &Path, out: &Path, req: &ExportRequest) -> Result<Exporte
 }
 
 /// Refuses an `out` that [`staging::check_out`] refuses, or one inside a run directory (any run's, not
-/// only this one's): ftexp reads, replaces and removes what is there as parts of the run.
-fn check_out(out: &Path) -> Result<(), Problems> {
+/// only this one's): ftexp reads, replaces and removes what is there as parts of the run. `instead`
+/// says where to export ("into a directory", "to a file").
+pub(crate) fn check_out(out: &Path, instead: &str) -> Result<(), Problems> {
     staging::check_out(out).map_err(|e| e.prefixed("--out"))?;
     if let Some(run) = crate::experiment::run_dir_around(out) {
         return Err(Problems::one(format!(
-            "--out {}: in the place of a run directory ({}), whose files ftexp reads, replaces and removes as the run's own; export into a directory outside every run directory",
+            "--out {}: in the place of a run directory ({}), whose files ftexp reads, replaces and removes as the run's own; export {instead} outside every run directory",
             out.display(),
             run.display()
         )));

@@ -80,15 +80,7 @@ fn check_out(out: &Path) -> Result<(), Problems> {
             out.display()
         )));
     }
-    staging::check_out(out).map_err(|e| e.prefixed("--out"))?;
-    if let Some(run) = crate::experiment::run_dir_around(out) {
-        return Err(Problems::one(format!(
-            "--out {}: in the place of a run directory ({}), whose files ftexp reads, replaces and removes as the run's own; export to a file outside every run directory",
-            out.display(),
-            run.display()
-        )));
-    }
-    Ok(())
+    super::check_out(out, "to a file")
 }
 
 /// `general.*`, the architecture's hyperparameters and the tokenizer.
